@@ -1,0 +1,314 @@
+"""Sending alerts apart from collection.
+
+Each channel gets its own background thread and bounded queue (a *lane*), so a channel that is
+down or hangs never delays the collector (``notify`` only appends to the queues) nor the other
+channels. Every POST has a timeout; a failed one is retried with exponential backoff
+(``backoff``, ``2 × backoff``, ``4 × backoff``, ...) when the failure may pass (no answer, a 5xx,
+408 or 429) and given up at once otherwise (another 4xx: the request itself is wrong). A delivery
+that fails for good logs one WARNING line and shows in :meth:`Dispatcher.status`. Nothing here
+raises into the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from querywatch.alerts.alertmanager import AlertmanagerChannel
+from querywatch.alerts.channel import Channel
+from querywatch.alerts.message import Notification, clip
+from querywatch.alerts.pagerduty import EVENTS_URL, PagerDutyChannel
+from querywatch.alerts.slack import SlackChannel
+from querywatch.alerts.webhook import WebhookChannel
+from querywatch.errors import ConfigError
+
+log = logging.getLogger("querywatch.alerts")
+
+USER_AGENT = "querywatch"
+RETRYABLE_STATUS = frozenset({408, 429})
+
+
+@dataclass(frozen=True)
+class ChannelStatus:
+    """How one channel is doing; times are POSIX seconds."""
+
+    name: str
+    target: str
+    sent: int
+    failed: int
+    dropped: int
+    pending: int
+    last_error: str | None
+    last_success_at: float | None
+    last_failure_at: float | None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    ok: bool
+    error: str = ""
+    retry: bool = False
+
+
+def post(client: httpx.Client, url: str, body: object, timeout: float) -> Attempt:
+    """One POST of ``body`` as JSON; any failure becomes an :class:`Attempt`, never an exception."""
+    try:
+        response = client.post(url, json=body, timeout=timeout)
+    except httpx.TimeoutException:
+        return Attempt(ok=False, error=f"no answer within {timeout:g} s", retry=True)
+    except httpx.TransportError as exc:
+        return Attempt(ok=False, error=f"{type(exc).__name__}: {exc}", retry=True)
+    except Exception as exc:  # a body that is not JSON, a closed client: report, never raise
+        return Attempt(ok=False, error=f"{type(exc).__name__}: {exc}")
+    if response.is_success:
+        return Attempt(ok=True)
+    code = response.status_code
+    retry = code >= 500 or code in RETRYABLE_STATUS
+    return Attempt(ok=False, error=f"HTTP {code}: {clip(response.text.strip(), 200)}", retry=retry)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How hard to try: per-POST timeout, retries after the first try, first backoff delay."""
+
+    timeout: float
+    retries: int
+    backoff: float
+    queue_size: int
+
+
+class _Lane:
+    """One channel's queue, thread and counters."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        send: Callable[[str, object], Attempt],
+        policy: Policy,
+        stop: threading.Event,
+        clock: Callable[[], float],
+    ) -> None:
+        self.channel = channel
+        self._send, self._policy, self._stop, self._clock = send, policy, stop, clock
+        self._queue: deque[Notification] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._firing: dict[str, Notification] = {}
+        self._resend_at: dict[str, float] = {}
+        self._sent = self._failed = self._dropped = 0
+        self._last_error: str | None = None
+        self._last_success_at: float | None = None
+        self._last_failure_at: float | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"querywatch-alerts-{channel.name}", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, n: Notification) -> None:
+        with self._cond:
+            if len(self._queue) >= self._policy.queue_size:
+                old = self._queue.popleft()
+                self._dropped += 1
+                log.warning(
+                    "alert dropped: channel %s, target %s: queue full, oldest (%s %s) dropped",
+                    self.channel.name, self.channel.target, old.status, old.incident,
+                )  # fmt: skip
+            self._queue.append(n)
+            self._track(n)
+            self._cond.notify_all()
+
+    def _track(self, n: Notification) -> None:
+        if self.channel.resend_interval is None:
+            return
+        if n.status == "firing":
+            self._firing[n.incident] = n
+        else:
+            self._firing.pop(n.incident, None)
+            self._resend_at.pop(n.incident, None)
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def status(self) -> ChannelStatus:
+        with self._cond:
+            return ChannelStatus(
+                name=self.channel.name,
+                target=self.channel.target,
+                sent=self._sent,
+                failed=self._failed,
+                dropped=self._dropped,
+                pending=len(self._queue),
+                last_error=self._last_error,
+                last_success_at=self._last_success_at,
+                last_failure_at=self._last_failure_at,
+            )
+
+    def _run(self) -> None:
+        while (n := self._next()) is not None:
+            try:
+                self._deliver(n)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _next(self) -> Notification | None:
+        """The next notification to send: queued first, then a firing incident due a re-send."""
+        with self._cond:
+            while not self._stop.is_set():
+                if self._queue:
+                    self._busy = True
+                    return self._queue.popleft()
+                due, wait = self._due_resend()
+                if due is not None:
+                    self._busy = True
+                    return due
+                self._cond.wait(wait)
+            return None
+
+    def _due_resend(self) -> tuple[Notification | None, float | None]:
+        now = time.monotonic()
+        for incident, at in sorted(self._resend_at.items(), key=lambda item: item[1]):
+            if at <= now and incident in self._firing:
+                return self._firing[incident], None
+            return None, at - now
+        return None, None
+
+    def _deliver(self, n: Notification) -> None:
+        try:
+            url, body = self.channel.request(n)
+        except Exception as exc:  # a channel bug must not kill the lane
+            self._record(n, Attempt(ok=False, error=f"{type(exc).__name__}: {exc}"), 0)
+            return
+        attempt, tries = self._try(url, body)
+        self._record(n, attempt, tries)
+
+    def _try(self, url: str, body: object) -> tuple[Attempt, int]:
+        attempt = Attempt(ok=False, error="not sent: shutting down")
+        for tries in range(self._policy.retries + 1):
+            if tries and self._stop.wait(self._policy.backoff * 2 ** (tries - 1)):
+                return attempt, tries
+            attempt = self._send(url, body)
+            if attempt.ok or not attempt.retry:
+                return attempt, tries + 1
+            log.debug("alert attempt %d to %s failed: %s", tries + 1, self.channel.target, attempt)
+        return attempt, self._policy.retries + 1
+
+    def _record(self, n: Notification, attempt: Attempt, tries: int) -> None:
+        now = self._clock()
+        with self._cond:
+            if n.incident in self._firing and n.status == "firing":
+                interval = self.channel.resend_interval or 0.0
+                self._resend_at[n.incident] = time.monotonic() + interval
+            if attempt.ok:
+                self._sent += 1
+                self._last_success_at = now
+                return
+            self._failed += 1
+            self._last_error = attempt.error
+            self._last_failure_at = now
+        log.warning(
+            "alert not delivered: channel %s, target %s, %s incident %s after %d attempt(s): %s",
+            self.channel.name, self.channel.target, n.status, n.incident, tries, attempt.error,
+        )  # fmt: skip
+
+
+class Dispatcher:
+    """Delivers notifications to channels in the background; see the module docstring."""
+
+    def __init__(
+        self,
+        channels: Sequence[Channel],
+        *,
+        timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+        client: httpx.Client | None = None,
+        queue_size: int = 100,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        policy = Policy(timeout=timeout, retries=retries, backoff=backoff, queue_size=queue_size)
+        _check(policy)
+        self._policy = policy
+        self._owns_client = client is None
+        self._client = client or httpx.Client(headers={"User-Agent": USER_AGENT})
+        self._stop = threading.Event()
+        self._lanes = [_Lane(c, self._post, policy, self._stop, clock) for c in channels]
+
+    def _post(self, url: str, body: object) -> Attempt:
+        return post(self._client, url, body, self._policy.timeout)
+
+    def notify(self, n: Notification) -> None:
+        """Queue ``n`` for every channel and return at once."""
+        if self._stop.is_set():
+            log.warning(
+                "alert dropped: %s incident %s after the dispatcher closed", n.status, n.incident
+            )
+            return
+        for lane in self._lanes:
+            lane.put(n)
+
+    def status(self) -> list[ChannelStatus]:
+        return [lane.status() for lane in self._lanes]
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queue is drained and nothing is in flight; False on timeout."""
+        deadline = time.monotonic() + timeout
+        return all(lane.wait_idle(max(deadline - time.monotonic(), 0.0)) for lane in self._lanes)
+
+    def close(self) -> None:
+        """Stop the lanes (queued notifications are dropped; call :meth:`flush` first to send)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for lane in self._lanes:
+            lane.wake()
+        for lane in self._lanes:
+            lane.join(self._policy.timeout + 1.0)
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check(policy: Policy) -> None:
+    if policy.timeout <= 0 or policy.retries < 0 or policy.backoff < 0 or policy.queue_size < 1:
+        raise ConfigError(
+            f"alert sending: timeout {policy.timeout!r}, retries {policy.retries!r}, "
+            f"backoff {policy.backoff!r} or queue size {policy.queue_size!r} out of range "
+            "(timeout > 0, retries >= 0, backoff >= 0, queue size >= 1)"
+        )
+
+
+def channels_from_settings(
+    webhooks: Sequence[str],
+    slack: Sequence[str],
+    pagerduty_keys: Sequence[str],
+    pagerduty_url: str = EVENTS_URL,
+    alertmanager: Sequence[str] = (),
+) -> list[Channel]:
+    """The channels the ``--alert-webhook``, ``--slack-webhook``, ``--pagerduty-routing-key``
+    and ``--alertmanager-url`` flags ask for; a malformed URL raises ConfigError."""
+    channels: list[Channel] = [WebhookChannel(url) for url in webhooks]
+    channels += [SlackChannel(url) for url in slack]
+    channels += [PagerDutyChannel(key, pagerduty_url) for key in pagerduty_keys]
+    channels += [AlertmanagerChannel(url) for url in alertmanager]
+    return channels

@@ -1,0 +1,112 @@
+"""The notification every channel formats, and the pure helpers that read it.
+
+A :class:`Notification` carries the contract diagnosis object (the JSON dict that
+``querywatch diagnose --format json`` prints). Channels only read it through the helpers below, so
+Slack, PagerDuty and Alertmanager all carry the same summary and culprit.
+
+>>> n = Notification("firing", "42", {"verdict": "query_regression", "summary": "x is slow"}, 0.0)
+>>> title(n)
+'[FIRING] querywatch incident 42: query_regression'
+>>> iso(0.0)
+'1970-01-01T00:00:00.000Z'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+Status = Literal["firing", "resolved"]
+
+# PagerDuty's severities; Alertmanager and Slack reuse the same words.
+SEVERITY_BY_VERDICT: Mapping[str, str] = {
+    "query_regression": "critical",
+    "lock_contention": "critical",
+    "traffic_surge": "warning",
+    "healthy": "info",
+}
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One incident changing state: ``firing`` when it opens, ``resolved`` when it closes.
+
+    ``at`` is when that happened (POSIX seconds). ``source`` names the monitored server (no
+    password), ``started_at`` is when a resolved incident first fired (when known) and ``link`` an
+    optional URL to the incident in querywatch's web UI.
+    """
+
+    status: Status
+    incident: str
+    diagnosis: Mapping[str, object]
+    at: float
+    source: str = "postgresql"
+    started_at: float | None = None
+    link: str | None = None
+
+
+def iso(ts: float) -> str:
+    """POSIX seconds as ISO 8601 / RFC 3339 in UTC with a ``Z`` suffix."""
+    text = datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, marking a cut with an ellipsis."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
+
+
+def verdict(n: Notification) -> str:
+    return _text(n.diagnosis, "verdict") or "unknown"
+
+
+def severity(n: Notification) -> str:
+    return SEVERITY_BY_VERDICT.get(verdict(n), "error")
+
+
+def summary(n: Notification) -> str:
+    """The diagnosis' one-sentence summary, or a generic one when it has none."""
+    return _text(n.diagnosis, "summary") or f"querywatch incident {n.incident}: {verdict(n)}"
+
+
+def title(n: Notification) -> str:
+    return f"[{n.status.upper()}] querywatch incident {n.incident}: {verdict(n)}"
+
+
+def top_culprit(n: Notification) -> Mapping[str, object] | None:
+    """The culprit holding the most excess DB time (the contract orders them largest first)."""
+    culprits = n.diagnosis.get("culprits")
+    if isinstance(culprits, Sequence) and not isinstance(culprits, str) and culprits:
+        first = culprits[0]
+        if isinstance(first, Mapping):
+            return first
+    return None
+
+
+def culprit_line(culprit: Mapping[str, object]) -> str:
+    """One line naming the culprit: kind, share of the excess and its query text."""
+    kind = _text(culprit, "kind") or "culprit"
+    share = culprit.get("excess_share")
+    share_text = f", {share:.0%} of the excess DB time" if isinstance(share, int | float) else ""
+    query = " ".join((_text(culprit, "query") or "?").split())
+    return f"{kind}{share_text}: {query}"
+
+
+def evidence(culprit: Mapping[str, object]) -> list[str]:
+    items = culprit.get("evidence")
+    if isinstance(items, Sequence) and not isinstance(items, str):
+        return [str(item) for item in items]
+    return []
+
+
+def culprit_text(n: Notification) -> str:
+    """The top culprit's line, or an empty string when the diagnosis names none."""
+    culprit = top_culprit(n)
+    return culprit_line(culprit) if culprit is not None else ""
+
+
+def _text(m: Mapping[str, object], key: str) -> str:
+    value = m.get(key)
+    return value if isinstance(value, str) else ""

@@ -1,0 +1,284 @@
+"""The command line: each command parses, calls the library, prints. Errors become one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, check, settings, top
+from .durations import human, iso, parse_duration
+from .errors import QuerywatchError
+from .source.postgres import PostgresSource, describe_dsn, server_label
+from .store import Retention, Store
+from .watcher import Watcher
+
+app = typer.Typer(
+    help="Find the SQL query that is taking PostgreSQL down, say why, prove the fix.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DsnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn", help="libpq conninfo or URI [env QUERYWATCH_DSN, or libpq PG* variables]"
+    ),
+]
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="history store file [env QUERYWATCH_STORE]")
+]
+ServerOpt = Annotated[
+    str | None, typer.Option("--server", help="server name in the store (default: from the DSN)")
+]
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class SortBy(StrEnum):
+    time = "time"
+    calls = "calls"
+    mean = "mean"
+    rows = "rows"
+    io = "io"
+
+
+def _settings(**flags: Any) -> settings.Settings:
+    return settings.load(flags)
+
+
+def _server_name(cfg: settings.Settings) -> str:
+    if cfg.server_name:
+        return cfg.server_name
+    return server_label(cfg.dsn)
+
+
+def _source(cfg: settings.Settings) -> PostgresSource:
+    return PostgresSource(
+        cfg.dsn, statement_timeout_ms=cfg.statement_timeout_ms, lock_timeout_ms=cfg.lock_timeout_ms
+    )
+
+
+def _store(cfg: settings.Settings, create: bool = True) -> Store:
+    retention = Retention(cfg.retention_raw, cfg.retention_minute, cfg.retention_hour)
+    return Store(cfg.store, retention=retention, create=create)
+
+
+@contextmanager
+def _stop_on_signals(watcher: Watcher) -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        logging.getLogger("querywatch").info("stopping (signal %d)", signum)
+        watcher.stop()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s querywatch: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def collect(
+    dsn: DsnOpt = None,
+    store: StoreOpt = None,
+    server: ServerOpt = None,
+    interval: Annotated[
+        str | None, typer.Option(help="seconds between snapshots, e.g. 10 or 10s [default 10s]")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="take two snapshots one interval apart, store, exit")
+    ] = False,
+) -> None:
+    """Collect pg_stat_statements deltas into the store (no detection, no alerts)."""
+    cfg = _settings(dsn=dsn, store=store, server_name=server, interval=interval)
+    _logging()
+    with _store(cfg) as st:
+        watcher = Watcher(_source(cfg), st, _server_name(cfg), cfg.interval, cfg.activity_interval)
+        with _stop_on_signals(watcher):
+            watcher.start()
+            log = logging.getLogger("querywatch")
+            log.info(
+                "collecting %s every %s into %s", _server_name(cfg), human(cfg.interval), cfg.store
+            )
+            watcher.run(once=once)
+        watcher.source.close()
+        log.info("stopped after %d intervals", watcher.status.intervals)
+
+
+@app.command("top")
+def top_command(
+    since: Annotated[str, typer.Option(help="window length back from now, e.g. 15m, 2h")] = "15m",
+    by: Annotated[SortBy, typer.Option(help="rank by")] = SortBy.time,
+    limit: Annotated[int, typer.Option(min=1, help="how many statements")] = 20,
+    fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+    store: StoreOpt = None,
+    server: ServerOpt = None,
+) -> None:
+    """Rank statements by database time (or calls, mean, rows, io) over a recent window."""
+    cfg = _settings(store=store, server_name=server)
+    seconds = parse_duration(since, "--since")
+    with _store(cfg, create=False) as st:
+        srv = _pick_server(st, cfg)
+        end = time.time()
+        rows, covered = st.totals(srv.id, end - seconds, end)
+    entries = [top.Entry(r.fingerprint, r.queryids, r.query, r.counters) for r in rows]
+    ranked = top.rank(entries, covered, by.value, limit)
+    if fmt is Format.json:
+        doc = {
+            "server": srv.name,
+            "window": {"start": iso(end - seconds), "end": iso(end)},
+            "seconds_covered": round(covered, 3),
+            "by": by.value,
+            "statements": [r.as_dict() for r in ranked],
+        }
+        out.print_json(json.dumps(doc))
+        return
+    _print_top(ranked, srv.name, since, covered)
+
+
+def _pick_server(st: Store, cfg: settings.Settings) -> Any:
+    servers = st.servers()
+    if not servers:
+        raise QuerywatchError(
+            f"store {cfg.store!r} holds no data yet (fix: run `querywatch collect`)"
+        )
+    if cfg.server_name:
+        for s in servers:
+            if s.name == cfg.server_name:
+                return s
+        names = ", ".join(repr(s.name) for s in servers)
+        raise QuerywatchError(f"server {cfg.server_name!r} is not in the store (known: {names})")
+    return servers[0]
+
+
+def _print_top(ranked: list[top.RankedStatement], server: str, since: str, covered: float) -> None:
+    table = Table(title=f"top statements on {server}, last {since} ({human(covered)} of data)")
+    for name, justify in (
+        ("#", "right"),
+        ("share", "right"),
+        ("calls/s", "right"),
+        ("mean ms", "right"),
+        ("rows/call", "right"),
+        ("query", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in ranked:
+        table.add_row(
+            str(r.rank),
+            f"{r.share:.1%}",
+            f"{r.calls_per_s:,.2f}",
+            f"{r.mean_ms:,.3f}",
+            f"{r.rows_per_call:,.1f}",
+            _one_line(r.query, 90),
+        )
+    if not ranked:
+        out.print(f"no statements ran in the last {since}")
+        return
+    out.print(table)
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+@app.command("check")
+def check_command(
+    dsn: DsnOpt = None,
+    fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+) -> None:
+    """Preflight: version, pg_stat_statements, privileges and capacity, with the fix for each."""
+    cfg = _settings(dsn=dsn)
+    source = _source(cfg)
+    caps = source.connect()
+    usage = _usage(source)
+    source.close()
+    results = check.findings(caps, usage)
+    if fmt is Format.json:
+        out.print_json(
+            json.dumps({"server": describe_dsn(cfg.dsn), "checks": [f.as_dict() for f in results]})
+        )
+    else:
+        _print_checks(results)
+    if check.failed(results):
+        raise typer.Exit(1)
+
+
+def _usage(source: PostgresSource) -> check.Usage | None:
+    caps = source.capabilities
+    if not (caps.preloaded and caps.pgss_version):
+        return None
+    try:
+        snapshot = source.snapshot()
+    except QuerywatchError:
+        return None
+    return check.Usage(len(snapshot.statements), snapshot.dealloc)
+
+
+_MARKS = {
+    check.Level.OK: "[green]ok[/]  ",
+    check.Level.WARN: "[yellow]warn[/]",
+    check.Level.FAIL: "[red]FAIL[/]",
+}
+
+
+def _print_checks(results: list[check.Finding]) -> None:
+    for f in results:
+        out.print(f"{_MARKS[f.level]} {f.name}: {f.message}")
+        if f.fix and f.level is not check.Level.OK:
+            out.print(f"      fix: {f.fix}")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"querywatch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="print the version"
+        ),
+    ] = False,
+) -> None:
+    """querywatch: which query, since when, why, and the fix."""
+
+
+def main() -> None:
+    try:
+        app()
+    except QuerywatchError as exc:
+        err.print(f"querywatch: error: {exc}", markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("querywatch: interrupted", markup=False)
+        sys.exit(130)

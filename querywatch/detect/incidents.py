@@ -1,0 +1,285 @@
+"""Pure: anomalies over time become incidents, pending -> firing -> resolved, one per root cause.
+
+:func:`step` is the state machine over one interval. A new anomaly opens a *pending* incident, or
+a *firing* one at once when its severity is at least ``far_factor``; a pending incident fires once
+its signal held for ``marginal_intervals`` consecutive intervals and is dropped silently at its
+first clean interval (a signal flapping on and off at a marginal level never pages); a firing
+incident resolves after ``resolve_intervals`` consecutive clean intervals, and any anomaly in
+between resets that count (a flapping signal pages once). Only *fired* and *resolved* are
+transitions that notify.
+
+Root causes: anomalies about one fingerprint share its key; lock waits are keyed by the blocking
+session's fingerprint (the rule names it as subject); server-wide anomalies by their subject, except
+symptoms (CPU, connections) that join the incident of the cause seen with them.
+
+:class:`Detector` ties baseline, rules and incidents together for a watcher fed one interval at a
+time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from querywatch.detect.baseline import Rates, RollingBaseline, interval_rates
+from querywatch.detect.rules import SYMPTOM_RULES, DetectSettings, make_context, run_rules
+from querywatch.model import Anomaly, Incident, IncidentEvent, IncidentState, IntervalSummary
+
+IncidentSettings = DetectSettings
+"""Incidents read ``far_factor``, ``marginal_intervals`` and ``resolve_intervals``."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change that notifies: an incident fired or resolved at ``at``."""
+
+    status: IncidentState
+    incident: Incident
+    at: float
+    anomalies: tuple[Anomaly, ...] = ()
+
+
+def root_cause_key(anomaly: Anomaly) -> str:
+    """The incident key of an anomaly: its subject (a fingerprint, the blocker's fingerprint for
+    lock waits, or a ``server:...`` name)."""
+    return anomaly.subject
+
+
+def incident_id(key: str, opened_at: float) -> str:
+    """Deterministic short id: the same key opened at the same time gives the same id."""
+    return hashlib.sha256(f"{key}@{opened_at!r}".encode()).hexdigest()[:12]
+
+
+def group(anomalies: Sequence[Anomaly], incidents: Sequence[Incident]) -> dict[str, list[Anomaly]]:
+    """Anomalies by incident key; symptoms join the most severe cause of this interval or, when
+    there is none, the most recently fired open incident that is not itself a symptom."""
+    causes = [a for a in anomalies if a.rule not in SYMPTOM_RULES]
+    symptom_keys = {root_cause_key(a) for a in anomalies if a.rule in SYMPTOM_RULES}
+    cause = _cause_key(causes, incidents, symptom_keys)
+    grouped: dict[str, list[Anomaly]] = {}
+    for a in anomalies:
+        key = cause if cause is not None and a.rule in SYMPTOM_RULES else root_cause_key(a)
+        grouped.setdefault(key, []).append(a)
+    return grouped
+
+
+def _cause_key(
+    causes: Sequence[Anomaly], incidents: Sequence[Incident], symptom_keys: set[str]
+) -> str | None:
+    if causes:
+        return root_cause_key(max(causes, key=lambda a: a.severity))
+    firing = [i for i in incidents if i.state is IncidentState.FIRING and i.key not in symptom_keys]
+    return max(firing, key=lambda i: i.fired_at or 0.0).key if firing else None
+
+
+def step(
+    incidents: Sequence[Incident],
+    anomalies: Sequence[Anomaly],
+    at: float,
+    settings: DetectSettings,
+) -> tuple[list[Incident], list[Transition]]:
+    """Advance open incidents by one interval ending at ``at``.
+
+    Returns the incidents after the interval (those resolved now included once, in state
+    RESOLVED; the caller drops them next time) and the transitions that should notify.
+    """
+    grouped = group(anomalies, incidents)
+    out: list[Incident] = []
+    transitions: list[Transition] = []
+    seen: set[str] = set()
+    for incident in incidents:
+        if incident.state is IncidentState.RESOLVED or incident.key in seen:
+            continue
+        seen.add(incident.key)
+        found = grouped.get(incident.key, [])
+        advanced, transition = _advance(incident, found, at, settings)
+        if advanced is not None:
+            out.append(advanced)
+        if transition is not None:
+            transitions.append(transition)
+    for key, found in grouped.items():
+        if key not in seen:
+            opened, transition = _open(key, found, at, settings)
+            out.append(opened)
+            if transition is not None:
+                transitions.append(transition)
+    return out, transitions
+
+
+def _open(
+    key: str, found: Sequence[Anomaly], at: float, s: DetectSettings
+) -> tuple[Incident, Transition | None]:
+    pending = Incident(
+        id=incident_id(key, at),
+        key=key,
+        state=IncidentState.PENDING,
+        opened_at=at,
+        fired_at=None,
+        resolved_at=None,
+        rules=_rules((), found),
+        timeline=(IncidentEvent(at, IncidentState.PENDING, _detail(found)),),
+        marginal_intervals=1,
+    )
+    if _severity(found) >= s.far_factor or s.marginal_intervals <= 1:
+        return _fire(pending, found, at)
+    return pending, None
+
+
+def _advance(
+    incident: Incident, found: Sequence[Anomaly], at: float, s: DetectSettings
+) -> tuple[Incident | None, Transition | None]:
+    if incident.state is IncidentState.PENDING:
+        if not found:
+            return None, None
+        held = replace(
+            incident,
+            rules=_rules(incident.rules, found),
+            marginal_intervals=incident.marginal_intervals + 1,
+        )
+        if _severity(found) >= s.far_factor or held.marginal_intervals >= s.marginal_intervals:
+            return _fire(held, found, at)
+        return held, None
+    if found:
+        return _still_firing(incident, found, at), None
+    clean = replace(incident, clean_intervals=incident.clean_intervals + 1)
+    if clean.clean_intervals < s.resolve_intervals:
+        return clean, None
+    detail = f"resolved after {clean.clean_intervals} clean intervals"
+    resolved = replace(
+        clean,
+        state=IncidentState.RESOLVED,
+        resolved_at=at,
+        timeline=(*clean.timeline, IncidentEvent(at, IncidentState.RESOLVED, detail)),
+    )
+    return resolved, Transition(IncidentState.RESOLVED, resolved, at)
+
+
+def _still_firing(incident: Incident, found: Sequence[Anomaly], at: float) -> Incident:
+    rules = _rules(incident.rules, found)
+    timeline = incident.timeline
+    added = [a for a in found if a.rule not in incident.rules]
+    if added:
+        timeline = (*timeline, IncidentEvent(at, IncidentState.FIRING, _detail(added)))
+    return replace(incident, rules=rules, timeline=timeline, clean_intervals=0)
+
+
+def _fire(incident: Incident, found: Sequence[Anomaly], at: float) -> tuple[Incident, Transition]:
+    fired = replace(
+        incident,
+        state=IncidentState.FIRING,
+        fired_at=at,
+        clean_intervals=0,
+        timeline=(*incident.timeline, IncidentEvent(at, IncidentState.FIRING, _detail(found))),
+    )
+    return fired, Transition(IncidentState.FIRING, fired, at, tuple(found))
+
+
+def _severity(found: Sequence[Anomaly]) -> float:
+    return max((a.severity for a in found), default=0.0)
+
+
+def _rules(known: tuple[str, ...], found: Iterable[Anomaly]) -> tuple[str, ...]:
+    rules = list(known)
+    for a in found:
+        if a.rule not in rules:
+            rules.append(a.rule)
+    return tuple(rules)
+
+
+def _detail(found: Sequence[Anomaly]) -> str:
+    ordered = sorted(found, key=lambda a: -a.severity)
+    return "; ".join(f"{a.rule} (severity {a.severity:.1f}): {a.evidence}" for a in ordered)
+
+
+# -- the stateful convenience wrapper ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one interval changed: its anomalies, the transitions to notify, the incidents."""
+
+    at: float
+    learning: bool
+    anomalies: tuple[Anomaly, ...]
+    transitions: tuple[Transition, ...]
+    incidents: tuple[Incident, ...]  # after this interval; RESOLVED ones appear this once
+    traffic_factor: float = 1.0
+    baseline_intervals: int = 0
+
+
+class Detector:
+    """Feed intervals one by one; keeps the trailing baseline window and the open incidents.
+
+    Nothing pages while fewer than ``learning_intervals`` complete intervals are known. Intervals
+    with a gap are skipped. While an incident is open (pending or firing), intervals stay out of
+    the baseline, for at most ``max_excluded_intervals`` in a row, so a long incident does not
+    become the new normal at once.
+    """
+
+    def __init__(
+        self,
+        settings: DetectSettings = DetectSettings(),
+        history: Iterable[IntervalSummary] = (),
+    ) -> None:
+        self.settings = settings
+        self._rolling = RollingBaseline(settings)
+        self._incidents: list[Incident] = []
+        self._excluded = 0
+        for interval in history:
+            if interval.complete and interval.seconds > 0:
+                self._rolling.add(interval, interval_rates(interval), refresh=False)
+        self._rolling.refresh_all()
+
+    @property
+    def learning(self) -> bool:
+        return len(self._rolling) < self.settings.learning_intervals
+
+    @property
+    def incidents(self) -> tuple[Incident, ...]:
+        """Open incidents (pending and firing)."""
+        return tuple(self._incidents)
+
+    def observe(self, interval: IntervalSummary) -> Observation:
+        if not interval.complete or interval.seconds <= 0:
+            return self._observation(interval.end, self.learning, (), (), tuple(self._incidents))
+        observed = interval_rates(interval)
+        baseline = self._rolling.baseline()
+        anomalies: list[Anomaly] = []
+        k = 1.0
+        if not baseline.learning:
+            ctx = make_context(interval, baseline, self.settings, observed)
+            anomalies, k = run_rules(ctx), ctx.traffic_factor
+        incidents, transitions = step(self._incidents, anomalies, interval.end, self.settings)
+        self._incidents = [i for i in incidents if i.state is not IncidentState.RESOLVED]
+        self._accept(interval, observed)
+        return self._observation(
+            interval.end, baseline.learning, anomalies, transitions, tuple(incidents), k
+        )
+
+    def _accept(self, interval: IntervalSummary, observed: Mapping[str, Rates]) -> None:
+        if self._incidents and self._excluded < self.settings.max_excluded_intervals:
+            self._excluded += 1
+            return
+        if not self._incidents:
+            self._excluded = 0
+        self._rolling.add(interval, observed)
+
+    def _observation(
+        self,
+        at: float,
+        learning: bool,
+        anomalies: Sequence[Anomaly],
+        transitions: Sequence[Transition],
+        incidents: tuple[Incident, ...],
+        k: float = 1.0,
+    ) -> Observation:
+        return Observation(
+            at=at,
+            learning=learning,
+            anomalies=tuple(anomalies),
+            transitions=tuple(transitions),
+            incidents=incidents,
+            traffic_factor=k,
+            baseline_intervals=len(self._rolling),
+        )

@@ -1,0 +1,592 @@
+"""Pure: which statements explain the extra database time, and did a deploy start it.
+
+For each fingerprint f, DB time per second T_f = calls/s c_f x mean ms m_f, in the baseline (0)
+and in the window (1); incomplete intervals are left out and rates divide by the seconds the
+complete ones cover. With the overall traffic factor k = (calls/s in 1) / (calls/s in 0):
+
+- expected_f = k x T0_f, what uniform traffic growth would explain;
+- excess_f = T1_f - expected_f = (c1 - k c0) m0  [frequency part]  +  c1 (m1 - m0)  [per-call part];
+- a fingerprint absent from the baseline is a new query: its whole T1 is excess.
+
+Verdicts: ``lock_contention`` when sampled sessions mostly wait on locks (culprit 1 is the
+fingerprint the blocking sessions ran last); ``traffic_surge`` when traffic grew and the culprits'
+excess is a small part of the increase; ``query_regression`` when a few fingerprints hold the
+excess; ``healthy`` otherwise. A deploy is suspect only when a culprit that is new or changed
+started within ``suspect_window_s`` after it. Times are POSIX seconds; text says HH:MM:SS UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from querywatch.model import (
+    Culprit,
+    CulpritKind,
+    Deploy,
+    DeployVerdict,
+    Diagnosis,
+    FingerprintActivity,
+    IntervalSummary,
+    Rate,
+    Statement,
+    Verdict,
+)
+
+
+@dataclass(frozen=True)
+class DiagnoseSettings:
+    """Thresholds of :func:`diagnose`, with their defaults."""
+
+    max_culprits: int = 5  # culprits listed at most
+    min_excess_ms_per_s: float = 5.0  # below this excess DB time (ms per s) a statement is noise
+    min_excess_ratio: float = 0.5  # a known statement must exceed its expectation by 50%
+    # when traffic also surged, the culprits must hold this share of the DB time increase for
+    # a query regression; below it the verdict is a traffic surge
+    regression_share: float = 0.5
+    surge_factor: float = 1.5  # traffic factor k from which a uniform growth is a surge
+    min_lock_waiting: float = 1.0  # sessions waiting on locks on average, at least
+    lock_wait_share: float = 0.5  # ... and at least this share of the active sessions
+    suspect_window_s: float = 300.0  # a culprit must start within this after a deploy
+    change_factor: float = 1.5  # calls/s or mean changing by this factor is a change
+    onset_fraction: float = 0.5  # onset: DB time/s above expected + this x the excess
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Calls per second and mean milliseconds of one fingerprint over some intervals."""
+
+    calls_per_s: float = 0.0
+    mean_ms: float = 0.0
+
+    @property
+    def ms_per_s(self) -> float:
+        return self.calls_per_s * self.mean_ms
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Per-fingerprint load over the complete intervals of a span."""
+
+    seconds: float
+    by_fingerprint: Mapping[str, Load]
+
+    @property
+    def calls_per_s(self) -> float:
+        return sum(load.calls_per_s for load in self.by_fingerprint.values())
+
+    @property
+    def ms_per_s(self) -> float:
+        return sum(load.ms_per_s for load in self.by_fingerprint.values())
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """How much of one fingerprint's window DB time uniform traffic growth does not explain."""
+
+    fingerprint: str
+    baseline: Load
+    window: Load
+    expected_ms_per_s: float
+    frequency_ms_per_s: float
+    per_call_ms_per_s: float
+
+    @property
+    def new(self) -> bool:
+        return self.baseline.calls_per_s == 0 and self.window.calls_per_s > 0
+
+    @property
+    def excess_ms_per_s(self) -> float:
+        return self.window.ms_per_s - self.expected_ms_per_s
+
+    @property
+    def kind(self) -> CulpritKind:
+        if self.new:
+            return CulpritKind.NEW_QUERY
+        if self.frequency_ms_per_s > self.per_call_ms_per_s:
+            return CulpritKind.FREQUENCY
+        return CulpritKind.LATENCY
+
+
+@dataclass(frozen=True)
+class LockPicture:
+    """pg_stat_activity samples of the window, summed over its intervals."""
+
+    samples: int
+    active_mean: float
+    lock_waiting_mean: float
+    by_fingerprint: Mapping[str, FingerprintActivity]
+
+
+@dataclass(frozen=True)
+class _Context:
+    """Everything the verdict-specific steps share."""
+
+    window: Sequence[IntervalSummary]
+    base: Workload
+    win: Workload
+    factor: float
+    attributions: Mapping[str, Attribution]
+    positive_excess: float
+    statements: Mapping[str, Statement]
+    settings: DiagnoseSettings
+
+
+def workload(intervals: Iterable[IntervalSummary]) -> Workload:
+    """Calls/s and mean ms per fingerprint over the complete intervals only."""
+    used = [i for i in intervals if i.complete and i.seconds > 0]
+    seconds = sum(i.seconds for i in used)
+    calls: dict[str, float] = {}
+    ms: dict[str, float] = {}
+    for interval in used:
+        for fp, counters in interval.by_fingerprint.items():
+            calls[fp] = calls.get(fp, 0.0) + counters.calls
+            ms[fp] = ms.get(fp, 0.0) + counters.exec_ms
+    loads = {fp: Load(_ratio(n, seconds), _ratio(ms[fp], n)) for fp, n in calls.items() if n > 0}
+    return Workload(seconds, loads)
+
+
+def traffic_factor(base: Workload, win: Workload) -> float:
+    """Window calls/s over baseline calls/s; 1.0 when the baseline saw no calls."""
+    return win.calls_per_s / base.calls_per_s if base.calls_per_s > 0 else 1.0
+
+
+def attribute(base: Workload, win: Workload) -> dict[str, Attribution]:
+    """Split each fingerprint's excess DB time into frequency and per-call parts."""
+    k = traffic_factor(base, win)
+    result: dict[str, Attribution] = {}
+    for fp in sorted(base.by_fingerprint.keys() | win.by_fingerprint.keys()):
+        b = base.by_fingerprint.get(fp, Load())
+        w = win.by_fingerprint.get(fp, Load())
+        frequency = (w.calls_per_s - k * b.calls_per_s) * b.mean_ms
+        per_call = w.calls_per_s * (w.mean_ms - b.mean_ms)
+        result[fp] = Attribution(fp, b, w, k * b.ms_per_s, frequency, per_call)
+    return result
+
+
+def lock_picture(intervals: Iterable[IntervalSummary]) -> LockPicture:
+    """Sample-weighted session means and per-fingerprint lock counts of the intervals."""
+    samples = 0
+    active = waiting = 0.0
+    sums: dict[str, FingerprintActivity] = {}
+    for activity in (i.activity for i in intervals if i.activity is not None):
+        samples += activity.samples
+        active += activity.active_mean * activity.samples
+        waiting += activity.lock_waiting_mean * activity.samples
+        for fa in activity.by_fingerprint:
+            sums[fa.fingerprint] = _add_activity(sums.get(fa.fingerprint), fa)
+    return LockPicture(samples, _ratio(active, samples), _ratio(waiting, samples), sums)
+
+
+def diagnose(
+    baseline: Sequence[IntervalSummary],
+    window: Sequence[IntervalSummary],
+    statements: Mapping[str, Statement],
+    deploys: Sequence[Deploy],
+    settings: DiagnoseSettings = DiagnoseSettings(),
+) -> Diagnosis:
+    """Attribute the window's DB time, pick a verdict, name culprits and judge deploys."""
+    base, win = workload(baseline), workload(window)
+    w_start, w_end = _span(window, _span(baseline, 0.0)[1])
+    b_start, b_end = _span(baseline, w_start)
+    listed = sorted((d for d in deploys if b_start <= d.at <= w_end), key=lambda d: d.at)
+    k, culprits = 1.0, tuple[Culprit, ...]()
+    if base.seconds == 0:
+        verdict, summary = Verdict.HEALTHY, _learning_summary(w_start)
+    elif win.seconds == 0:
+        verdict, summary = Verdict.HEALTHY, _no_data_summary(w_start, w_end)
+    else:
+        ctx = _context(window, base, win, statements, settings)
+        verdict, culprits = _choose(ctx)
+        summary = _summary(verdict, culprits, ctx, listed, (w_start, w_end))
+        k = ctx.factor
+    learning = base.seconds == 0
+    judged = _learning_deploys(listed) if learning else judge_deploys(listed, culprits, settings)
+    return Diagnosis(
+        window_start=w_start,
+        window_end=w_end,
+        baseline_start=b_start,
+        baseline_end=b_end,
+        verdict=verdict,
+        summary=summary,
+        traffic_factor=k,
+        culprits=culprits,
+        deploys=judged,
+        learning=learning,
+    )
+
+
+def _context(
+    window: Sequence[IntervalSummary],
+    base: Workload,
+    win: Workload,
+    statements: Mapping[str, Statement],
+    settings: DiagnoseSettings,
+) -> _Context:
+    attributions = attribute(base, win)
+    positive = sum(max(a.excess_ms_per_s, 0.0) for a in attributions.values())
+    k = traffic_factor(base, win)
+    return _Context(window, base, win, k, attributions, positive, statements, settings)
+
+
+def judge_deploys(
+    deploys: Sequence[Deploy], culprits: Sequence[Culprit], settings: DiagnoseSettings
+) -> tuple[DeployVerdict, ...]:
+    """Suspect the deploy right before a changed culprit's onset; clear every other one."""
+    claims: dict[int, list[tuple[int, Culprit]]] = {}
+    for n, culprit in enumerate(culprits, start=1):
+        index = _nearest_before(deploys, culprit.onset, settings.suspect_window_s)
+        if index is not None:
+            claims.setdefault(index, []).append((n, culprit))
+    return tuple(
+        _deploy_verdict(d, claims.get(i, []), deploys, culprits, settings)
+        for i, d in enumerate(deploys)
+    )
+
+
+def _deploy_verdict(
+    deploy: Deploy,
+    claims: Sequence[tuple[int, Culprit]],
+    deploys: Sequence[Deploy],
+    culprits: Sequence[Culprit],
+    settings: DiagnoseSettings,
+) -> DeployVerdict:
+    for n, culprit in claims:
+        change = _change(culprit, settings)
+        if change:
+            delay = (culprit.onset or deploy.at) - deploy.at
+            reason = f"culprit {n} started {delay:.0f} s after it: {change}"
+            return DeployVerdict(deploy.version, deploy.at, True, reason)
+    if claims:
+        reason = f"workload unchanged: culprit {claims[0][0]} started after it with steady load"
+    elif not culprits:
+        reason = "workload unchanged"
+    else:
+        reason = _innocent_reason(deploy, deploys, culprits, settings.suspect_window_s)
+    return DeployVerdict(deploy.version, deploy.at, False, reason)
+
+
+def _learning_deploys(deploys: Sequence[Deploy]) -> tuple[DeployVerdict, ...]:
+    return tuple(
+        DeployVerdict(d.version, d.at, False, "still learning: no baseline") for d in deploys
+    )
+
+
+def _innocent_reason(
+    deploy: Deploy, deploys: Sequence[Deploy], culprits: Sequence[Culprit], within: float
+) -> str:
+    for n, c in enumerate(culprits, start=1):
+        if c.onset is not None and deploy.at <= c.onset <= deploy.at + within:
+            later = _nearest_before(deploys, c.onset, within)
+            closer = f"deploy {deploys[later].version}" if later is not None else "another deploy"
+            return f"{closer} came later, closer to culprit {n}'s onset"
+    return f"no culprit started within {_duration(within)} after it"
+
+
+def _nearest_before(deploys: Sequence[Deploy], onset: float | None, within: float) -> int | None:
+    """Index of the latest deploy at or before ``onset`` and at most ``within`` seconds before."""
+    if onset is None:
+        return None
+    found = [i for i, d in enumerate(deploys) if d.at <= onset <= d.at + within]
+    return max(found, key=lambda i: deploys[i].at) if found else None
+
+
+def _change(c: Culprit, settings: DiagnoseSettings) -> str:
+    """What changed about a culprit against the baseline, or '' when nothing did."""
+    if c.kind is CulpritKind.NEW_QUERY:
+        return "new query"
+    calls = _factor(c.calls_per_s)
+    if calls >= settings.change_factor or 0 < calls <= 1 / settings.change_factor:
+        return f"calls/s x{calls:.1f}"
+    mean = _factor(c.mean_ms)
+    if mean >= settings.change_factor or 0 < mean <= 1 / settings.change_factor:
+        return f"mean x{mean:.1f}"
+    return ""
+
+
+def _choose(ctx: _Context) -> tuple[Verdict, tuple[Culprit, ...]]:
+    s = ctx.settings
+    locks = lock_picture(ctx.window)
+    waiting = locks.lock_waiting_mean
+    if waiting >= s.min_lock_waiting and waiting >= s.lock_wait_share * max(
+        locks.active_mean, waiting
+    ):
+        return Verdict.LOCK_CONTENTION, _lock_culprits(ctx, locks)
+    culprits = _excess_culprits(ctx)
+    increase = ctx.win.ms_per_s - ctx.base.ms_per_s
+    explained = sum(c.excess_ms_per_s for c in culprits)
+    surging = ctx.factor >= s.surge_factor and increase >= s.min_excess_ms_per_s
+    if surging and explained < s.regression_share * increase:
+        return Verdict.TRAFFIC_SURGE, culprits
+    if culprits:
+        return Verdict.QUERY_REGRESSION, culprits
+    return Verdict.HEALTHY, ()
+
+
+def _significant(a: Attribution, s: DiagnoseSettings) -> bool:
+    excess = a.excess_ms_per_s
+    if excess < s.min_excess_ms_per_s:
+        return False
+    return a.new or excess >= s.min_excess_ratio * a.expected_ms_per_s
+
+
+def _excess_culprits(ctx: _Context) -> tuple[Culprit, ...]:
+    ranked = sorted(
+        (a for a in ctx.attributions.values() if _significant(a, ctx.settings)),
+        key=lambda a: (-a.excess_ms_per_s, a.fingerprint),
+    )[: ctx.settings.max_culprits]
+    return tuple(_culprit(a, a.kind, _onset(a, ctx), ctx, ()) for a in ranked)
+
+
+def _lock_culprits(ctx: _Context, locks: LockPicture) -> tuple[Culprit, ...]:
+    """The blocking fingerprint first, then the waiting ones by excess DB time."""
+    blocker = _blocker_culprit(ctx, locks)
+    head = (blocker,) if blocker else ()
+    room = ctx.settings.max_culprits - len(head)
+    skip = {c.fingerprint for c in head}
+    waiters = [fa for fa in locks.by_fingerprint.values() if fa.lock_waits > 0]
+    waiters = [fa for fa in waiters if fa.fingerprint not in skip]
+    waiters.sort(
+        key=lambda fa: (-_attribution_of(ctx, fa.fingerprint).excess_ms_per_s, -fa.lock_waits)
+    )
+    return head + tuple(_waiter_culprit(ctx, locks, fa) for fa in waiters[: max(room, 0)])
+
+
+def _blocker_culprit(ctx: _Context, locks: LockPicture) -> Culprit | None:
+    blockers = sorted((fa for fa in locks.by_fingerprint.values() if fa.blocking), key=_by_blocking)
+    if not blockers:
+        return None
+    top = blockers[0]
+    blocked = _ratio(top.blocked_sessions, top.blocking)
+    evidence = (
+        f"blocked {blocked:.1f} sessions on average in {_ratio(top.blocking, locks.samples):.0%}"
+        " of samples",
+        f"{locks.lock_waiting_mean:.1f} of {locks.active_mean:.1f} active sessions wait on locks",
+    )
+    onset = _activity_onset(ctx.window, top.fingerprint, blocking=True)
+    a = _attribution_of(ctx, top.fingerprint)
+    return _culprit(a, CulpritKind.BLOCKING, onset, ctx, evidence)
+
+
+def _waiter_culprit(ctx: _Context, locks: LockPicture, fa: FingerprintActivity) -> Culprit:
+    a = _attribution_of(ctx, fa.fingerprint)
+    waiting = _ratio(fa.lock_waits, locks.samples)
+    evidence = (f"{waiting:.1f} sessions running it waited on a lock on average",)
+    onset = _activity_onset(ctx.window, fa.fingerprint, blocking=False)
+    return _culprit(a, a.kind, onset, ctx, evidence)
+
+
+def _by_blocking(fa: FingerprintActivity) -> tuple[int, int, str]:
+    return (-fa.blocking, -fa.blocked_sessions, fa.fingerprint)
+
+
+def _attribution_of(ctx: _Context, fingerprint: str) -> Attribution:
+    found = ctx.attributions.get(fingerprint)
+    return found or Attribution(fingerprint, Load(), Load(), 0.0, 0.0, 0.0)
+
+
+def _onset(a: Attribution, ctx: _Context) -> float | None:
+    """Start of the first complete window interval where the fingerprint clearly exceeds."""
+    threshold = a.expected_ms_per_s + ctx.settings.onset_fraction * a.excess_ms_per_s
+    for interval in _complete(ctx.window):
+        counters = interval.by_fingerprint.get(a.fingerprint)
+        if counters is None or counters.calls <= 0:
+            continue
+        if a.new or counters.exec_ms / interval.seconds > threshold:
+            return interval.start
+    return None
+
+
+def _activity_onset(
+    window: Sequence[IntervalSummary], fingerprint: str, *, blocking: bool
+) -> float | None:
+    for interval in sorted(window, key=lambda i: i.start):
+        for fa in interval.activity.by_fingerprint if interval.activity else ():
+            if fa.fingerprint == fingerprint and (fa.blocking if blocking else fa.lock_waits) > 0:
+                return interval.start
+    return None
+
+
+def _culprit(
+    a: Attribution,
+    kind: CulpritKind,
+    onset: float | None,
+    ctx: _Context,
+    extra: tuple[str, ...],
+) -> Culprit:
+    statement = ctx.statements.get(a.fingerprint)
+    share = _ratio(max(a.excess_ms_per_s, 0.0), ctx.positive_excess)
+    return Culprit(
+        queryid=str(statement.queryids[0]) if statement and statement.queryids else "",
+        fingerprint=a.fingerprint,
+        query=statement.query if statement else "",
+        kind=kind,
+        excess_share=share,
+        calls_per_s=Rate(a.baseline.calls_per_s, a.window.calls_per_s),
+        mean_ms=Rate(a.baseline.mean_ms, a.window.mean_ms),
+        onset=onset,
+        evidence=extra + _evidence(a, kind, onset, share, ctx.factor),
+        excess_ms_per_s=a.excess_ms_per_s,
+        frequency_ms_per_s=a.frequency_ms_per_s,
+        per_call_ms_per_s=a.per_call_ms_per_s,
+    )
+
+
+def _evidence(
+    a: Attribution, kind: CulpritKind, onset: float | None, share: float, k: float
+) -> tuple[str, ...]:
+    """Short numeric lines: what changed and since when, its share, overall traffic."""
+    since = f" since {hms(onset)}" if onset is not None else ""
+    b, w = a.baseline, a.window
+    calls = f"{b.calls_per_s:.1f} -> {w.calls_per_s:.1f}"
+    mean = f"{b.mean_ms:.1f} ms -> {w.mean_ms:.1f} ms"
+    if kind is CulpritKind.NEW_QUERY:
+        lines = [f"new{since} (absent from baseline)", f"calls/s {w.calls_per_s:.1f}"]
+        lines.append(f"mean {w.mean_ms:.1f} ms")
+    elif kind is CulpritKind.FREQUENCY:
+        ratio = _ratio(w.calls_per_s, b.calls_per_s)
+        lines = [f"calls/s x{ratio:.1f} ({calls}){since}", f"mean {mean}"]
+    elif kind is CulpritKind.LATENCY:
+        lines = [f"mean x{_ratio(w.mean_ms, b.mean_ms):.1f} ({mean}){since}", f"calls/s {calls}"]
+    else:
+        lines = [f"calls/s {calls}", f"mean {mean}"]
+    if share > 0:
+        lines.append(f"{share:.0%} of the extra DB time (+{a.excess_ms_per_s:.1f} ms/s)")
+    lines.append(f"traffic overall x{k:.1f}")
+    return tuple(lines)
+
+
+def _summary(
+    verdict: Verdict,
+    culprits: Sequence[Culprit],
+    ctx: _Context,
+    deploys: Sequence[Deploy],
+    window: tuple[float, float],
+) -> str:
+    if verdict is Verdict.LOCK_CONTENTION:
+        return _lock_summary(culprits, ctx, window[0])
+    if verdict is Verdict.TRAFFIC_SURGE:
+        return _surge_summary(ctx)
+    if verdict is Verdict.QUERY_REGRESSION:
+        return _regression_summary(culprits[0], ctx, deploys, window[0])
+    return (
+        f"Nothing abnormal between {hms(window[0])} and {hms(window[1])} UTC: database time "
+        f"{ctx.base.ms_per_s:.0f} -> {ctx.win.ms_per_s:.0f} ms/s, traffic x{ctx.factor:.1f}, "
+        "no statement stands out."
+    )
+
+
+def _regression_summary(
+    top: Culprit, ctx: _Context, deploys: Sequence[Deploy], start: float
+) -> str:
+    when = hms(top.onset if top.onset is not None else start)
+    what = _what_changed(top)
+    suspects = [v for v in judge_deploys(deploys, (top,), ctx.settings) if v.suspect]
+    if suspects:
+        seen = ", first seen" if top.kind is CulpritKind.NEW_QUERY else ""
+        what += f"{seen} right after deploy {suspects[0].version} at {hms(suspects[0].at)}"
+    elif deploys:
+        what += f" (deploy {deploys[-1].version} at {hms(deploys[-1].at)} is not a suspect)"
+    k = ctx.factor
+    if k >= ctx.settings.surge_factor:
+        traffic = f"traffic overall rose {k:.1f}x too, but this statement grew beyond that"
+    else:
+        traffic = f"traffic overall changed only {k:.1f}x, so this is not a traffic surge"
+    return (
+        f"{top.excess_share:.0%} of the extra database time since {when} UTC comes from "
+        f"`{shorten(top.query or top.fingerprint, 80)}`; {what}; {traffic}."
+    )
+
+
+def _what_changed(top: Culprit) -> str:
+    if top.kind is CulpritKind.NEW_QUERY:
+        return "it is a new statement, absent from the baseline"
+    if top.kind is CulpritKind.FREQUENCY:
+        return f"its calls/s went up {_factor(top.calls_per_s):.1f}x"
+    m = top.mean_ms
+    return f"its mean time went up {_factor(m):.1f}x ({m.baseline:.1f} -> {m.window:.1f} ms)"
+
+
+def _surge_summary(ctx: _Context) -> str:
+    increase = ctx.win.ms_per_s - ctx.base.ms_per_s
+    largest = max((a.excess_ms_per_s for a in ctx.attributions.values()), default=0.0)
+    share = _ratio(max(largest, 0.0), increase)
+    return (
+        f"Traffic rose {ctx.factor:.1f}x across all statements; no single query explains it "
+        f"(the largest excess is {share:.0%} of the extra DB time): a traffic surge, "
+        "not a query regression."
+    )
+
+
+def _lock_summary(culprits: Sequence[Culprit], ctx: _Context, start: float) -> str:
+    locks = lock_picture(ctx.window)
+    since = hms(min((c.onset for c in culprits if c.onset is not None), default=start))
+    head = (
+        f"Sessions are mostly waiting on locks since {since} UTC ({locks.lock_waiting_mean:.1f}"
+        f" of {locks.active_mean:.1f} active sessions on average over the window)"
+    )
+    blocker = next((c for c in culprits if c.kind is CulpritKind.BLOCKING), None)
+    if blocker is None:
+        return f"{head}; the blocker's statement is unknown: look for it in pg_locks."
+    query = shorten(blocker.query or blocker.fingerprint, 80)
+    return f"{head}; the blocking session last ran `{query}`: end or shorten that transaction."
+
+
+def _learning_summary(start: float) -> str:
+    return (
+        f"Still learning: no complete baseline interval before {hms(start)} UTC to compare "
+        "the window with yet, so no verdict is possible."
+    )
+
+
+def _no_data_summary(start: float, end: float) -> str:
+    return f"No complete interval between {hms(start)} and {hms(end)} UTC to diagnose."
+
+
+def hms(ts: float) -> str:
+    """``10:31:20`` for a POSIX time (UTC)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
+
+
+def shorten(query: str, width: int) -> str:
+    """One line of at most ``width`` characters, whitespace collapsed."""
+    line = " ".join(query.split())
+    return line if len(line) <= width else line[: width - 3].rstrip() + "..."
+
+
+def _span(intervals: Sequence[IntervalSummary], default: float) -> tuple[float, float]:
+    if not intervals:
+        return default, default
+    return min(i.start for i in intervals), max(i.end for i in intervals)
+
+
+def _complete(intervals: Iterable[IntervalSummary]) -> list[IntervalSummary]:
+    return sorted((i for i in intervals if i.complete and i.seconds > 0), key=lambda i: i.start)
+
+
+def _add_activity(
+    total: FingerprintActivity | None, fa: FingerprintActivity
+) -> FingerprintActivity:
+    if total is None:
+        return fa
+    return FingerprintActivity(
+        fa.fingerprint,
+        total.active + fa.active,
+        total.lock_waits + fa.lock_waits,
+        total.blocking + fa.blocking,
+        total.blocked_sessions + fa.blocked_sessions,
+        total.idle_in_transaction + fa.idle_in_transaction,
+    )
+
+
+def _factor(rate: Rate) -> float:
+    return _ratio(rate.window, rate.baseline)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds % 60 == 0 else f"{seconds:.0f} s"

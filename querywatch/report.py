@@ -1,0 +1,108 @@
+"""Pure: a Diagnosis as the public JSON object or as a few lines of plain text.
+
+The JSON shape is the public contract of ``querywatch diagnose --format json`` (DESIGN.md); alert
+channels and the web page carry the same object. Times become ISO 8601 UTC here, at the edge.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from querywatch.model import Culprit, DeployVerdict, Diagnosis, Rate
+
+TEXT_CULPRITS = 3  # culprits shown in the text report
+TEXT_DEPLOYS = 3  # deploys shown in the text report
+QUERY_WIDTH = 100  # a culprit's query is cut to one line of this width
+
+
+def iso(ts: float | None) -> str | None:
+    """``2026-11-26T10:31:00Z`` for a POSIX time, None for None.
+
+    >>> iso(0.0)
+    '1970-01-01T00:00:00Z'
+    """
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def diagnosis_to_json(d: Diagnosis) -> dict[str, object]:
+    """Exactly the ``diagnose --format json`` object of the public contract."""
+    return {
+        "window": {"start": iso(d.window_start), "end": iso(d.window_end)},
+        "baseline": {"start": iso(d.baseline_start), "end": iso(d.baseline_end)},
+        "verdict": d.verdict.value,
+        "summary": d.summary,
+        "traffic_factor": round(d.traffic_factor, 2),
+        "culprits": [_culprit_json(c) for c in d.culprits],
+        "deploys": [_deploy_json(v) for v in d.deploys],
+    }
+
+
+def _culprit_json(c: Culprit) -> dict[str, object]:
+    return {
+        "queryid": c.queryid,
+        "fingerprint": c.fingerprint,
+        "query": c.query,
+        "kind": c.kind.value,
+        "excess_share": round(c.excess_share, 3),
+        "calls_per_s": _rate_json(c.calls_per_s),
+        "mean_ms": _rate_json(c.mean_ms),
+        "onset": iso(c.onset),
+        "evidence": list(c.evidence),
+    }
+
+
+def _rate_json(rate: Rate) -> dict[str, float]:
+    return {"baseline": round(rate.baseline, 3), "window": round(rate.window, 3)}
+
+
+def _deploy_json(v: DeployVerdict) -> dict[str, object]:
+    return {"version": v.version, "at": iso(v.at), "suspect": v.suspect}
+
+
+def diagnosis_to_text(d: Diagnosis) -> str:
+    """A few lines a person reads in five seconds: verdict, summary, culprits, deploys."""
+    head = (
+        f"verdict: {d.verdict.value}{' (learning)' if d.learning else ''}  "
+        f"window {_clock(d.window_start)}-{_clock(d.window_end)} UTC  "
+        f"traffic x{d.traffic_factor:.1f}"
+    )
+    lines = [head, d.summary]
+    for n, culprit in enumerate(d.culprits[:TEXT_CULPRITS], start=1):
+        lines.extend(_culprit_lines(n, culprit))
+    if len(d.culprits) > TEXT_CULPRITS:
+        lines.append(f"   ... and {len(d.culprits) - TEXT_CULPRITS} more culprits (--format json)")
+    if d.deploys:
+        lines.append(_deploys_line(d.deploys))
+    return "\n".join(lines)
+
+
+def _culprit_lines(n: int, c: Culprit) -> list[str]:
+    onset = f"  since {_clock(c.onset)}" if c.onset is not None else ""
+    numbers = (
+        f"{n}. {c.kind.value:<9} {c.excess_share:>4.0%}  "
+        f"calls/s {c.calls_per_s.baseline:.1f} -> {c.calls_per_s.window:.1f}  "
+        f"mean {c.mean_ms.baseline:.1f} -> {c.mean_ms.window:.1f} ms{onset}"
+    )
+    return [numbers, f"   {_one_line(c.query or c.fingerprint, QUERY_WIDTH)}"]
+
+
+def _deploys_line(deploys: tuple[DeployVerdict, ...]) -> str:
+    shown = sorted(deploys, key=lambda v: (v.suspect, v.at))[-TEXT_DEPLOYS:]
+    parts = [
+        f"{v.version} at {_clock(v.at)} {'SUSPECT' if v.suspect else 'not suspect'}"
+        + (f" ({v.reason})" if v.reason else "")
+        for v in sorted(shown, key=lambda v: v.at)
+    ]
+    more = f" (+{len(deploys) - TEXT_DEPLOYS} more)" if len(deploys) > TEXT_DEPLOYS else ""
+    return "deploys: " + "; ".join(parts) + more
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
+
+
+def _one_line(text: str, width: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 3].rstrip() + "..."

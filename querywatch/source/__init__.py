@@ -1,0 +1,1 @@
+"""Reading a monitored PostgreSQL server: SQL per version, capabilities, the live source."""

@@ -1,0 +1,69 @@
+"""What a server can do for querywatch, read once per connection, and the `check` verdicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import queries
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    version_num: int
+    version: str
+    preload: tuple[str, ...]
+    role: str
+    database: str
+    superuser: bool
+    pg_monitor: bool
+    pgss_version: str | None
+    pgss_schema: str | None
+    hypopg_version: str | None
+    hypopg_available: bool
+    pgss_max: int | None
+    pgss_track: str | None
+    compute_query_id: str | None
+
+    @property
+    def major(self) -> int:
+        return self.version_num // 10000
+
+    @property
+    def preloaded(self) -> bool:
+        return "pg_stat_statements" in self.preload
+
+    @property
+    def has_info(self) -> bool:
+        return self.major >= 14
+
+    def statements_query(self) -> str:
+        if self.major >= 17:
+            return queries.STATEMENTS_17
+        if self.major >= 14:
+            return queries.STATEMENTS_14
+        return queries.STATEMENTS_13
+
+    def activity_query(self) -> str:
+        return queries.ACTIVITY if self.major >= 14 else queries.ACTIVITY_13
+
+
+def from_row(row: dict[str, Any]) -> Capabilities:
+    preload = tuple(p.strip() for p in str(row["preload"] or "").split(",") if p.strip())
+    pgss_max = row["pgss_max"]
+    return Capabilities(
+        version_num=int(row["version_num"]),
+        version=str(row["version"]),
+        preload=preload,
+        role=str(row["role"]),
+        database=str(row["database"]),
+        superuser=bool(row["superuser"]),
+        pg_monitor=bool(row["pg_monitor"]),
+        pgss_version=row["pgss_version"],
+        pgss_schema=row["pgss_schema"],
+        hypopg_version=row["hypopg_version"],
+        hypopg_available=bool(row["hypopg_available"]),
+        pgss_max=int(pgss_max) if pgss_max else None,
+        pgss_track=row["pgss_track"],
+        compute_query_id=row["compute_query_id"],
+    )

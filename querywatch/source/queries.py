@@ -1,0 +1,128 @@
+"""Every SQL statement querywatch sends to a monitored server, as named constants.
+
+pg_stat_statements changed its columns over time:
+
+* PostgreSQL 13: ``total_time`` became ``total_exec_time`` (+ ``total_plan_time``, WAL counters);
+* PostgreSQL 14: ``toplevel`` and the ``pg_stat_statements_info`` view (``dealloc``, ``stats_reset``);
+* PostgreSQL 17: ``blk_read_time``/``blk_write_time`` became ``shared_blk_*_time`` and
+  ``local_blk_*_time``; ``stats_since`` tells when an entry started counting.
+
+Each statement text is read with ``pg_stat_statements(false)`` (no query texts: they are fetched
+only for queryids not seen before). The schema of the extension is bound with ``psycopg.sql``.
+"""
+
+from __future__ import annotations
+
+_COMMON_COLUMNS = """
+    dbid, userid, queryid,
+    calls, total_exec_time, total_plan_time, rows,
+    shared_blks_hit, shared_blks_read, shared_blks_dirtied, shared_blks_written,
+    local_blks_hit, local_blks_read, local_blks_written,
+    temp_blks_read, temp_blks_written,
+"""
+
+STATEMENTS_13 = (
+    "SELECT"
+    + _COMMON_COLUMNS
+    + """    blk_read_time, blk_write_time,
+    wal_records, wal_fpi, wal_bytes::float8 AS wal_bytes,
+    true AS toplevel, NULL::timestamptz AS stats_since
+FROM {schema}.pg_stat_statements(false)
+WHERE queryid IS NOT NULL"""
+)
+
+STATEMENTS_14 = (
+    "SELECT"
+    + _COMMON_COLUMNS
+    + """    blk_read_time, blk_write_time,
+    wal_records, wal_fpi, wal_bytes::float8 AS wal_bytes,
+    toplevel, NULL::timestamptz AS stats_since
+FROM {schema}.pg_stat_statements(false)
+WHERE queryid IS NOT NULL"""
+)
+
+STATEMENTS_17 = (
+    "SELECT"
+    + _COMMON_COLUMNS
+    + """    shared_blk_read_time + local_blk_read_time AS blk_read_time,
+    shared_blk_write_time + local_blk_write_time AS blk_write_time,
+    wal_records, wal_fpi, wal_bytes::float8 AS wal_bytes,
+    toplevel, stats_since
+FROM {schema}.pg_stat_statements(false)
+WHERE queryid IS NOT NULL"""
+)
+
+PLAIN_STATEMENTS = "SELECT * FROM {schema}.pg_stat_statements(false)"
+
+STATEMENTS_INFO = "SELECT dealloc, stats_reset FROM {schema}.pg_stat_statements_info"
+
+STATEMENT_TEXTS = """
+SELECT DISTINCT ON (queryid) queryid, query
+FROM {schema}.pg_stat_statements(true)
+WHERE queryid = ANY(%(queryids)s)
+"""
+
+SERVER_CLOCK = "SELECT pg_postmaster_start_time() AS started"
+
+DATABASE_TOTALS = """
+SELECT
+    coalesce(sum(xact_commit), 0) AS xact_commit,
+    coalesce(sum(xact_rollback), 0) AS xact_rollback,
+    coalesce(sum(blks_read), 0) AS blks_read,
+    coalesce(sum(blks_hit), 0) AS blks_hit,
+    coalesce(sum(tup_returned), 0) AS tup_returned,
+    coalesce(sum(tup_fetched), 0) AS tup_fetched,
+    coalesce(sum(tup_inserted), 0) AS tup_inserted,
+    coalesce(sum(tup_updated), 0) AS tup_updated,
+    coalesce(sum(tup_deleted), 0) AS tup_deleted,
+    coalesce(sum(temp_bytes), 0) AS temp_bytes,
+    coalesce(sum(deadlocks), 0) AS deadlocks
+FROM pg_stat_database
+"""
+
+ACTIVITY = """
+SELECT
+    pid,
+    coalesce(state, '') AS state,
+    wait_event_type,
+    wait_event,
+    query_id,
+    left(query, 4096) AS query,
+    CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocking_pids,
+    extract(epoch FROM clock_timestamp() - xact_start)::float8 AS xact_seconds
+FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+"""
+
+ACTIVITY_13 = ACTIVITY.replace("query_id,", "NULL::bigint AS query_id,")
+
+MAX_CONNECTIONS = "SELECT current_setting('max_connections')::int AS max_connections"
+
+SESSION_SETUP = """
+SELECT set_config('statement_timeout', %(statement_timeout)s, false),
+       set_config('lock_timeout', %(lock_timeout)s, false),
+       set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, false)
+"""
+
+# Capabilities (used by `querywatch check` and to pick the statements query).
+SERVER_FACTS = """
+SELECT
+    current_setting('server_version_num')::int AS version_num,
+    current_setting('server_version') AS version,
+    current_setting('shared_preload_libraries') AS preload,
+    current_user AS role,
+    current_database() AS database,
+    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
+    pg_has_role(current_user, 'pg_monitor', 'USAGE') AS pg_monitor,
+    (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements') AS pgss_version,
+    (SELECT extnamespace::regnamespace::text FROM pg_extension
+      WHERE extname = 'pg_stat_statements') AS pgss_schema,
+    (SELECT extversion FROM pg_extension WHERE extname = 'hypopg') AS hypopg_version,
+    (SELECT count(*) > 0 FROM pg_available_extensions WHERE name = 'hypopg') AS hypopg_available,
+    current_setting('pg_stat_statements.max', true) AS pgss_max,
+    current_setting('pg_stat_statements.track', true) AS pgss_track,
+    current_setting('compute_query_id', true) AS compute_query_id,
+    current_setting('track_activity_query_size') AS activity_query_size
+"""
+
+STATEMENT_COUNT = "SELECT count(*) AS entries FROM {schema}.pg_stat_statements(false)"

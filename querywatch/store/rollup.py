@@ -1,0 +1,134 @@
+"""Rollups and retention: raw intervals -> 1-minute buckets -> 1-hour buckets.
+
+A bucket is rolled up once it is complete (its end is in the past); ``meta`` remembers how far each
+resolution got, so each raw interval is counted exactly once. Only complete intervals (no full gap)
+add to a bucket's covered seconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+from .schema import COUNTER_COLUMNS
+
+if TYPE_CHECKING:
+    from .sqlite import Retention
+
+MINUTE = 60
+HOUR = 3600
+
+_COLS = ", ".join(COUNTER_COLUMNS)
+_SUMS_D = ", ".join(f"sum(d.{c})" for c in COUNTER_COLUMNS)
+_SUMS_R = ", ".join(f"sum(r.{c})" for c in COUNTER_COLUMNS)
+_UPSERT = ", ".join(f"{c} = rollups.{c} + excluded.{c}" for c in COUNTER_COLUMNS)
+
+ROLL_RAW = f"""
+INSERT INTO rollups (resolution, server_id, bucket, statement_id, {_COLS})
+SELECT {MINUTE}, i.server_id, CAST(i.end / {MINUTE} AS INTEGER) * {MINUTE}, d.statement_id, {_SUMS_D}
+FROM deltas d JOIN intervals i ON i.id = d.interval_id
+WHERE i.end > ? AND i.end <= ?
+GROUP BY i.server_id, CAST(i.end / {MINUTE} AS INTEGER), d.statement_id
+ON CONFLICT (resolution, server_id, bucket, statement_id) DO UPDATE SET {_UPSERT}
+"""
+ROLL_RAW_SECONDS = f"""
+INSERT INTO rollup_buckets (resolution, server_id, bucket, seconds)
+SELECT {MINUTE}, server_id, CAST(end / {MINUTE} AS INTEGER) * {MINUTE},
+    sum(CASE WHEN complete = 1 THEN end - start ELSE 0 END)
+FROM intervals WHERE end > ? AND end <= ?
+GROUP BY server_id, CAST(end / {MINUTE} AS INTEGER)
+ON CONFLICT (resolution, server_id, bucket) DO UPDATE SET seconds = seconds + excluded.seconds
+"""
+ROLL_MINUTES = f"""
+INSERT INTO rollups (resolution, server_id, bucket, statement_id, {_COLS})
+SELECT {HOUR}, r.server_id, CAST(r.bucket / {HOUR} AS INTEGER) * {HOUR}, r.statement_id, {_SUMS_R}
+FROM rollups r
+WHERE r.resolution = {MINUTE} AND r.bucket >= ? AND r.bucket < ?
+GROUP BY r.server_id, CAST(r.bucket / {HOUR} AS INTEGER), r.statement_id
+ON CONFLICT (resolution, server_id, bucket, statement_id) DO UPDATE SET {_UPSERT}
+"""
+ROLL_MINUTE_SECONDS = f"""
+INSERT INTO rollup_buckets (resolution, server_id, bucket, seconds)
+SELECT {HOUR}, server_id, CAST(bucket / {HOUR} AS INTEGER) * {HOUR}, sum(seconds)
+FROM rollup_buckets WHERE resolution = {MINUTE} AND bucket >= ? AND bucket < ?
+GROUP BY server_id, CAST(bucket / {HOUR} AS INTEGER)
+ON CONFLICT (resolution, server_id, bucket) DO UPDATE SET seconds = seconds + excluded.seconds
+"""
+GET_MARK = "SELECT value FROM meta WHERE key = ?"
+SET_MARK = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+TOTALS = f"""
+SELECT s.fingerprint, {_SUMS_R}
+FROM rollups r JOIN statements s ON s.id = r.statement_id
+WHERE r.resolution = ? AND r.server_id = ? AND r.bucket >= ? AND r.bucket < ? AND s.toplevel = 1
+GROUP BY s.fingerprint
+"""
+TOTAL_SECONDS = """
+SELECT coalesce(sum(seconds), 0) FROM rollup_buckets
+WHERE resolution = ? AND server_id = ? AND bucket >= ? AND bucket < ?
+"""
+
+
+def _mark(conn: sqlite3.Connection, key: str) -> float:
+    row = conn.execute(GET_MARK, (key,)).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def roll_up(conn: sqlite3.Connection, now: float) -> None:
+    """Fold every complete minute and hour not yet rolled up (inside the caller's transaction)."""
+    minute_end = (now // MINUTE) * MINUTE
+    done = _mark(conn, "rollup_minute")
+    if minute_end > done:
+        conn.execute(ROLL_RAW, (done, minute_end))
+        conn.execute(ROLL_RAW_SECONDS, (done, minute_end))
+        conn.execute(SET_MARK, ("rollup_minute", repr(minute_end)))
+    hour_end = (minute_end // HOUR) * HOUR
+    done_h = _mark(conn, "rollup_hour")
+    if hour_end > done_h:
+        conn.execute(ROLL_MINUTES, (done_h, hour_end))
+        conn.execute(ROLL_MINUTE_SECONDS, (done_h, hour_end))
+        conn.execute(SET_MARK, ("rollup_hour", repr(hour_end)))
+
+
+def apply_retention(conn: sqlite3.Connection, now: float, retention: Retention) -> None:
+    raw_cut = min(now - retention.raw_s, _mark(conn, "rollup_minute"))
+    old = "SELECT id FROM intervals WHERE end <= ?"
+    conn.execute(f"DELETE FROM deltas WHERE interval_id IN ({old})", (raw_cut,))
+    conn.execute(f"DELETE FROM activity WHERE interval_id IN ({old})", (raw_cut,))
+    conn.execute("DELETE FROM intervals WHERE end <= ?", (raw_cut,))
+    minute_cut = min(now - retention.minute_s, _mark(conn, "rollup_hour"))
+    for table in ("rollups", "rollup_buckets"):
+        conn.execute(
+            f"DELETE FROM {table} WHERE resolution = ? AND bucket < ?", (MINUTE, minute_cut)
+        )
+        conn.execute(
+            f"DELETE FROM {table} WHERE resolution = ? AND bucket < ?",
+            (HOUR, now - retention.hour_s),
+        )
+    conn.execute("DELETE FROM gaps WHERE end < ?", (now - retention.hour_s,))
+
+
+def totals(
+    conn: sqlite3.Connection, server_id: int, start: float, end: float
+) -> tuple[list[Any], float]:
+    """Per-fingerprint sums from the finest rollup that still covers ``start``."""
+    oldest_minute = conn.execute(
+        "SELECT min(bucket) FROM rollup_buckets WHERE resolution = ? AND server_id = ?",
+        (MINUTE, server_id),
+    ).fetchone()[0]
+    resolution = MINUTE if oldest_minute is not None and start >= oldest_minute else HOUR
+    params = (resolution, server_id, start, end)
+    rows = conn.execute(TOTALS, params).fetchall()
+    seconds = conn.execute(TOTAL_SECONDS, params).fetchone()[0]
+    return rows, float(seconds)
+
+
+def covers(conn: sqlite3.Connection, server_id: int, start: float, before: float) -> bool:
+    """True when rollups hold data between ``start`` and ``before`` (older than raw intervals)."""
+    row = conn.execute(
+        "SELECT count(*) FROM rollup_buckets WHERE server_id = ? AND bucket < ? AND bucket >= ?",
+        (server_id, before - MINUTE, start - HOUR),
+    ).fetchone()
+    return bool(row[0])

@@ -1,0 +1,165 @@
+"""Versioned migrations of the store. Each entry upgrades the schema by one version.
+
+The tables avoid SQLite-only features (no JSON1, no rowid tricks beyond INTEGER PRIMARY KEY) so a
+PostgreSQL store for fleets can use the same layout: ``servers`` keys every row, times are POSIX
+seconds, statement times are integer microseconds.
+"""
+
+from __future__ import annotations
+
+APPLICATION_ID = 0x51575443  # "QWTC": marks a file as a querywatch store
+
+# Counter columns of `deltas` and `rollups`, in querywatch.model.COUNTER_FIELDS order.
+COUNTER_COLUMNS: tuple[str, ...] = (
+    "calls",
+    "exec_us",
+    "plan_us",
+    "rows",
+    "shared_blks_hit",
+    "shared_blks_read",
+    "shared_blks_dirtied",
+    "shared_blks_written",
+    "local_blks_hit",
+    "local_blks_read",
+    "local_blks_written",
+    "temp_blks_read",
+    "temp_blks_written",
+    "blk_read_us",
+    "blk_write_us",
+    "wal_records",
+    "wal_fpi",
+    "wal_bytes",
+)
+MICROSECOND_COLUMNS = frozenset({"exec_us", "plan_us", "blk_read_us", "blk_write_us"})
+
+DATABASE_COLUMNS: tuple[str, ...] = (
+    "db_xact_commit",
+    "db_xact_rollback",
+    "db_blks_read",
+    "db_blks_hit",
+    "db_tup_returned",
+    "db_tup_fetched",
+    "db_tup_inserted",
+    "db_tup_updated",
+    "db_tup_deleted",
+    "db_temp_bytes",
+    "db_deadlocks",
+)
+
+_COUNTERS_DDL = ",\n    ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in COUNTER_COLUMNS)
+_DATABASE_DDL = ",\n    ".join(f"{c} INTEGER" for c in DATABASE_COLUMNS)
+
+V1 = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE servers (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    target TEXT NOT NULL DEFAULT '',
+    version TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
+CREATE TABLE statements (
+    id INTEGER PRIMARY KEY,
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    dbid INTEGER NOT NULL,
+    userid INTEGER NOT NULL,
+    queryid INTEGER NOT NULL,
+    toplevel INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    UNIQUE (server_id, dbid, userid, queryid, toplevel)
+);
+CREATE INDEX statements_fingerprint ON statements (fingerprint);
+CREATE TABLE texts (
+    fingerprint TEXT PRIMARY KEY,
+    query TEXT NOT NULL,
+    first_seen REAL NOT NULL
+);
+CREATE TABLE intervals (
+    id INTEGER PRIMARY KEY,
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    complete INTEGER NOT NULL,
+    dealloc INTEGER NOT NULL DEFAULT 0,
+    {_DATABASE_DDL},
+    act_samples INTEGER NOT NULL DEFAULT 0,
+    act_sessions_mean REAL,
+    act_active_mean REAL,
+    act_idle_in_transaction_mean REAL,
+    act_lock_waiting_mean REAL,
+    act_sessions_max INTEGER,
+    act_max_connections INTEGER
+);
+CREATE INDEX intervals_server_end ON intervals (server_id, end);
+CREATE TABLE deltas (
+    interval_id INTEGER NOT NULL REFERENCES intervals(id) ON DELETE CASCADE,
+    statement_id INTEGER NOT NULL REFERENCES statements(id),
+    {_COUNTERS_DDL},
+    PRIMARY KEY (interval_id, statement_id)
+) WITHOUT ROWID;
+CREATE TABLE activity (
+    interval_id INTEGER NOT NULL REFERENCES intervals(id) ON DELETE CASCADE,
+    fingerprint TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 0,
+    lock_waits INTEGER NOT NULL DEFAULT 0,
+    blocking INTEGER NOT NULL DEFAULT 0,
+    blocked_sessions INTEGER NOT NULL DEFAULT 0,
+    idle_in_transaction INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (interval_id, fingerprint)
+) WITHOUT ROWID;
+CREATE TABLE gaps (
+    id INTEGER PRIMARY KEY,
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    start REAL NOT NULL,
+    end REAL NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    partial INTEGER NOT NULL
+);
+CREATE INDEX gaps_server_end ON gaps (server_id, end);
+CREATE TABLE rollups (
+    resolution INTEGER NOT NULL,
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    bucket REAL NOT NULL,
+    statement_id INTEGER NOT NULL REFERENCES statements(id),
+    {_COUNTERS_DDL},
+    PRIMARY KEY (resolution, server_id, bucket, statement_id)
+) WITHOUT ROWID;
+CREATE TABLE rollup_buckets (
+    resolution INTEGER NOT NULL,
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    bucket REAL NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (resolution, server_id, bucket)
+) WITHOUT ROWID;
+CREATE TABLE deploys (
+    id INTEGER PRIMARY KEY,
+    version TEXT NOT NULL,
+    at REAL NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX deploys_at ON deploys (at);
+CREATE TABLE incidents (
+    id TEXT PRIMARY KEY,
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    fired_at REAL,
+    resolved_at REAL,
+    rules TEXT NOT NULL DEFAULT '',
+    diagnosis TEXT
+);
+CREATE TABLE incident_events (
+    incident_id TEXT NOT NULL REFERENCES incidents(id),
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX incident_events_incident ON incident_events (incident_id, at);
+CREATE TABLE status (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1,)
+LATEST = len(MIGRATIONS)

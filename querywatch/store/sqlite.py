@@ -1,0 +1,636 @@
+"""The Store: querywatch's history in one SQLite file (WAL mode). The only sqlite3 importer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreCorrupt, StoreError, StoreUnwritable
+from ..model import (
+    ActivitySummary,
+    Counters,
+    DatabaseCounters,
+    Deploy,
+    FingerprintActivity,
+    Gap,
+    GapReason,
+    Incident,
+    IncidentEvent,
+    IncidentState,
+    Interval,
+    IntervalSummary,
+    Statement,
+    StatementKey,
+)
+from . import rollup, schema
+from .schema import COUNTER_COLUMNS, DATABASE_COLUMNS, MICROSECOND_COLUMNS
+
+log = logging.getLogger("querywatch.store")
+
+_TIME_INDEXES = tuple(i for i, c in enumerate(COUNTER_COLUMNS) if c in MICROSECOND_COLUMNS)
+_SUM_COUNTERS = ", ".join(f"sum(d.{c})" for c in COUNTER_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long each resolution is kept (seconds)."""
+
+    raw_s: float = 48 * 3600
+    minute_s: float = 14 * 86400
+    hour_s: float = 90 * 86400
+
+
+@dataclass(frozen=True)
+class Server:
+    id: int
+    name: str
+    target: str
+    version: str
+
+
+@dataclass(frozen=True)
+class TopRow:
+    """One fingerprint's totals over a window."""
+
+    fingerprint: str
+    query: str
+    queryids: tuple[int, ...]
+    counters: Counters
+
+
+def counters_to_row(c: Counters) -> list[int]:
+    values = list(c.values())
+    for i in _TIME_INDEXES:
+        values[i] = values[i] * 1000.0
+    return [round(v) for v in values]
+
+
+def row_to_counters(values: Sequence[Any]) -> Counters:
+    out = [float(v or 0) for v in values]
+    for i in _TIME_INDEXES:
+        out[i] = out[i] / 1000.0
+    return Counters(*out)
+
+
+INSERT_INTERVAL = f"""
+INSERT INTO intervals (server_id, start, end, complete, dealloc, {", ".join(DATABASE_COLUMNS)},
+    act_samples, act_sessions_mean, act_active_mean, act_idle_in_transaction_mean,
+    act_lock_waiting_mean, act_sessions_max, act_max_connections)
+VALUES ({", ".join("?" * (5 + len(DATABASE_COLUMNS) + 7))})
+"""
+INSERT_DELTA = f"""
+INSERT INTO deltas (interval_id, statement_id, {", ".join(COUNTER_COLUMNS)})
+VALUES ({", ".join("?" * (2 + len(COUNTER_COLUMNS)))})
+"""
+INSERT_ACTIVITY = """
+INSERT INTO activity (interval_id, fingerprint, active, lock_waits, blocking, blocked_sessions,
+    idle_in_transaction) VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+INSERT_STATEMENT = """
+INSERT INTO statements (server_id, dbid, userid, queryid, toplevel, fingerprint, first_seen)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (server_id, dbid, userid, queryid, toplevel) DO UPDATE SET fingerprint = excluded.fingerprint
+RETURNING id
+"""
+INSERT_TEXT = "INSERT OR IGNORE INTO texts (fingerprint, query, first_seen) VALUES (?, ?, ?)"
+INSERT_GAP = """
+INSERT INTO gaps (server_id, start, end, reason, detail, partial) VALUES (?, ?, ?, ?, ?, ?)
+"""
+SELECT_STATEMENT_IDS = """
+SELECT id, dbid, userid, queryid, toplevel, fingerprint FROM statements WHERE server_id = ?
+"""
+SELECT_INTERVALS = f"""
+SELECT id, start, end, complete, {", ".join(DATABASE_COLUMNS)}, act_samples, act_sessions_mean,
+    act_active_mean, act_idle_in_transaction_mean, act_lock_waiting_mean, act_sessions_max,
+    act_max_connections
+FROM intervals WHERE server_id = ? AND end > ? AND start < ? ORDER BY start
+"""
+SELECT_INTERVAL_DELTAS = f"""
+SELECT d.interval_id, s.fingerprint, {_SUM_COUNTERS}
+FROM deltas d JOIN intervals i ON i.id = d.interval_id JOIN statements s ON s.id = d.statement_id
+WHERE i.server_id = ? AND i.end > ? AND i.start < ? AND s.toplevel = 1
+GROUP BY d.interval_id, s.fingerprint
+"""
+SELECT_INTERVAL_ACTIVITY = """
+SELECT a.interval_id, a.fingerprint, a.active, a.lock_waits, a.blocking, a.blocked_sessions,
+    a.idle_in_transaction
+FROM activity a JOIN intervals i ON i.id = a.interval_id
+WHERE i.server_id = ? AND i.end > ? AND i.start < ?
+"""
+SELECT_RAW_TOTALS = f"""
+SELECT s.fingerprint, {_SUM_COUNTERS}
+FROM deltas d JOIN intervals i ON i.id = d.interval_id JOIN statements s ON s.id = d.statement_id
+WHERE i.server_id = ? AND i.end > ? AND i.end <= ? AND s.toplevel = 1
+GROUP BY s.fingerprint
+"""
+SELECT_RAW_SECONDS = """
+SELECT coalesce(sum(end - start), 0), min(start) FROM intervals
+WHERE server_id = ? AND end > ? AND end <= ? AND complete = 1
+"""
+SELECT_OLDEST_RAW = "SELECT min(start) FROM intervals WHERE server_id = ?"
+SELECT_TEXTS = "SELECT fingerprint, query FROM texts"
+SELECT_QUERYIDS = "SELECT fingerprint, queryid FROM statements WHERE server_id = ?"
+
+
+class Store:
+    """All reads and writes of querywatch's history. Open one per process."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        retention: Retention | None = None,
+        create: bool = True,
+        clock: Any = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.retention = retention or Retention()
+        self.clock = clock
+        self._statement_ids: dict[int, dict[StatementKey, int]] = {}
+        self._known_texts: set[str] = set()
+        self._lock = threading.RLock()
+        self._conn = self._open(create)
+
+    # -- opening ------------------------------------------------------------------------------
+    def _open(self, create: bool) -> sqlite3.Connection:
+        if not self.path.exists():
+            if not create:
+                raise StoreError(
+                    f"no store at {str(self.path)!r} (fix: run `querywatch collect` first, "
+                    "or pass --store)"
+                )
+            self._check_folder()
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=10, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnwritable(f"cannot open store {str(self.path)!r}: {exc}") from None
+        try:
+            self._configure(conn)
+            self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise self._translate(exc) from None
+        return conn
+
+    def _check_folder(self) -> None:
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        if not folder.is_dir():
+            raise StoreUnwritable(
+                f"cannot create store {str(self.path)!r}: folder {str(folder)!r} does not exist"
+            )
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id != schema.APPLICATION_ID and tables:
+            raise StoreCorrupt(
+                f"{str(self.path)!r} is not a querywatch store (fix: pass another --store path)"
+            )
+        if version > schema.LATEST:
+            raise StoreCorrupt(
+                f"store {str(self.path)!r} has schema version {version}, newer than this "
+                f"querywatch knows ({schema.LATEST}) (fix: upgrade querywatch)"
+            )
+        for number in range(version, schema.LATEST):
+            with self._transaction(conn):
+                self._apply(conn, schema.MIGRATIONS[number])
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+                conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, script: str) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+    def _translate(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        where = str(self.path)
+        if "readonly" in text or "unable to open" in text or "disk I/O" in text:
+            return StoreUnwritable(f"cannot write store {where!r}: {text} (fix: check permissions)")
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return StoreCorrupt(
+                f"store {where!r} is damaged: {text} (fix: move the file aside; querywatch "
+                "then starts a new store, and `sqlite3 FILE .recover` may save the history)"
+            )
+        if isinstance(exc, StoreError):
+            return exc
+        return StoreError(f"store {where!r}: {text}")
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        conn = conn or self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Serialize access (one connection shared by threads) and translate sqlite3 errors."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- servers --------------------------------------------------------------------------------
+    def server(self, name: str, target: str = "", version: str = "") -> Server:
+        """The server of that name, created on first use."""
+        with self._errors(), self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO servers (name, target, version, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET target = excluded.target, "
+                "version = CASE WHEN excluded.version = '' THEN servers.version "
+                "ELSE excluded.version END",
+                (name, target, version, self.clock()),
+            )
+            row = conn.execute(
+                "SELECT id, name, target, version FROM servers WHERE name = ?", (name,)
+            ).fetchone()
+        return Server(*row)
+
+    def servers(self) -> list[Server]:
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT s.id, s.name, s.target, s.version FROM servers s "
+                "LEFT JOIN intervals i ON i.server_id = s.id "
+                "GROUP BY s.id ORDER BY max(i.end) DESC NULLS LAST, s.id"
+            ).fetchall()
+        return [Server(*r) for r in rows]
+
+    # -- writing intervals ------------------------------------------------------------------------
+    def known_keys(self, server_id: int) -> Mapping[StatementKey, int]:
+        ids = self._statement_ids.get(server_id)
+        if ids is None:
+            with self._errors():
+                rows = self._conn.execute(SELECT_STATEMENT_IDS, (server_id,)).fetchall()
+            ids = {StatementKey(r[1], r[2], r[3], bool(r[4])): r[0] for r in rows}
+            self._statement_ids[server_id] = ids
+        return ids
+
+    def has_text(self, fingerprint: str) -> bool:
+        if not self._known_texts:
+            with self._errors():
+                rows = self._conn.execute("SELECT fingerprint FROM texts").fetchall()
+            self._known_texts = {r[0] for r in rows}
+        return fingerprint in self._known_texts
+
+    def record_interval(
+        self,
+        server_id: int,
+        interval: Interval,
+        fingerprints: Mapping[StatementKey, str],
+        texts: Mapping[str, str],
+        activity: ActivitySummary | None = None,
+    ) -> int:
+        """Write one interval atomically: its row, its active statements, activity and gaps.
+
+        ``fingerprints`` must hold every statement key of the interval not yet known to the store;
+        ``texts`` the normalized text of fingerprints not stored yet.
+        """
+        with self._errors(), self._transaction() as conn:
+            ids = dict(self.known_keys(server_id))
+            self._insert_statements(conn, server_id, interval, fingerprints, ids)
+            self._insert_texts(conn, texts)
+            interval_id = self._insert_interval(conn, server_id, interval, activity)
+            conn.executemany(
+                INSERT_DELTA,
+                [
+                    [interval_id, ids[d.key], *counters_to_row(d.counters)]
+                    for d in interval.statements
+                ],
+            )
+            if activity is not None:
+                conn.executemany(INSERT_ACTIVITY, _activity_rows(interval_id, activity))
+            for gap in interval.gaps:
+                conn.execute(INSERT_GAP, _gap_row(server_id, gap))
+        self._statement_ids[server_id] = ids
+        self._known_texts.update(texts)
+        return interval_id
+
+    def _insert_statements(
+        self,
+        conn: sqlite3.Connection,
+        server_id: int,
+        interval: Interval,
+        fingerprints: Mapping[StatementKey, str],
+        ids: dict[StatementKey, int],
+    ) -> None:
+        for d in interval.statements:
+            if d.key in ids:
+                continue
+            key = d.key
+            fp = fingerprints.get(key)
+            if fp is None:
+                raise StoreError(f"store: no fingerprint given for queryid {key.queryid}")
+            row = conn.execute(
+                INSERT_STATEMENT,
+                (server_id, key.dbid, key.userid, key.queryid, int(key.toplevel), fp, interval.end),
+            ).fetchone()
+            ids[key] = row[0]
+
+    def _insert_texts(self, conn: sqlite3.Connection, texts: Mapping[str, str]) -> None:
+        now = self.clock()
+        conn.executemany(INSERT_TEXT, [(fp, q, now) for fp, q in texts.items()])
+
+    def _insert_interval(
+        self,
+        conn: sqlite3.Connection,
+        server_id: int,
+        interval: Interval,
+        activity: ActivitySummary | None,
+    ) -> int:
+        database = interval.database
+        db_values = (
+            [round(v) for v in database.values()] if database else [None] * len(DATABASE_COLUMNS)
+        )
+        act: list[Any] = [0, None, None, None, None, None, None]
+        if activity is not None:
+            act = [
+                activity.samples,
+                activity.sessions_mean,
+                activity.active_mean,
+                activity.idle_in_transaction_mean,
+                activity.lock_waiting_mean,
+                activity.sessions_max,
+                activity.max_connections,
+            ]
+        params = [server_id, interval.start, interval.end, int(interval.complete), interval.dealloc]
+        cur = conn.execute(INSERT_INTERVAL, [*params, *db_values, *act])
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def record_gap(self, server_id: int, gap: Gap) -> None:
+        """A gap outside any interval (e.g. the server was down)."""
+        with self._errors(), self._transaction() as conn:
+            conn.execute(INSERT_GAP, _gap_row(server_id, gap))
+
+    # -- reading --------------------------------------------------------------------------------
+    def summaries(self, server_id: int, start: float, end: float) -> list[IntervalSummary]:
+        """Stored raw intervals overlapping [start, end), statement counters per fingerprint."""
+        with self._errors():
+            intervals = self._conn.execute(SELECT_INTERVALS, (server_id, start, end)).fetchall()
+            deltas = self._conn.execute(SELECT_INTERVAL_DELTAS, (server_id, start, end)).fetchall()
+            acts = self._conn.execute(SELECT_INTERVAL_ACTIVITY, (server_id, start, end)).fetchall()
+        by_interval: dict[int, dict[str, Counters]] = defaultdict(dict)
+        for row in deltas:
+            by_interval[row[0]][row[1]] = row_to_counters(row[2:])
+        activity: dict[int, list[FingerprintActivity]] = defaultdict(list)
+        for row in acts:
+            activity[row[0]].append(FingerprintActivity(*row[1:]))
+        return [
+            _summary(row, by_interval.get(row[0], {}), activity.get(row[0], []))
+            for row in intervals
+        ]
+
+    def totals(self, server_id: int, start: float, end: float) -> tuple[list[TopRow], float]:
+        """Per-fingerprint totals over (start, end] and the seconds of complete data covered."""
+        with self._errors():
+            oldest = self._conn.execute(SELECT_OLDEST_RAW, (server_id,)).fetchone()[0]
+            if (
+                oldest is None
+                or start >= oldest - 1
+                or not rollup.covers(self._conn, server_id, start, oldest)
+            ):
+                rows = self._conn.execute(SELECT_RAW_TOTALS, (server_id, start, end)).fetchall()
+                seconds = self._conn.execute(
+                    SELECT_RAW_SECONDS, (server_id, start, end)
+                ).fetchone()[0]
+            else:
+                rows, seconds = rollup.totals(self._conn, server_id, start, end)
+            texts = dict(self._conn.execute(SELECT_TEXTS).fetchall())
+            queryids = self._queryids(server_id)
+        result = [
+            TopRow(
+                fp, texts.get(fp, ""), tuple(sorted(queryids.get(fp, ()))), row_to_counters(r[1:])
+            )
+            for r in rows
+            for fp in (r[0],)
+        ]
+        return result, float(seconds or 0.0)
+
+    def _queryids(self, server_id: int) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = defaultdict(set)
+        for fp, queryid in self._conn.execute(SELECT_QUERYIDS, (server_id,)):
+            out[fp].add(queryid)
+        return out
+
+    def statements(self, fingerprints: Sequence[str] | None = None) -> dict[str, Statement]:
+        """Normalized text and queryids of the given fingerprints (all when None)."""
+        with self._errors():
+            texts = dict(self._conn.execute(SELECT_TEXTS).fetchall())
+            rows = self._conn.execute("SELECT fingerprint, queryid FROM statements").fetchall()
+        queryids: dict[str, set[int]] = defaultdict(set)
+        for fp, qid in rows:
+            queryids[fp].add(qid)
+        wanted = set(fingerprints) if fingerprints is not None else set(texts) | set(queryids)
+        return {
+            fp: Statement(fp, texts.get(fp, ""), tuple(sorted(queryids.get(fp, ()))))
+            for fp in wanted
+            if fp in texts or fp in queryids
+        }
+
+    def gaps(self, server_id: int, start: float, end: float) -> list[Gap]:
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT start, end, reason, detail, partial FROM gaps "
+                "WHERE server_id = ? AND end > ? AND start < ? ORDER BY start",
+                (server_id, start, end),
+            ).fetchall()
+        return [Gap(r[0], r[1], GapReason(r[2]), r[3], bool(r[4])) for r in rows]
+
+    def last_interval_end(self, server_id: int) -> float | None:
+        with self._errors():
+            row = self._conn.execute(
+                "SELECT max(end) FROM intervals WHERE server_id = ?", (server_id,)
+            ).fetchone()
+        return float(row[0]) if row[0] is not None else None
+
+    def interval_count(self, server_id: int) -> int:
+        with self._errors():
+            row = self._conn.execute(
+                "SELECT count(*) FROM intervals WHERE server_id = ?", (server_id,)
+            ).fetchone()
+        return int(row[0])
+
+    # -- deploys ---------------------------------------------------------------------------------
+    def add_deploy(self, version: str, at: float, note: str = "") -> Deploy:
+        with self._errors(), self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO deploys (version, at, note) VALUES (?, ?, ?)", (version, at, note)
+            )
+        return Deploy(version, at, note)
+
+    def deploys(self, start: float = 0.0, end: float = float("inf")) -> list[Deploy]:
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT version, at, note FROM deploys WHERE at >= ? AND at <= ? ORDER BY at",
+                (start, min(end, 1e18)),
+            ).fetchall()
+        return [Deploy(*r) for r in rows]
+
+    # -- incidents --------------------------------------------------------------------------------
+    def save_incident(
+        self, server_id: int, incident: Incident, diagnosis: Mapping[str, object] | None = None
+    ) -> None:
+        with self._errors(), self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO incidents (id, server_id, key, state, opened_at, fired_at, resolved_at,"
+                " rules, diagnosis) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " state = excluded.state, fired_at = excluded.fired_at,"
+                " resolved_at = excluded.resolved_at, rules = excluded.rules,"
+                " diagnosis = coalesce(excluded.diagnosis, incidents.diagnosis)",
+                (
+                    incident.id,
+                    server_id,
+                    incident.key,
+                    incident.state.value,
+                    incident.opened_at,
+                    incident.fired_at,
+                    incident.resolved_at,
+                    ",".join(incident.rules),
+                    json.dumps(diagnosis) if diagnosis is not None else None,
+                ),
+            )
+            conn.execute("DELETE FROM incident_events WHERE incident_id = ?", (incident.id,))
+            conn.executemany(
+                "INSERT INTO incident_events (incident_id, at, state, detail) VALUES (?, ?, ?, ?)",
+                [(incident.id, e.at, e.state.value, e.detail) for e in incident.timeline],
+            )
+
+    def incidents(self, server_id: int | None = None, limit: int = 100) -> list[StoredIncident]:
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT id, server_id, key, state, opened_at, fired_at, resolved_at, rules, diagnosis"
+                " FROM incidents WHERE (? IS NULL OR server_id = ?) ORDER BY opened_at DESC LIMIT ?",
+                (server_id, server_id, limit),
+            ).fetchall()
+            events = self._conn.execute(
+                "SELECT incident_id, at, state, detail FROM incident_events ORDER BY at"
+            ).fetchall()
+        timeline: dict[str, list[IncidentEvent]] = defaultdict(list)
+        for e in events:
+            timeline[e[0]].append(IncidentEvent(e[1], IncidentState(e[2]), e[3]))
+        return [_stored_incident(r, timeline.get(r[0], [])) for r in rows]
+
+    # -- status -------------------------------------------------------------------------------------
+    def set_status(self, key: str, value: Mapping[str, object]) -> None:
+        with self._errors(), self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO status (key, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (key, json.dumps(value), self.clock()),
+            )
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        with self._errors():
+            rows = self._conn.execute("SELECT key, value, updated_at FROM status").fetchall()
+        return {k: {**json.loads(v), "updated_at": at} for k, v, at in rows}
+
+    # -- retention ----------------------------------------------------------------------------------
+    def maintain(self, now: float | None = None) -> None:
+        """Roll raw intervals up to 1-minute and 1-hour buckets, then apply retention."""
+        now = self.clock() if now is None else now
+        with self._errors(), self._transaction() as conn:
+            rollup.roll_up(conn, now)
+            rollup.apply_retention(conn, now, self.retention)
+
+    def size_bytes(self) -> int:
+        with self._errors():
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+            size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages * size)
+
+
+@dataclass(frozen=True)
+class StoredIncident:
+    incident: Incident
+    server_id: int
+    diagnosis: dict[str, Any] | None
+
+
+def _stored_incident(row: Sequence[Any], events: list[IncidentEvent]) -> StoredIncident:
+    incident = Incident(
+        id=row[0],
+        key=row[2],
+        state=IncidentState(row[3]),
+        opened_at=row[4],
+        fired_at=row[5],
+        resolved_at=row[6],
+        rules=tuple(r for r in row[7].split(",") if r),
+        timeline=tuple(events),
+    )
+    return StoredIncident(incident, row[1], json.loads(row[8]) if row[8] else None)
+
+
+def _summary(
+    row: Sequence[Any], by_fp: dict[str, Counters], acts: list[FingerprintActivity]
+) -> IntervalSummary:
+    n_db = len(DATABASE_COLUMNS)
+    db_values = row[4 : 4 + n_db]
+    database = None if db_values[0] is None else DatabaseCounters(*(float(v) for v in db_values))
+    act = row[4 + n_db :]
+    activity = None
+    if act[0]:
+        activity = ActivitySummary(
+            samples=act[0],
+            sessions_mean=act[1],
+            active_mean=act[2],
+            idle_in_transaction_mean=act[3],
+            lock_waiting_mean=act[4],
+            sessions_max=act[5],
+            max_connections=act[6],
+            by_fingerprint=tuple(acts),
+        )
+    return IntervalSummary(row[1], row[2], bool(row[3]), by_fp, database, activity)
+
+
+def _activity_rows(interval_id: int, activity: ActivitySummary) -> list[tuple[Any, ...]]:
+    return [
+        (
+            interval_id,
+            a.fingerprint,
+            a.active,
+            a.lock_waits,
+            a.blocking,
+            a.blocked_sessions,
+            a.idle_in_transaction,
+        )
+        for a in activity.by_fingerprint
+    ]
+
+
+def _gap_row(server_id: int, gap: Gap) -> tuple[Any, ...]:
+    return (server_id, gap.start, gap.end, gap.reason.value, gap.detail, int(gap.partial))

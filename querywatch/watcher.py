@@ -1,0 +1,230 @@
+"""The collection loop: snapshot every interval, sample activity in between, store the deltas.
+
+One connection per server, timeouts on every query (set by the source), reconnect with backoff when
+the server goes away, and a clean stop: a stop request is honoured between steps, so the write in
+progress always completes and nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import activity, collector
+from .errors import ConnectError, QueryTimeout, SourceError
+from .fingerprint import Fingerprinter, normalize
+from .model import ActivitySample, Gap, GapReason, Interval, Snapshot, StatementKey
+from .source.postgres import PostgresSource
+from .store import Store
+
+log = logging.getLogger("querywatch.watcher")
+
+MAINTAIN_EVERY_S = 60.0
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+@dataclass
+class CollectorStatus:
+    last_success: float | None = None
+    last_error: str = ""
+    last_error_at: float | None = None
+    intervals: int = 0
+    gaps: int = 0
+    dealloc: int = 0
+    reconnects: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+IntervalHook = Callable[[int, Interval], None]
+
+
+@dataclass
+class Watcher:
+    """Collects one server into one store until ``stop()``."""
+
+    source: PostgresSource
+    store: Store
+    server_name: str
+    interval_s: float = 10.0
+    activity_interval_s: float = 1.0
+    on_interval: IntervalHook | None = None
+    clock: Callable[[], float] = time.time
+    status: CollectorStatus = field(default_factory=CollectorStatus)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._fingerprints = Fingerprinter()
+        self._previous: Snapshot | None = None
+        self._samples: list[ActivitySample] = []
+        self._server_id: int | None = None
+        self._last_maintain = 0.0
+        self._down_since: float | None = None
+
+    # -- control ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        """Connect and take the first snapshot; errors here are the user's to fix (bad DSN...)."""
+        caps = self.source.connect()
+        server = self.store.server(self.server_name, version=caps.version)
+        self._server_id = server.id
+        self._previous = self.source.snapshot()
+        self._mark_success()
+
+    def run(self, *, once: bool = False) -> None:
+        """Collect until stopped; with ``once``, one interval and return."""
+        if self._server_id is None:
+            self.start()
+        next_snapshot = time.monotonic() + self.interval_s
+        while not self.stopping:
+            self._sample_until(next_snapshot)
+            if self.stopping:
+                break
+            next_snapshot += self.interval_s
+            self.collect_once()
+            if once:
+                break
+            next_snapshot = max(next_snapshot, time.monotonic() + 0.1)
+
+    # -- one interval -----------------------------------------------------------------------------
+    def collect_once(self) -> int | None:
+        """Take a snapshot, store the interval since the previous one; returns its id."""
+        try:
+            if not self.source.connected:
+                self._reconnect()
+            snapshot = self.source.snapshot()
+        except (ConnectError, QueryTimeout) as exc:
+            self._failed(exc)
+            return None
+        return self._store_interval(snapshot)
+
+    def _store_interval(self, snapshot: Snapshot) -> int | None:
+        previous, self._previous = self._previous, snapshot
+        samples, self._samples = self._samples, []
+        if previous is None:
+            return None
+        interval = collector.delta(previous, snapshot)
+        fingerprints, texts = self._identify(interval)
+        assert self._server_id is not None
+        interval_id = self.store.record_interval(
+            self._server_id, interval, fingerprints, texts, activity.summarize(samples)
+        )
+        self._account(interval)
+        self._maintain()
+        if self.on_interval is not None:
+            self.on_interval(interval_id, interval)
+        return interval_id
+
+    def _identify(self, interval: Interval) -> tuple[dict[StatementKey, str], dict[str, str]]:
+        assert self._server_id is not None
+        known = self.store.known_keys(self._server_id)
+        new_keys = [d.key for d in interval.statements if d.key not in known]
+        if not new_keys:
+            return {}, {}
+        unseen = [k.queryid for k in new_keys if k.queryid not in self._fingerprints]
+        raw_texts = self._texts(unseen)
+        fingerprints: dict[StatementKey, str] = {}
+        texts: dict[str, str] = {}
+        for key in new_keys:
+            text = raw_texts.get(key.queryid, "")
+            fp = (
+                self._fingerprints.for_queryid(key.queryid, text)
+                if (text or key.queryid in self._fingerprints)
+                else f"qid{key.queryid & 0xFFFFFFFFFFFFFFFF:016x}"
+            )
+            fingerprints[key] = fp
+            if text and not self.store.has_text(fp):
+                texts[fp] = normalize(text)
+        return fingerprints, texts
+
+    def _texts(self, queryids: list[int]) -> dict[int, str]:
+        if not queryids:
+            return {}
+        try:
+            return self.source.texts(queryids)
+        except QueryTimeout as exc:
+            log.warning("could not fetch %d query texts: %s", len(queryids), exc)
+            return {}
+
+    def _sample_until(self, deadline: float) -> None:
+        while not self.stopping:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            self._stop.wait(min(self.activity_interval_s, deadline - now))
+            if self.stopping or time.monotonic() >= deadline:
+                return
+            self._sample()
+
+    def _sample(self) -> None:
+        if not self.source.connected:
+            return
+        try:
+            self._samples.append(self.source.sample_activity())
+        except (ConnectError, QueryTimeout) as exc:
+            log.warning("activity sample failed: %s", exc)
+
+    # -- failures ---------------------------------------------------------------------------------
+    def _reconnect(self) -> None:
+        delay = BACKOFF_START_S
+        while not self.stopping:
+            try:
+                self.source.connect()
+                self.status.reconnects += 1
+                self._record_down_gap()
+                log.info("reconnected to %s", self.server_name)
+                return
+            except ConnectError as exc:
+                self._failed(exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+        raise ConnectError("stopped while reconnecting")
+
+    def _failed(self, exc: SourceError) -> None:
+        now = self.clock()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning("collection failed, will retry: %s", exc)
+        self.status.last_error = str(exc)
+        self.status.last_error_at = now
+        self._samples = []
+        self._save_status()
+
+    def _record_down_gap(self) -> None:
+        if self._down_since is None or self._server_id is None:
+            return
+        gap = Gap(self._down_since, self.clock(), GapReason.DOWN, "server unreachable", False)
+        self.store.record_gap(self._server_id, gap)
+        self.status.gaps += 1
+        self._down_since = None
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def _account(self, interval: Interval) -> None:
+        self.status.intervals += 1
+        self.status.gaps += sum(1 for g in interval.gaps if not g.partial)
+        self.status.dealloc += interval.dealloc
+        self._mark_success()
+
+    def _mark_success(self) -> None:
+        self.status.last_success = self.clock()
+        self._save_status()
+
+    def _save_status(self) -> None:
+        self.store.set_status(f"collector:{self.server_name}", self.status.as_dict())
+
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        if now - self._last_maintain >= MAINTAIN_EVERY_S:
+            self._last_maintain = now
+            self.store.maintain()

@@ -1,0 +1,98 @@
+"""Shared fixtures: real throwaway PostgreSQL servers started by querywatch.localpg.
+
+Outside CI a missing component (PostgreSQL, hypopg) skips the tests that need it, with the reason.
+Under CI (``CI=true``) every component must be present: a missing one fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import psycopg
+import pytest
+
+from querywatch.errors import LocalPostgresError
+from querywatch.localpg import LocalPostgres, find_bindir
+
+MakePg = Callable[..., LocalPostgres]
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip for want of a component; under CI=true fail instead: every component must be there."""
+    if under_ci():
+        pytest.fail(f"{reason} (CI=true: a missing component is a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _prepare(server: LocalPostgres) -> LocalPostgres:
+    """Create the extensions the tests expect in the postgres database."""
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        if "pg_stat_statements" in server.preload:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        if server.has_extension("hypopg"):
+            conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
+    return server
+
+
+@pytest.fixture(scope="session")
+def pg_bindir() -> Path:
+    """The PostgreSQL binaries the launcher will use; skips (fails under CI) when there are none."""
+    try:
+        return find_bindir()
+    except LocalPostgresError as err:
+        missing(str(err))
+
+
+@pytest.fixture(scope="session")
+def make_pg(pg_bindir: Path) -> Iterator[MakePg]:
+    """A factory: ``make_pg(settings, **LocalPostgres kwargs)`` starts one more cluster.
+
+    Every cluster it started is stopped and removed at the end of the session.
+    """
+    started: list[LocalPostgres] = []
+
+    def make(settings: Mapping[str, str] | None = None, **kwargs: Any) -> LocalPostgres:
+        server = LocalPostgres(settings, **kwargs)
+        started.append(server)
+        return _prepare(server.start())
+
+    yield make
+    for server in reversed(started):
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg(make_pg: MakePg) -> LocalPostgres:
+    """The session's server: pg_stat_statements preloaded and created; hypopg if installed."""
+    return make_pg()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg: LocalPostgres) -> str:
+    return pg.dsn
+
+
+@pytest.fixture
+def conn(pg_dsn: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
+    """An autocommit connection to the session's server, closed after the test."""
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def require_hypopg(pg: LocalPostgres) -> LocalPostgres:
+    """The session's server, which has hypopg; skips (fails under CI) when hypopg is missing."""
+    if not pg.has_extension("hypopg"):
+        version = pg.major_version
+        missing(
+            f"hypopg is not installed for postgresql {version} in {pg.bindir} "
+            f"(apt-get install postgresql-{version}-hypopg)"
+        )
+    return pg

@@ -1,0 +1,112 @@
+"""Pure delta rules: hand-made snapshots in, intervals and gaps out."""
+
+from __future__ import annotations
+
+import pytest
+
+from querywatch.collector import delta
+from querywatch.model import (
+    Counters,
+    GapReason,
+    Snapshot,
+    StatementKey,
+    StatementStats,
+)
+
+A = StatementKey(1, 10, 111)
+B = StatementKey(1, 10, 222)
+C = StatementKey(1, 10, 333)
+
+
+def snap(
+    at: float,
+    entries: dict[StatementKey, tuple[float, float]],
+    *,
+    started: float = 0.0,
+    reset: float | None = 0.0,
+    dealloc: int | None = 0,
+    since: dict[StatementKey, float] | None = None,
+) -> Snapshot:
+    since = since or {}
+    stats = {
+        k: StatementStats(k, Counters(calls=c, exec_ms=ms, rows=c), since.get(k))
+        for k, (c, ms) in entries.items()
+    }
+    return Snapshot(at, started, reset, dealloc, stats)
+
+
+def calls(interval: object) -> dict[int, float]:
+    return {d.key.queryid: d.counters.calls for d in interval.statements}  # type: ignore[attr-defined]
+
+
+def test_growth_is_the_delta() -> None:
+    before = snap(100, {A: (10, 5.0), B: (3, 1.0)})
+    after = snap(110, {A: (1010, 505.0), B: (13, 3.0)})
+    interval = delta(before, after)
+    assert calls(interval) == {111: 1000, 222: 10}
+    assert interval.complete and interval.gaps == ()
+    a = next(d for d in interval.statements if d.key == A)
+    assert a.counters.mean_ms == pytest.approx(0.5)
+
+
+def test_idle_statements_are_not_in_the_interval() -> None:
+    before = snap(100, {A: (10, 5.0), B: (3, 1.0)})
+    after = snap(110, {A: (11, 6.0), B: (3, 1.0)})
+    assert calls(delta(before, after)) == {111: 1}
+
+
+@pytest.mark.parametrize(
+    ("after_kwargs", "reason"),
+    [
+        ({"started": 50.0}, GapReason.RESTART),
+        ({"reset": 105.0}, GapReason.RESET),
+    ],
+)
+def test_restart_and_reset_are_full_gaps(after_kwargs: dict[str, float], reason: GapReason) -> None:
+    before = snap(100, {A: (10, 5.0)})
+    after = snap(110, {A: (2, 1.0)}, **after_kwargs)  # type: ignore[arg-type]
+    interval = delta(before, after)
+    assert interval.statements == ()
+    assert not interval.complete
+    assert [g.reason for g in interval.gaps] == [reason]
+
+
+def test_counters_going_down_everywhere_is_a_reset_without_info_view() -> None:
+    before = snap(100, {A: (10, 5.0), B: (8, 4.0)}, reset=None, dealloc=None)
+    after = snap(110, {A: (2, 1.0), B: (1, 0.5)}, reset=None, dealloc=None)
+    interval = delta(before, after)
+    assert interval.statements == () and not interval.complete
+    assert interval.gaps[0].reason is GapReason.RESET
+
+
+def test_one_entry_going_down_is_skipped_not_negative() -> None:
+    before = snap(100, {A: (10, 5.0), B: (8, 4.0), C: (5, 1.0)})
+    after = snap(110, {A: (20, 6.0), B: (2, 1.0), C: (6, 2.0)}, dealloc=3)
+    interval = delta(before, after)
+    assert calls(interval) == {111: 10, 333: 1}
+    assert interval.complete
+    assert {g.reason for g in interval.gaps} == {GapReason.DEALLOC, GapReason.EVICTED}
+    assert all(g.partial for g in interval.gaps)
+    assert interval.dealloc == 3
+    assert all(v >= 0 for d in interval.statements for v in d.counters.values())
+
+
+def test_new_entry_counts_whole() -> None:
+    before = snap(100, {A: (10, 5.0)})
+    after = snap(110, {A: (10, 5.0), B: (7, 3.5)})
+    assert calls(delta(before, after)) == {222: 7}
+
+
+def test_vanished_entry_is_a_partial_gap() -> None:
+    before = snap(100, {A: (10, 5.0), B: (7, 3.5)})
+    after = snap(110, {A: (12, 6.0)}, dealloc=1)
+    interval = delta(before, after)
+    assert calls(interval) == {111: 2}
+    assert any(g.reason is GapReason.EVICTED and g.partial for g in interval.gaps)
+
+
+def test_stats_since_after_previous_snapshot_means_recreated_entry() -> None:
+    before = snap(100, {A: (10, 5.0)}, since={A: 50.0})
+    after = snap(110, {A: (15, 7.0)}, since={A: 105.0})
+    # evicted and re-created at 105: all 15 calls happened after the earlier snapshot
+    assert calls(delta(before, after)) == {111: 15}

@@ -1,0 +1,584 @@
+"""Diagnosis over hand-made windows: attribution, verdicts, onsets, deploys, JSON and text."""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from querywatch.diagnose import DiagnoseSettings, Workload, attribute, diagnose, workload
+from querywatch.model import (
+    ActivitySummary,
+    Counters,
+    CulpritKind,
+    Deploy,
+    Diagnosis,
+    FingerprintActivity,
+    IntervalSummary,
+    Statement,
+    Verdict,
+)
+from querywatch.report import diagnosis_to_json, diagnosis_to_text, iso
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def at(hhmmss: str) -> float:
+    """POSIX seconds of a time on 2026-11-26 UTC."""
+    h, m, s = (int(x) for x in hhmmss.split(":"))
+    return datetime(2026, 11, 26, h, m, s, tzinfo=UTC).timestamp()
+
+
+BASELINE = (at("09:30:00"), at("10:30:00"), 60.0)  # 60 intervals of 1 min
+WINDOW = (at("10:30:00"), at("10:40:00"), 10.0)  # 60 intervals of 10 s
+ONSET = at("10:31:20")
+
+Loads = dict[str, tuple[float, float]]  # fingerprint -> (calls/s, mean ms)
+BASE: Loads = {"lookup": (200.0, 1.0), "orders": (2.0, 40.0), "cart": (50.0, 2.0)}
+LOCKS: Loads = {**BASE, "transfer": (1.0, 3.0), "debit": (5.0, 2.0)}
+STATEMENTS = {
+    "lookup": Statement("lookup", "SELECT * FROM users WHERE id = $1", (11,)),
+    "orders": Statement("orders", "SELECT *\n  FROM orders\n WHERE lower(email) = $1", (-4383, 77)),
+    "cart": Statement("cart", "SELECT * FROM cart WHERE user_id = $1", (13,)),
+    "export": Statement("export", "SELECT * FROM orders ORDER BY created_at", (14,)),
+    "transfer": Statement("transfer", "UPDATE accounts SET balance = balance - $1", (15,)),
+    "debit": Statement("debit", "UPDATE accounts SET balance = balance + $1", (16,)),
+}
+
+
+def interval(
+    start: float,
+    seconds: float,
+    loads: Loads,
+    *,
+    complete: bool = True,
+    activity: ActivitySummary | None = None,
+) -> IntervalSummary:
+    counters = {
+        fp: Counters(calls=c * seconds, exec_ms=c * seconds * m) for fp, (c, m) in loads.items()
+    }
+    return IntervalSummary(start, start + seconds, complete, counters, activity=activity)
+
+
+def series(
+    span: tuple[float, float, float],
+    loads: Callable[[float], Loads],
+    activity: Callable[[float], ActivitySummary | None] = lambda t: None,
+) -> list[IntervalSummary]:
+    start, end, step = span
+    n = round((end - start) / step)
+    times = [start + i * step for i in range(n)]
+    return [interval(t, step, loads(t), activity=activity(t)) for t in times]
+
+
+def steady(loads: Loads) -> Callable[[float], Loads]:
+    return lambda t: loads
+
+
+def switch(since: float, changes: Loads, loads: Loads = BASE) -> Callable[[float], Loads]:
+    """``loads`` before ``since``, then with ``changes`` applied."""
+    return lambda t: {**loads, **changes} if t >= since else loads
+
+
+def scaled(factor: float) -> Callable[[float], Loads]:
+    return steady({fp: (c * factor, m) for fp, (c, m) in BASE.items()})
+
+
+def blocked(t: float) -> ActivitySummary | None:
+    """From 10:32: one idle-in-transaction 'transfer' session blocks five 'debit' sessions."""
+    if t < at("10:32:00"):
+        return ActivitySummary(10, 3.0, 1.0, 0.0, 0.0, 3, 100)
+    by_fp = (
+        FingerprintActivity("debit", active=50, lock_waits=50),
+        FingerprintActivity("transfer", blocking=10, blocked_sessions=50, idle_in_transaction=10),
+    )
+    return ActivitySummary(10, 7.0, 6.0, 1.0, 5.0, 7, 100, by_fp)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    window: Callable[[float], Loads]
+    verdict: Verdict
+    culprit: str | None = None
+    kind: CulpritKind | None = None
+    onset: float | None = None
+    deploys: tuple[Deploy, ...] = ()
+    suspect: tuple[bool, ...] = ()
+    reason: str = ""
+    base: Loads | None = None
+    activity: Callable[[float], ActivitySummary | None] = lambda t: None
+
+
+CASES = [
+    Case(
+        "frequency x10 after a deploy",
+        switch(ONSET, {"orders": (20.0, 40.0)}),
+        Verdict.QUERY_REGRESSION,
+        "orders",
+        CulpritKind.FREQUENCY,
+        ONSET,
+        (Deploy("v2.3", at("10:30:30")),),
+        (True,),
+        "culprit 1 started 50 s after it: calls/s x8.8",
+    ),
+    Case(
+        "frequency x10, deploy an hour before onset",
+        switch(ONSET, {"orders": (20.0, 40.0)}),
+        Verdict.QUERY_REGRESSION,
+        "orders",
+        CulpritKind.FREQUENCY,
+        ONSET,
+        (Deploy("v2.3", ONSET - 3600),),
+        (False,),
+        "no culprit started within 5 min after it",
+    ),
+    Case(
+        "latency x5, deploy far away",
+        switch(ONSET, {"orders": (2.0, 200.0)}),
+        Verdict.QUERY_REGRESSION,
+        "orders",
+        CulpritKind.LATENCY,
+        ONSET,
+        (Deploy("v2.2", at("10:05:00")),),
+        (False,),
+        "no culprit started within 5 min after it",
+    ),
+    Case(
+        "latency x5, no deploy",
+        switch(ONSET, {"orders": (2.0, 200.0)}),
+        Verdict.QUERY_REGRESSION,
+        "orders",
+        CulpritKind.LATENCY,
+        ONSET,
+    ),
+    Case(
+        "new query after a deploy",
+        switch(at("10:32:00"), {"export": (5.0, 30.0)}),
+        Verdict.QUERY_REGRESSION,
+        "export",
+        CulpritKind.NEW_QUERY,
+        at("10:32:00"),
+        (Deploy("v2.4", at("10:31:50")),),
+        (True,),
+        "culprit 1 started 10 s after it: new query",
+    ),
+    Case("uniform x3", scaled(3.0), Verdict.TRAFFIC_SURGE),
+    Case(
+        "uniform x3 with a latency regression on top",
+        lambda t: {**scaled(3.0)(t), "orders": (6.0, 200.0)},
+        Verdict.QUERY_REGRESSION,
+        "orders",
+        CulpritKind.LATENCY,
+        at("10:30:00"),
+    ),
+    Case(
+        "no change and a deploy",
+        steady(BASE),
+        Verdict.HEALTHY,
+        deploys=(Deploy("v2.5", at("10:35:00")),),
+        suspect=(False,),
+        reason="workload unchanged",
+    ),
+    Case(
+        "lock waits behind an idle transaction",
+        switch(at("10:32:00"), {"debit": (5.0, 400.0)}, LOCKS),
+        Verdict.LOCK_CONTENTION,
+        "transfer",
+        CulpritKind.BLOCKING,
+        at("10:32:00"),
+        (Deploy("v2.6", at("10:20:00")),),
+        (False,),
+        "no culprit started within 5 min after it",
+        base=LOCKS,
+        activity=blocked,
+    ),
+]
+
+
+def run(case: Case, settings: DiagnoseSettings = DiagnoseSettings()) -> Diagnosis:
+    baseline = series(BASELINE, steady(case.base or BASE))
+    window = series(WINDOW, case.window, case.activity)
+    return diagnose(baseline, window, STATEMENTS, case.deploys, settings)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_verdict_culprit_and_deploys(case: Case) -> None:
+    d = run(case)
+    assert d.verdict is case.verdict, d.summary
+    assert not d.learning
+    if case.culprit is None:
+        assert all(c.excess_share < 0.5 for c in d.culprits)
+    else:
+        top = d.culprits[0]
+        assert (top.fingerprint, top.kind, top.onset) == (case.culprit, case.kind, case.onset)
+        assert top.query == STATEMENTS[case.culprit].query
+        assert top.queryid == str(STATEMENTS[case.culprit].queryids[0])
+    assert tuple(v.suspect for v in d.deploys) == case.suspect
+    assert all(case.reason in v.reason for v in d.deploys)
+
+
+def test_frequency_regression_numbers() -> None:
+    d = run(CASES[0])
+    top = d.culprits[0]
+    # orders: 2 calls/s for the first 8 of 60 intervals, then 20: (8*2 + 52*20) / 60
+    assert top.calls_per_s.baseline == pytest.approx(2.0)
+    assert top.calls_per_s.window == pytest.approx(17.6)
+    assert top.mean_ms.window == pytest.approx(40.0)
+    assert d.traffic_factor == pytest.approx((250 + 17.6) / 252)
+    assert top.excess_share == pytest.approx(1.0)
+    assert top.frequency_ms_per_s == pytest.approx(top.excess_ms_per_s)
+    assert top.per_call_ms_per_s == pytest.approx(0.0)
+    assert top.evidence[0] == "calls/s x8.8 (2.0 -> 17.6) since 10:31:20"
+    assert "mean 40.0 ms -> 40.0 ms" in top.evidence
+    assert d.summary.startswith("100% of the extra database time since 10:31:20 UTC comes from ")
+    assert "`SELECT * FROM orders WHERE lower(email) = $1`" in d.summary
+    assert "went up 8.8x right after deploy v2.3 at 10:30:30" in d.summary
+    assert "traffic overall changed only 1.1x, so this is not a traffic surge" in d.summary
+
+
+def test_latency_split_and_evidence() -> None:
+    d = run(CASES[3])
+    top = d.culprits[0]
+    assert top.mean_ms.baseline == pytest.approx(40.0)
+    assert top.mean_ms.window == pytest.approx((8 * 40 + 52 * 200) / 60)
+    assert top.per_call_ms_per_s > 10 * abs(top.frequency_ms_per_s)
+    assert top.evidence[0].startswith("mean x4.5 (40.0 ms -> 178.7 ms) since 10:31:20")
+    assert d.deploys == ()
+    assert "its mean time went up 4.5x" in d.summary
+
+
+def test_traffic_surge_summary() -> None:
+    d = run(CASES[5])
+    assert d.traffic_factor == pytest.approx(3.0)
+    assert d.culprits == ()
+    assert d.summary.startswith("Traffic rose 3.0x across all statements; no single query")
+    assert "a traffic surge, not a query regression" in d.summary
+
+
+def test_lock_contention_culprits() -> None:
+    d = run(CASES[8])
+    blocker, waiter = d.culprits[:2]
+    assert (waiter.fingerprint, waiter.kind) == ("debit", CulpritKind.LATENCY)
+    assert waiter.onset == at("10:32:00")
+    assert blocker.evidence[0] == "blocked 5.0 sessions on average in 80% of samples"
+    assert blocker.evidence[1] == "4.0 of 5.0 active sessions wait on locks"
+    assert waiter.evidence[0] == "4.0 sessions running it waited on a lock on average"
+    assert d.summary.startswith(
+        "Sessions are mostly waiting on locks since 10:32:00 UTC (4.0 of 5.0 active sessions"
+    )
+    assert "`UPDATE accounts SET balance = balance - $1`" in d.summary
+
+
+@pytest.mark.parametrize(
+    ("debit", "suspect", "reason"),
+    [
+        ((5.0, 400.0), True, "culprit 2 started 60 s after it: mean x160.2"),
+        ((5.0, 2.0), False, "workload unchanged: culprit 1 started after it with steady load"),
+    ],
+    ids=["waiters slowed", "counters unchanged"],
+)
+def test_deploy_before_lock_contention(
+    debit: tuple[float, float], suspect: bool, reason: str
+) -> None:
+    deploys = (Deploy("v2.6", at("10:31:00")),)
+    case = Case(
+        "locks after a deploy",
+        switch(at("10:32:00"), {"debit": debit}, LOCKS),
+        Verdict.LOCK_CONTENTION,
+        deploys=deploys,
+        base=LOCKS,
+        activity=blocked,
+    )
+    d = run(case)
+    assert d.verdict is Verdict.LOCK_CONTENTION
+    assert [c.fingerprint for c in d.culprits] == ["transfer", "debit"]
+    assert (d.deploys[0].suspect, d.deploys[0].reason) == (suspect, reason)
+
+
+def jittered(loads: Loads, rng: random.Random) -> Callable[[float], Loads]:
+    def draw(t: float) -> Loads:
+        return {
+            fp: (c * rng.uniform(0.7, 1.3), m * rng.uniform(0.7, 1.3))
+            for fp, (c, m) in loads.items()
+        }
+
+    return draw
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_jitter_is_healthy(seed: int) -> None:
+    rng = random.Random(seed)
+    baseline = series(BASELINE, jittered(BASE, rng))
+    window = series(WINDOW, jittered(BASE, rng))
+    deploys = [Deploy("v3", at("10:33:00"))]
+    d = diagnose(baseline, window, STATEMENTS, deploys)
+    assert (d.verdict, d.culprits) == (Verdict.HEALTHY, ()), d.summary
+    assert d.deploys[0].suspect is False
+    assert d.summary.startswith("Nothing abnormal between 10:30:00 and 10:40:00 UTC")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_jitter_does_not_hide_a_regression(seed: int) -> None:
+    rng = random.Random(seed)
+    changed = switch(ONSET, {"orders": (20.0, 40.0)})
+    baseline = series(BASELINE, jittered(BASE, rng))
+    window = series(WINDOW, lambda t: jittered(changed(t), rng)(t))
+    d = diagnose(baseline, window, STATEMENTS, [Deploy("v2.3", at("10:30:30"))])
+    assert d.verdict is Verdict.QUERY_REGRESSION
+    assert (d.culprits[0].fingerprint, d.culprits[0].kind) == ("orders", CulpritKind.FREQUENCY)
+    assert d.culprits[0].excess_share > 0.7
+    assert d.deploys[0].suspect
+
+
+def test_incomplete_intervals_are_ignored() -> None:
+    huge: Loads = {**BASE, "orders": (2000.0, 400.0), "export": (900.0, 50.0)}
+    baseline = series(BASELINE, steady(BASE))
+    baseline.insert(10, interval(at("09:40:00"), 60.0, huge, complete=False))
+    window = series(WINDOW, steady(BASE))
+    window[5] = interval(window[5].start, 10.0, huge, complete=False)
+    d = diagnose(baseline, window, STATEMENTS, [])
+    assert (d.verdict, d.culprits) == (Verdict.HEALTHY, ())
+    assert d.traffic_factor == pytest.approx(1.0)
+    assert workload(window).by_fingerprint["orders"].calls_per_s == pytest.approx(2.0)
+    assert workload(window).seconds == pytest.approx(590.0)
+
+
+def test_rates_divide_by_covered_seconds() -> None:
+    intervals = [
+        interval(0.0, 10.0, {"q": (3.0, 5.0)}),
+        interval(10.0, 50.0, {"q": (100.0, 1.0)}, complete=False),
+        interval(60.0, 30.0, {"q": (1.0, 9.0)}),
+    ]
+    w = workload(intervals)
+    assert w.seconds == 40.0
+    assert w.by_fingerprint["q"].calls_per_s == pytest.approx(60 / 40)
+    assert w.by_fingerprint["q"].mean_ms == pytest.approx((150 + 270) / 60)
+
+
+def test_attribution_splits_excess() -> None:
+    from querywatch.diagnose import Load
+
+    base = Workload(60.0, {"a": Load(100.0, 1.0), "b": Load(2.0, 40.0)})
+    win = Workload(60.0, {"a": Load(120.0, 1.0), "b": Load(28.0, 41.0), "c": Load(1.0, 10.0)})
+    result = attribute(base, win)
+    k = 149.0 / 102.0
+    b = result["b"]
+    assert b.expected_ms_per_s == pytest.approx(k * 80.0)
+    assert b.frequency_ms_per_s == pytest.approx((28.0 - k * 2.0) * 40.0)
+    assert b.per_call_ms_per_s == pytest.approx(28.0 * 1.0)
+    assert b.excess_ms_per_s == pytest.approx(b.frequency_ms_per_s + b.per_call_ms_per_s)
+    assert (b.kind, result["c"].kind) == (CulpritKind.FREQUENCY, CulpritKind.NEW_QUERY)
+    assert result["c"].excess_ms_per_s == pytest.approx(10.0)
+    assert result["a"].excess_ms_per_s == pytest.approx(120.0 - k * 100.0)
+
+
+@pytest.mark.parametrize(
+    "baseline",
+    [[], [interval(at("10:00:00"), 60.0, BASE, complete=False)]],
+    ids=["empty", "only incomplete"],
+)
+def test_no_baseline_means_learning(baseline: list[IntervalSummary]) -> None:
+    window = series(WINDOW, switch(ONSET, {"orders": (20.0, 40.0)}))
+    d = diagnose(baseline, window, STATEMENTS, [Deploy("v1", at("10:31:00"))])
+    assert (d.verdict, d.learning, d.culprits) == (Verdict.HEALTHY, True, ())
+    assert d.traffic_factor == 1.0
+    assert d.summary.startswith("Still learning")
+    assert (d.deploys[0].suspect, d.deploys[0].reason) == (False, "still learning: no baseline")
+
+
+def test_empty_window_is_healthy() -> None:
+    d = diagnose(series(BASELINE, steady(BASE)), [], STATEMENTS, [])
+    assert (d.verdict, d.culprits, d.learning) == (Verdict.HEALTHY, (), False)
+    assert (d.window_start, d.window_end) == (BASELINE[1], BASELINE[1])
+    assert d.summary.startswith("No complete interval")
+
+
+def test_baseline_without_calls_makes_everything_new() -> None:
+    baseline = series(BASELINE, steady({}))
+    window = series(WINDOW, steady({"orders": (2.0, 40.0)}))
+    d = diagnose(baseline, window, STATEMENTS, [])
+    assert d.verdict is Verdict.QUERY_REGRESSION
+    assert d.culprits[0].kind is CulpritKind.NEW_QUERY
+    assert d.traffic_factor == 1.0
+
+
+def test_only_deploys_in_the_span_are_listed_and_the_nearest_is_suspect() -> None:
+    deploys = (
+        Deploy("old", at("09:00:00")),
+        Deploy("v2.3a", at("10:29:00")),
+        Deploy("v2.3b", at("10:30:30")),
+        Deploy("later", at("10:33:00")),
+        Deploy("future", at("11:00:00")),
+    )
+    d = run(
+        Case(
+            "x", switch(ONSET, {"orders": (20.0, 40.0)}), Verdict.QUERY_REGRESSION, deploys=deploys
+        )
+    )
+    assert [(v.version, v.suspect) for v in d.deploys] == [
+        ("v2.3a", False),
+        ("v2.3b", True),
+        ("later", False),
+    ]
+    assert d.deploys[0].reason == "deploy v2.3b came later, closer to culprit 1's onset"
+    assert d.deploys[2].reason == "no culprit started within 5 min after it"
+
+
+def test_settings_change_thresholds() -> None:
+    case = CASES[0]
+    assert run(case, DiagnoseSettings(min_excess_ms_per_s=10_000.0)).verdict is Verdict.HEALTHY
+    late = run(case, DiagnoseSettings(suspect_window_s=30.0))
+    assert not late.deploys[0].suspect
+    assert late.deploys[0].reason == "no culprit started within 30 s after it"
+
+
+def test_max_culprits() -> None:
+    changes = {fp: (c * 10, m) for fp, (c, m) in BASE.items() if fp != "lookup"}
+    changes["export"] = (5.0, 30.0)
+    d = run(Case("x", switch(ONSET, changes), Verdict.QUERY_REGRESSION))
+    assert [c.fingerprint for c in d.culprits] == ["cart", "orders", "export"]
+    excess = [c.excess_ms_per_s for c in d.culprits]
+    assert excess == sorted(excess, reverse=True)
+    assert sum(c.excess_share for c in d.culprits) <= 1.0 + 1e-9
+    capped = run(
+        Case("x", switch(ONSET, changes), Verdict.QUERY_REGRESSION),
+        DiagnoseSettings(max_culprits=2),
+    )
+    assert [c.fingerprint for c in capped.culprits] == ["cart", "orders"]
+
+
+CONTRACT: dict[str, object] = {
+    "window": {"start": None, "end": None},
+    "baseline": {"start": None, "end": None},
+    "verdict": None,
+    "summary": None,
+    "traffic_factor": None,
+    "culprits": [
+        {
+            "queryid": None,
+            "fingerprint": None,
+            "query": None,
+            "kind": None,
+            "excess_share": None,
+            "calls_per_s": {"baseline": None, "window": None},
+            "mean_ms": {"baseline": None, "window": None},
+            "onset": None,
+            "evidence": None,
+        }
+    ],
+    "deploys": [{"version": None, "at": None, "suspect": None}],
+}
+
+
+def same_keys(value: object, shape: object, path: str = "") -> None:
+    if isinstance(shape, dict):
+        assert isinstance(value, dict), path
+        assert set(value) == set(shape), path
+        for key, sub in shape.items():
+            same_keys(value[key], sub, f"{path}.{key}")
+    elif isinstance(shape, list):
+        assert isinstance(value, list) and value, path
+        for item in value:
+            same_keys(item, shape[0], f"{path}[]")
+
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[8]], ids=["regression", "locks"])
+def test_json_has_exactly_the_contract_keys(case: Case) -> None:
+    out = diagnosis_to_json(run(case))
+    same_keys(out, CONTRACT)
+    assert json.loads(json.dumps(out)) == out
+    assert out["window"] == {"start": "2026-11-26T10:30:00Z", "end": "2026-11-26T10:40:00Z"}
+    assert out["baseline"] == {"start": "2026-11-26T09:30:00Z", "end": "2026-11-26T10:30:00Z"}
+    culprit = out["culprits"][0]  # type: ignore[index]
+    assert ISO.match(culprit["onset"])
+    assert isinstance(culprit["queryid"], str) and isinstance(culprit["evidence"], list)
+    assert isinstance(out["traffic_factor"], float)
+    assert out["traffic_factor"] == round(out["traffic_factor"], 2)
+
+
+def test_json_values_of_a_regression() -> None:
+    out = diagnosis_to_json(run(CASES[0]))
+    assert (out["verdict"], out["traffic_factor"]) == ("query_regression", 1.06)
+    culprit = out["culprits"][0]  # type: ignore[index]
+    assert culprit["queryid"] == "-4383"
+    assert culprit["kind"] == "frequency"
+    assert culprit["onset"] == "2026-11-26T10:31:20Z"
+    assert culprit["calls_per_s"] == {"baseline": 2.0, "window": 17.6}
+    assert out["deploys"] == [{"version": "v2.3", "at": "2026-11-26T10:30:30Z", "suspect": True}]
+
+
+def test_json_of_a_healthy_learning_diagnosis() -> None:
+    d = diagnose([], series(WINDOW, steady(BASE)), STATEMENTS, [])
+    out = diagnosis_to_json(d)
+    assert (out["culprits"], out["deploys"], out["verdict"]) == ([], [], "healthy")
+    assert set(out) == set(CONTRACT)
+    assert iso(None) is None
+    assert iso(at("10:31:00")) == "2026-11-26T10:31:00Z"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_text_is_short_and_names_verdict_and_culprit(case: Case) -> None:
+    d = run(case)
+    text = diagnosis_to_text(d)
+    lines = text.splitlines()
+    assert len(lines) <= 12
+    assert lines[0].startswith(f"verdict: {case.verdict.value}")
+    assert d.summary in lines
+    if case.culprit:
+        assert " ".join(STATEMENTS[case.culprit].query.split()) in text
+        assert f"1. {case.kind.value}" in text  # type: ignore[union-attr]
+    for v in d.deploys:
+        assert f"{v.version} at" in text
+
+
+def test_text_stays_short_with_many_culprits_and_deploys() -> None:
+    changes = {fp: (c * 10, m) for fp, (c, m) in BASE.items()}
+    changes.update({f"new{i}": (5.0, 30.0 + i) for i in range(6)})
+    deploys = tuple(Deploy(f"v{i}", at("10:31:00") + i) for i in range(6))
+    d = run(Case("x", switch(ONSET, changes), Verdict.QUERY_REGRESSION, deploys=deploys))
+    lines = diagnosis_to_text(d).splitlines()
+    assert len(d.culprits) == 5
+    assert len(lines) <= 12
+    assert "... and 2 more culprits" in lines[-2]
+    assert "v5 at 10:31:05 SUSPECT" in lines[-1] and "(+3 more)" in lines[-1]
+
+
+PURE = ("querywatch/diagnose.py", "querywatch/report.py")
+
+
+@pytest.mark.parametrize("path", PURE)
+def test_pure_modules_import_only_stdlib_and_model(path: str) -> None:
+    tree = ast.parse((ROOT / path).read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+    outside = {n for n in names if n.split(".")[0] not in sys.stdlib_module_names}
+    assert outside <= {"querywatch.model"}, outside
+
+
+def test_pure_modules_load_no_database_or_web_library() -> None:
+    code = (
+        "import sys, querywatch.diagnose, querywatch.report;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " {'psycopg', 'sqlite3', '_sqlite3', 'fastapi', 'starlette', 'uvicorn', 'typer', 'rich'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
