@@ -20,8 +20,9 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
-from querywatch.detect import DetectSettings, Detector
+from querywatch.detect import Detector, DetectSettings
 from querywatch.model import Counters, IntervalSummary, Statement
 
 try:
@@ -95,13 +96,12 @@ def main() -> int:
     statements = {fp: Statement(fp, f"SELECT * FROM t WHERE id = $1 -- {fp}") for fp in pool[0]}
 
     observe_ms, diagnose_ms, total_ms, reference_ms = [], [], [], []
-    pages = 0
     for iv in intervals(pool, window, args.intervals):
-        reference_ms.append(cpu(lambda iv=iv: iterate(iv)) * 1000)
-        t_obs = cpu(lambda iv=iv: detector.observe(iv)) * 1000
+        reference_ms.append(cpu(partial(iterate, iv)) * 1000)
+        t_obs = cpu(partial(detector.observe, iv)) * 1000
         t_diag = 0.0
         if diagnose is not None:
-            t_diag = cpu(lambda iv=iv: diagnose([base], [iv], statements, [])) * 1000
+            t_diag = cpu(partial(diagnose, [base], [iv], statements, [])) * 1000
         observe_ms.append(t_obs)
         diagnose_ms.append(t_diag)
         total_ms.append(t_obs + t_diag)

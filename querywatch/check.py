@@ -69,9 +69,16 @@ def _version(caps: Capabilities) -> Finding:
 
 
 def _preload(caps: Capabilities) -> Finding:
+    if caps.preload is None:
+        state = "is loaded" if caps.preloaded else "does not look loaded"
+        return Finding(
+            "preload",
+            Level.OK if caps.preloaded else Level.WARN,
+            f"shared_preload_libraries is not readable by {caps.role!r}; pg_stat_statements {state}",
+        )
     if caps.preloaded:
         return Finding("preload", Level.OK, "pg_stat_statements is in shared_preload_libraries")
-    libraries = ", ".join([*caps.preload, "pg_stat_statements"])
+    libraries = ", ".join([*(caps.preload or ()), "pg_stat_statements"])
     return Finding(
         "preload",
         Level.FAIL,
@@ -128,6 +135,8 @@ def _capacity(caps: Capabilities, usage: Usage | None) -> Finding:
 
 
 def _tracking(caps: Capabilities) -> Finding:
+    if caps.pgss_track is None:
+        return Finding("tracking", Level.WARN, "unknown until pg_stat_statements is loaded")
     if caps.pgss_track == "none":
         return Finding(
             "tracking",

@@ -21,7 +21,13 @@ from querywatch.detect import (
 )
 from querywatch.detect import rules as r
 from querywatch.errors import ConfigError
-from querywatch.model import ActivitySummary, Counters, FingerprintActivity, IntervalSummary
+from querywatch.model import (
+    ActivitySummary,
+    Anomaly,
+    Counters,
+    FingerprintActivity,
+    IntervalSummary,
+)
 
 SECONDS = 10.0
 # fingerprint -> (calls/s, mean ms, rows/call, temp blocks written/s)
@@ -103,7 +109,9 @@ AT = 1000.0
 BASE = build_baseline(history(), DetectSettings())
 
 
-def fire(rule: r.Rule, iv: IntervalSummary, settings: DetectSettings = DetectSettings()) -> list:
+def fire(
+    rule: r.Rule, iv: IntervalSummary, settings: DetectSettings = DetectSettings()
+) -> list[Anomaly]:
     baseline = build_baseline(history(), settings)
     return rule(make_context(iv, baseline, settings))
 

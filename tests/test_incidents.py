@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from querywatch.detect import (
-    DetectSettings,
     Detector,
+    DetectSettings,
     Observation,
     Transition,
     incident_id,
@@ -258,9 +258,17 @@ def test_index_dropped_fires_at_once() -> None:
 
 def test_new_expensive_query_fires() -> None:
     d, n = learned(random.Random(5))
-    w = {**WORKLOAD, "scan": (5.0, 80.0)}  # 400 ms/s, new
-    events = fired(feed(d, [summary(n + i, w) for i in range(3)]))
-    assert events == [(0, "firing", "scan")]
+    w = {**WORKLOAD, "scan": (20.0, 20.0)}  # 400 ms/s, new, 40 calls per interval
+    assert fired(feed(d, [summary(n + i, w) for i in range(3)])) == [(0, "firing", "scan")]
+
+
+def test_few_calls_must_persist_to_page() -> None:
+    d, n = learned(random.Random(5))
+    slow = {**WORKLOAD, "scan": (2.0, 200.0)}  # 400 ms/s but only 4 calls per interval
+    observations = feed(d, [summary(n, slow), summary(n + 1), summary(n + 2)])
+    assert fired(observations) == []  # one burst of a few slow calls does not page
+    assert observations[0].anomalies[0].severity < DetectSettings().far_factor
+    assert fired(feed(d, [summary(n + 3 + i, slow) for i in range(2)])) == [(1, "firing", "scan")]
 
 
 def test_lock_waits_fire_on_the_blockers_fingerprint() -> None:

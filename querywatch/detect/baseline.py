@@ -283,8 +283,10 @@ class RollingBaseline:
 
     ``add`` costs one append per fingerprint that ran; the robust statistics of
     ``ceil(fingerprints / refresh_every)`` fingerprints are recomputed per ``add`` (round robin),
-    and those of a fingerprint seen for the first time at once. A fingerprint's statistics are so
-    at most ``refresh_every`` intervals old, which robust statistics over a long window tolerate.
+    and those of a fingerprint at once when it is new or its samples doubled since they were last
+    computed (cheap: its series is short, and doubling makes the cost amortized O(1)). A
+    fingerprint's statistics are so at most ``refresh_every`` intervals old and never based on
+    fewer than half of its samples, which robust statistics over a long window tolerate.
     """
 
     def __init__(self, settings: DetectSettings) -> None:
@@ -308,17 +310,20 @@ class RollingBaseline:
         (for a bulk preload followed by :meth:`refresh_all`) skips the round-robin refresh."""
         seq = self._seq = self._seq + 1
         self._window.append((seq, totals(interval, observed), tuple(observed)))
-        fresh = []
+        stale = []
         for fp, r in observed.items():
             s = self._series.get(fp)
             if s is None:
                 s = self._series[fp] = _Series()
-                fresh.append(fp)
             s.append(seq, r)
+            known = self._cache.get(fp)
+            if known is None or len(s) >= 2 * known.samples:
+                stale.append(fp)
         while len(self._window) > self._settings.window_intervals:
             self._evict()
-        for fp in fresh:
-            self._cache[fp] = self._series[fp].baseline(fp)
+        for fp in stale:
+            if refresh:
+                self._cache[fp] = self._series[fp].baseline(fp)
             if fp not in self._queued:
                 self._queued.add(fp)
                 self._round.append(fp)

@@ -15,6 +15,7 @@ statements quiet: a fingerprint is only judged when its DB time per second is at
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from statistics import median_low
@@ -45,7 +46,7 @@ class DetectSettings:
     """Intervals of history needed before anything pages; until then querywatch is learning."""
     window_intervals: int = 360
     """Trailing window of intervals the baseline is computed over (1 hour at 10 s)."""
-    refresh_every: int = 30
+    refresh_every: int = 60
     """Each fingerprint's baseline is recomputed at least once per this many intervals."""
     seasonal_after_days: float = 14.0
     """With this much history, build_baseline compares with the same hour of the week."""
@@ -55,6 +56,8 @@ class DetectSettings:
     """Spread is at least this fraction of the median (so a flat baseline is not too sensitive)."""
     far_factor: float = 2.0
     """Severity (observed / threshold) from which an incident fires at once."""
+    far_min_calls: int = 30
+    """Fewer calls than this in an interval can page a fingerprint only by persisting."""
     marginal_intervals: int = 2
     """Consecutive anomalous intervals after which a marginal signal fires."""
     resolve_intervals: int = 3
@@ -71,9 +74,9 @@ class DetectSettings:
     """Intervals a fingerprint must have run in the baseline to be judged against it."""
     latency_floor_ms: float = 0.05
     """Absolute floor of the mean-latency spread (ms)."""
-    new_min_db_ms_per_s: float = 50.0
+    new_min_db_ms_per_s: float = 25.0
     """A fingerprint new to the baseline pages from this DB time (ms per second) ..."""
-    new_min_db_share: float = 0.2
+    new_min_db_share: float = 0.1
     """... and this share of the server's DB time."""
     rows_spread_floor: float = 5.0
     """Absolute floor of the rows-per-call spread."""
@@ -211,10 +214,25 @@ def _anomaly(
     threshold: float,
     expected: float,
     why: str,
+    calls: float | None = None,
 ) -> list[Anomaly]:
+    """An anomaly when ``observed`` reaches ``threshold``. With ``calls`` (fingerprint rules),
+    fewer than ``far_min_calls`` calls are weak evidence (one slow call moves a mean): the
+    severity is capped just below ``far_factor`` so the signal must persist to page."""
     if threshold <= 0 or observed < threshold:
         return []
-    return [Anomaly(rule, subject, ctx.interval.end, observed / threshold, observed, expected, why)]
+    severity = observed / threshold
+    far = ctx.settings.far_factor
+    if calls is not None and calls < ctx.settings.far_min_calls and severity >= far:
+        severity = math.nextafter(far, 0.0)
+        why += f" (only {calls:.0f} calls: must persist)"
+    return [Anomaly(rule, subject, ctx.interval.end, severity, observed, expected, why)]
+
+
+def _poisson(ctx: Context, fb: FingerprintBaseline) -> float:
+    """Counting noise of the call rate: sqrt(calls expected in the interval), per second."""
+    seconds = ctx.interval.seconds
+    return math.sqrt(max(fb.calls_per_s.median * seconds, 1.0)) / seconds
 
 
 def _threshold(ctx: Context, robust: Robust, scale: float, floor: float = 0.0) -> float:
@@ -232,8 +250,11 @@ def db_time_surge(ctx: Context) -> list[Anomaly]:
             f"DB time {r.db_ms_per_s:.1f} ms/s vs {fb.db_ms_per_s.median:.1f} ms/s normal "
             f"(x{_x(r.db_ms_per_s, fb.db_ms_per_s.median)}; traffic x{ctx.traffic_factor:.2f})"
         )
-        threshold = _threshold(ctx, fb.db_ms_per_s, scale, ctx.settings.min_db_ms_per_s / 4)
-        found += _anomaly(ctx, "db_time_surge", fp, r.db_ms_per_s, threshold, expected, why)
+        floor = max(ctx.settings.min_db_ms_per_s / 4, fb.mean_ms.median * _poisson(ctx, fb))
+        threshold = _threshold(ctx, fb.db_ms_per_s, scale, floor)
+        found += _anomaly(
+            ctx, "db_time_surge", fp, r.db_ms_per_s, threshold, expected, why, r.calls
+        )
     return found
 
 
@@ -246,8 +267,11 @@ def call_rate_spike(ctx: Context) -> list[Anomaly]:
             f"calls/s {r.calls_per_s:.1f} vs {fb.calls_per_s.median:.1f} normal "
             f"(x{_x(r.calls_per_s, fb.calls_per_s.median)}; traffic x{ctx.traffic_factor:.2f})"
         )
-        threshold = _threshold(ctx, fb.calls_per_s, ctx.k, ctx.settings.min_calls_per_s / 4)
-        found += _anomaly(ctx, "call_rate_spike", fp, r.calls_per_s, threshold, expected, why)
+        floor = max(ctx.settings.min_calls_per_s / 4, _poisson(ctx, fb))
+        threshold = _threshold(ctx, fb.calls_per_s, ctx.k, floor)
+        found += _anomaly(
+            ctx, "call_rate_spike", fp, r.calls_per_s, threshold, expected, why, r.calls
+        )
     return found
 
 
@@ -263,7 +287,9 @@ def latency_regression(ctx: Context) -> list[Anomaly]:
         )
         threshold = _threshold(ctx, fb.mean_ms, ctx.lat, ctx.settings.latency_floor_ms)
         expected = ctx.lat * fb.mean_ms.median
-        found += _anomaly(ctx, "latency_regression", fp, r.mean_ms, threshold, expected, why)
+        found += _anomaly(
+            ctx, "latency_regression", fp, r.mean_ms, threshold, expected, why, r.calls
+        )
     return found
 
 
@@ -283,7 +309,9 @@ def new_expensive_fingerprint(ctx: Context) -> list[Anomaly]:
             f"new statement: {r.db_ms_per_s:.1f} ms/s ({share:.0%} of DB time), "
             f"{r.calls_per_s:.1f} calls/s, mean {r.mean_ms:.2f} ms"
         )
-        found += _anomaly(ctx, "new_expensive_fingerprint", fp, r.db_ms_per_s, threshold, 0.0, why)
+        found += _anomaly(
+            ctx, "new_expensive_fingerprint", fp, r.db_ms_per_s, threshold, 0.0, why, r.calls
+        )
     return found
 
 
@@ -296,7 +324,9 @@ def rows_per_call_jump(ctx: Context) -> list[Anomaly]:
         why = f"rows/call {r.rows_per_call:.1f} vs {fb.rows_per_call.median:.1f} normal"
         threshold = _threshold(ctx, fb.rows_per_call, 1.0, ctx.settings.rows_spread_floor)
         expected = fb.rows_per_call.median
-        found += _anomaly(ctx, "rows_per_call_jump", fp, r.rows_per_call, threshold, expected, why)
+        found += _anomaly(
+            ctx, "rows_per_call_jump", fp, r.rows_per_call, threshold, expected, why, r.calls
+        )
     return found
 
 
@@ -311,7 +341,9 @@ def temp_spill_growth(ctx: Context) -> list[Anomaly]:
         expected = ctx.k * fb.temp_blks_per_s.median
         mb = r.temp_blks_per_s * 8 / 1024
         why = f"temp writes {mb:.1f} MB/s vs {fb.temp_blks_per_s.median * 8 / 1024:.1f} MB/s normal"
-        found += _anomaly(ctx, "temp_spill_growth", fp, r.temp_blks_per_s, threshold, expected, why)
+        found += _anomaly(
+            ctx, "temp_spill_growth", fp, r.temp_blks_per_s, threshold, expected, why, r.calls
+        )
     return found
 
 

@@ -12,7 +12,7 @@ from . import queries
 class Capabilities:
     version_num: int
     version: str
-    preload: tuple[str, ...]
+    preload: tuple[str, ...] | None  # None: not readable by this role
     role: str
     database: str
     superuser: bool
@@ -31,6 +31,9 @@ class Capabilities:
 
     @property
     def preloaded(self) -> bool:
+        """Preloaded, or unknown (the role cannot read the setting) but the module is loaded."""
+        if self.preload is None:
+            return self.pgss_max is not None
         return "pg_stat_statements" in self.preload
 
     @property
@@ -49,7 +52,8 @@ class Capabilities:
 
 
 def from_row(row: dict[str, Any]) -> Capabilities:
-    preload = tuple(p.strip() for p in str(row["preload"] or "").split(",") if p.strip())
+    raw = row["preload"]
+    preload = None if raw is None else tuple(p.strip() for p in str(raw).split(",") if p.strip())
     pgss_max = row["pgss_max"]
     return Capabilities(
         version_num=int(row["version_num"]),

@@ -104,12 +104,13 @@ SELECT set_config('statement_timeout', %(statement_timeout)s, false),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, false)
 """
 
-# Capabilities (used by `querywatch check` and to pick the statements query).
+# Capabilities (used by `querywatch check` and to pick the statements query). Settings come from
+# pg_settings, which hides what a role may not read instead of raising an error.
 SERVER_FACTS = """
 SELECT
     current_setting('server_version_num')::int AS version_num,
     current_setting('server_version') AS version,
-    current_setting('shared_preload_libraries') AS preload,
+    (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries') AS preload,
     current_user AS role,
     current_database() AS database,
     (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
@@ -119,10 +120,9 @@ SELECT
       WHERE extname = 'pg_stat_statements') AS pgss_schema,
     (SELECT extversion FROM pg_extension WHERE extname = 'hypopg') AS hypopg_version,
     (SELECT count(*) > 0 FROM pg_available_extensions WHERE name = 'hypopg') AS hypopg_available,
-    current_setting('pg_stat_statements.max', true) AS pgss_max,
-    current_setting('pg_stat_statements.track', true) AS pgss_track,
-    current_setting('compute_query_id', true) AS compute_query_id,
-    current_setting('track_activity_query_size') AS activity_query_size
+    (SELECT setting FROM pg_settings WHERE name = 'pg_stat_statements.max') AS pgss_max,
+    (SELECT setting FROM pg_settings WHERE name = 'pg_stat_statements.track') AS pgss_track,
+    (SELECT setting FROM pg_settings WHERE name = 'compute_query_id') AS compute_query_id
 """
 
 STATEMENT_COUNT = "SELECT count(*) AS entries FROM {schema}.pg_stat_statements(false)"

@@ -1,6 +1,6 @@
 """Rollups and retention: raw intervals -> 1-minute buckets -> 1-hour buckets.
 
-A bucket is rolled up once it is complete (its end is in the past); ``meta`` remembers how far each
+An interval belongs to the bucket its start falls in. A bucket is rolled up once it is complete (its end is in the past); ``meta`` remembers how far each
 resolution got, so each raw interval is counted exactly once. Only complete intervals (no full gap)
 add to a bucket's covered seconds.
 """
@@ -25,18 +25,18 @@ _UPSERT = ", ".join(f"{c} = rollups.{c} + excluded.{c}" for c in COUNTER_COLUMNS
 
 ROLL_RAW = f"""
 INSERT INTO rollups (resolution, server_id, bucket, statement_id, {_COLS})
-SELECT {MINUTE}, i.server_id, CAST(i.end / {MINUTE} AS INTEGER) * {MINUTE}, d.statement_id, {_SUMS_D}
+SELECT {MINUTE}, i.server_id, CAST(i.start / {MINUTE} AS INTEGER) * {MINUTE}, d.statement_id, {_SUMS_D}
 FROM deltas d JOIN intervals i ON i.id = d.interval_id
 WHERE i.end > ? AND i.end <= ?
-GROUP BY i.server_id, CAST(i.end / {MINUTE} AS INTEGER), d.statement_id
+GROUP BY i.server_id, CAST(i.start / {MINUTE} AS INTEGER), d.statement_id
 ON CONFLICT (resolution, server_id, bucket, statement_id) DO UPDATE SET {_UPSERT}
 """
 ROLL_RAW_SECONDS = f"""
 INSERT INTO rollup_buckets (resolution, server_id, bucket, seconds)
-SELECT {MINUTE}, server_id, CAST(end / {MINUTE} AS INTEGER) * {MINUTE},
+SELECT {MINUTE}, server_id, CAST(start / {MINUTE} AS INTEGER) * {MINUTE},
     sum(CASE WHEN complete = 1 THEN end - start ELSE 0 END)
 FROM intervals WHERE end > ? AND end <= ?
-GROUP BY server_id, CAST(end / {MINUTE} AS INTEGER)
+GROUP BY server_id, CAST(start / {MINUTE} AS INTEGER)
 ON CONFLICT (resolution, server_id, bucket) DO UPDATE SET seconds = seconds + excluded.seconds
 """
 ROLL_MINUTES = f"""

@@ -176,6 +176,7 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreUnwritable(f"cannot open store {str(self.path)!r}: {exc}") from None
         try:
+            self._check_identity(conn)
             self._configure(conn)
             self._migrate(conn)
         except sqlite3.DatabaseError as exc:
@@ -196,19 +197,23 @@ class Store:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=10000")
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _check_identity(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file that is not ours before anything (even WAL mode) writes to it."""
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if app_id != schema.APPLICATION_ID and tables:
             raise StoreCorrupt(
                 f"{str(self.path)!r} is not a querywatch store (fix: pass another --store path)"
             )
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > schema.LATEST:
             raise StoreCorrupt(
                 f"store {str(self.path)!r} has schema version {version}, newer than this "
                 f"querywatch knows ({schema.LATEST}) (fix: upgrade querywatch)"
             )
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number in range(version, schema.LATEST):
             with self._transaction(conn):
                 self._apply(conn, schema.MIGRATIONS[number])
@@ -418,11 +423,7 @@ class Store:
         """Per-fingerprint totals over (start, end] and the seconds of complete data covered."""
         with self._errors():
             oldest = self._conn.execute(SELECT_OLDEST_RAW, (server_id,)).fetchone()[0]
-            if (
-                oldest is None
-                or start >= oldest - 1
-                or not rollup.covers(self._conn, server_id, start, oldest)
-            ):
+            if not self._needs_rollups(server_id, start, end, oldest):
                 rows = self._conn.execute(SELECT_RAW_TOTALS, (server_id, start, end)).fetchall()
                 seconds = self._conn.execute(
                     SELECT_RAW_SECONDS, (server_id, start, end)
@@ -433,12 +434,23 @@ class Store:
             queryids = self._queryids(server_id)
         result = [
             TopRow(
-                fp, texts.get(fp, ""), tuple(sorted(queryids.get(fp, ()))), row_to_counters(r[1:])
+                r[0],
+                texts.get(r[0], ""),
+                tuple(sorted(queryids.get(r[0], ()))),
+                row_to_counters(r[1:]),
             )
             for r in rows
-            for fp in (r[0],)
         ]
         return result, float(seconds or 0.0)
+
+    def _needs_rollups(
+        self, server_id: int, start: float, end: float, oldest: float | None
+    ) -> bool:
+        """True when the window starts before the raw intervals kept and rollups cover it."""
+        if oldest is not None and start >= oldest - 1:
+            return False
+        before = oldest if oldest is not None else end + rollup.MINUTE
+        return rollup.covers(self._conn, server_id, start, before)
 
     def _queryids(self, server_id: int) -> dict[str, set[int]]:
         out: dict[str, set[int]] = defaultdict(set)
