@@ -50,8 +50,8 @@ def _count_sample(
             blocked_by.update(set(session.blocking_pids))
     for pid, blocked in blocked_by.items():
         blocker = by_pid.get(pid)
-        if blocker is None or blocker.fingerprint is None:
-            continue
+        if blocker is None or blocker.fingerprint is None or _waits_on_lock(blocker):
+            continue  # only root blockers count: a waiter queued ahead of others is a victim
         entry = counts.setdefault(blocker.fingerprint, Counter())
         entry["blocking"] += 1
         entry["blocked_sessions"] += blocked

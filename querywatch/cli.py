@@ -17,8 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__, check, settings, top
-from .durations import human, iso, parse_duration
-from .errors import QuerywatchError
+from .alerts import Dispatcher, channels_from_settings
+from .alerts.pagerduty import EVENTS_URL
+from .detect import Detector, settings_from_mapping
+from .durations import human, iso, parse_duration, parse_time
+from .errors import InputError, QuerywatchError
+from .monitor import Monitor
+from .report import diagnosis_to_json, diagnosis_to_text
 from .source.postgres import PostgresSource, describe_dsn, server_label
 from .store import Retention, Store
 from .watcher import Watcher
@@ -253,6 +258,203 @@ def _print_checks(results: list[check.Finding]) -> None:
         out.print(f"{_MARKS[f.level]} {f.name}: {f.message}")
         if f.fix and f.level is not check.Level.OK:
             out.print(f"      fix: {f.fix}")
+
+
+@app.command()
+def watch(
+    dsn: DsnOpt = None,
+    store: StoreOpt = None,
+    server: ServerOpt = None,
+    interval: Annotated[
+        str | None, typer.Option(help="seconds between snapshots [default 10s]")
+    ] = None,
+    alert_webhook: Annotated[
+        list[str] | None,
+        typer.Option("--alert-webhook", help="POST the contract JSON here (repeatable)"),
+    ] = None,
+    slack_webhook: Annotated[
+        list[str] | None,
+        typer.Option("--slack-webhook", help="Slack incoming-webhook URL (repeatable)"),
+    ] = None,
+    pagerduty_routing_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pagerduty-routing-key", help="PagerDuty Events v2 routing key (repeatable)"
+        ),
+    ] = None,
+    pagerduty_url: Annotated[
+        str, typer.Option("--pagerduty-url", help="PagerDuty Events API URL (override for tests)")
+    ] = EVENTS_URL,
+    alertmanager_url: Annotated[
+        list[str] | None,
+        typer.Option("--alertmanager-url", help="Alertmanager base URL (repeatable)"),
+    ] = None,
+    cpu_cores: Annotated[
+        int | None,
+        typer.Option("--cpu-cores", min=1, help="the server's cores, for the CPU-capacity rule"),
+    ] = None,
+) -> None:
+    """Collect, detect and alert until SIGINT/SIGTERM (then exit 0)."""
+    cfg = _settings(dsn=dsn, store=store, server_name=server, interval=interval)
+    _logging()
+    detect_cfg = dict(cfg.sections.get("detect", {}))
+    if cpu_cores is not None:
+        detect_cfg["cpu_cores"] = cpu_cores
+    detect_settings = settings_from_mapping(detect_cfg)
+    channels = channels_from_settings(
+        alert_webhook or [],
+        slack_webhook or [],
+        pagerduty_routing_key or [],
+        pagerduty_url,
+        alertmanager_url or [],
+    )
+    log = logging.getLogger("querywatch")
+    with _store(cfg) as st, Dispatcher(channels) as dispatcher:
+        name = _server_name(cfg)
+        watcher = Watcher(_source(cfg), st, name, cfg.interval, cfg.activity_interval)
+        with _stop_on_signals(watcher):
+            watcher.start()
+            assert watcher.server_id is not None
+            monitor = Monitor(st, watcher.server_id, name, Detector(detect_settings), dispatcher)
+            warmed = monitor.warm_up(
+                time.time(), detect_settings.learning_intervals * cfg.interval * 30
+            )
+            watcher.on_interval = monitor.on_interval
+            log.info(
+                "watching %s every %s (%d alert channels, %d stored intervals reused)",
+                name,
+                human(cfg.interval),
+                len(channels),
+                warmed,
+            )
+            watcher.run()
+        watcher.source.close()
+        dispatcher.flush(10.0)
+    log.info("stopped after %d intervals", watcher.status.intervals)
+
+
+@app.command()
+def diagnose(
+    since: Annotated[
+        str | None, typer.Option(help="window back from now, e.g. 10m [default]")
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="window start, ISO 8601")] = None,
+    end: Annotated[str | None, typer.Option(help="window end, ISO 8601 [default now]")] = None,
+    baseline: Annotated[
+        str, typer.Option(help="history before the window to compare with")
+    ] = "30m",
+    fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+    store: StoreOpt = None,
+    server: ServerOpt = None,
+) -> None:
+    """Which statements explain the database time of a window, and why."""
+    cfg = _settings(store=store, server_name=server)
+    if since is not None and start is not None:
+        raise InputError("diagnose: give either --since or --start/--end, not both")
+    window_end = parse_time(end, "--end") if end else time.time()
+    window_start = (
+        parse_time(start, "--start")
+        if start
+        else window_end - parse_duration(since or "10m", "--since")
+    )
+    if window_start >= window_end:
+        raise InputError("diagnose: the window must start before it ends")
+    with _store(cfg, create=False) as st:
+        srv = _pick_server(st, cfg)
+        monitor = Monitor(
+            st, srv.id, srv.name, Detector(), baseline_s=parse_duration(baseline, "--baseline")
+        )
+        result = monitor.diagnose_window(window_start, window_end)
+    if fmt is Format.json:
+        out.print_json(json.dumps(diagnosis_to_json(result)))
+    else:
+        out.print(diagnosis_to_text(result), markup=False)
+
+
+mark_app = typer.Typer(
+    help="Record markers (deploys) that diagnosis and audits use.", no_args_is_help=True
+)
+app.add_typer(mark_app, name="mark")
+
+
+@mark_app.command("deploy")
+def mark_deploy(
+    version: Annotated[str, typer.Argument(help="the version or commit deployed")],
+    at: Annotated[str | None, typer.Option(help="when, ISO 8601 [default now]")] = None,
+    note: Annotated[str, typer.Option(help="what changed, e.g. a feature flag")] = "",
+    store: StoreOpt = None,
+) -> None:
+    """Record a deploy marker."""
+    cfg = _settings(store=store)
+    if not version.strip():
+        raise InputError("mark deploy: VERSION must not be empty")
+    when = parse_time(at, "--at") if at else time.time()
+    with _store(cfg) as st:
+        deploy = st.add_deploy(version.strip(), when, note)
+    out.print(f"deploy {deploy.version} recorded at {iso(deploy.at)}", markup=False)
+
+
+@app.command()
+def status(
+    store: StoreOpt = None,
+    fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+) -> None:
+    """Collector health, open incidents and alert channel delivery, from the store."""
+    cfg = _settings(store=store)
+    with _store(cfg, create=False) as st:
+        state = st.status()
+        incidents = [i for i in st.incidents(limit=20)]
+    listed: list[dict[str, Any]] = [
+        {
+            "id": s.incident.id,
+            "state": s.incident.state.value,
+            "key": s.incident.key,
+            "opened_at": iso(s.incident.opened_at),
+            "fired_at": iso(s.incident.fired_at),
+            "resolved_at": iso(s.incident.resolved_at),
+            "summary": (s.diagnosis or {}).get("summary", ""),
+        }
+        for s in incidents
+    ]
+    if fmt is Format.json:
+        out.print_json(json.dumps({"status": state, "incidents": listed}))
+        return
+    _print_status(state, listed)
+
+
+def _print_status(state: dict[str, dict[str, Any]], incidents: list[dict[str, Any]]) -> None:
+    now = time.time()
+    for key, value in sorted(state.items()):
+        if key.startswith("collector:"):
+            last = value.get("last_success")
+            ago = human(now - last) + " ago" if last else "never"
+            out.print(
+                f"collector {key.split(':', 1)[1]}: last snapshot {ago}, {value.get('intervals', 0)} intervals, "
+                f"{value.get('gaps', 0)} gaps, dealloc {value.get('dealloc', 0)}"
+                + (f", last error: {value['last_error']}" if value.get("last_error") else ""),
+                markup=False,
+            )
+        elif key.startswith("detector:"):
+            learning = "learning" if value.get("learning") else "detecting"
+            out.print(
+                f"detector {key.split(':', 1)[1]}: {learning}, "
+                f"{len(value.get('open_incidents', []))} open incidents",
+                markup=False,
+            )
+        elif key == "alerts":
+            for c in value.get("channels", []):
+                health = f"last error: {c['last_error']}" if c.get("last_error") else "ok"
+                out.print(
+                    f"alert channel {c['name']} {c['target']}: sent {c['sent']}, "
+                    f"failed {c['failed']}, {health}",
+                    markup=False,
+                )
+    for i in incidents[:5]:
+        out.print(
+            f"incident {i['id']} {i['state']} since {i['opened_at']}: {i['summary']}", markup=False
+        )
+    if not state and not incidents:
+        out.print("nothing recorded yet (run `querywatch collect` or `querywatch watch`)")
 
 
 def version_callback(value: bool) -> None:

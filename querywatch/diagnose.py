@@ -202,7 +202,10 @@ def diagnose(
         summary = _summary(verdict, culprits, ctx, listed, (w_start, w_end))
         k = ctx.factor
     learning = base.seconds == 0
-    judged = _learning_deploys(listed) if learning else judge_deploys(listed, culprits, settings)
+    step = _resolution(window)
+    judged = (
+        _learning_deploys(listed) if learning else judge_deploys(listed, culprits, settings, step)
+    )
     return Diagnosis(
         window_start=w_start,
         window_end=w_end,
@@ -230,13 +233,27 @@ def _context(
     return _Context(window, base, win, k, attributions, positive, statements, settings)
 
 
+def _resolution(window: Sequence[IntervalSummary]) -> float:
+    """The length of one interval: an onset is only known to within it."""
+    lengths = sorted(s.seconds for s in window if s.seconds > 0)
+    return lengths[len(lengths) // 2] if lengths else 0.0
+
+
 def judge_deploys(
-    deploys: Sequence[Deploy], culprits: Sequence[Culprit], settings: DiagnoseSettings
+    deploys: Sequence[Deploy],
+    culprits: Sequence[Culprit],
+    settings: DiagnoseSettings,
+    resolution: float = 0.0,
 ) -> tuple[DeployVerdict, ...]:
-    """Suspect the deploy right before a changed culprit's onset; clear every other one."""
+    """Suspect the deploy right before a changed culprit's onset; clear every other one.
+
+    An onset is the start of the first interval that shows the change, so a deploy inside that
+    interval (up to ``resolution`` seconds after the onset) still comes before the change.
+    """
     claims: dict[int, list[tuple[int, Culprit]]] = {}
     for n, culprit in enumerate(culprits, start=1):
-        index = _nearest_before(deploys, culprit.onset, settings.suspect_window_s)
+        onset = culprit.onset + resolution if culprit.onset is not None else None
+        index = _nearest_before(deploys, onset, settings.suspect_window_s + resolution)
         if index is not None:
             claims.setdefault(index, []).append((n, culprit))
     return tuple(
@@ -255,7 +272,7 @@ def _deploy_verdict(
     for n, culprit in claims:
         change = _change(culprit, settings)
         if change:
-            delay = (culprit.onset or deploy.at) - deploy.at
+            delay = max((culprit.onset or deploy.at) - deploy.at, 0.0)
             reason = f"culprit {n} started {delay:.0f} s after it: {change}"
             return DeployVerdict(deploy.version, deploy.at, True, reason)
     if claims:
@@ -482,7 +499,8 @@ def _regression_summary(
 ) -> str:
     when = hms(top.onset if top.onset is not None else start)
     what = _what_changed(top)
-    suspects = [v for v in judge_deploys(deploys, (top,), ctx.settings) if v.suspect]
+    judged = judge_deploys(deploys, (top,), ctx.settings, _resolution(ctx.window))
+    suspects = [v for v in judged if v.suspect]
     if suspects:
         seen = ", first seen" if top.kind is CulpritKind.NEW_QUERY else ""
         what += f"{seen} right after deploy {suspects[0].version} at {hms(suspects[0].at)}"

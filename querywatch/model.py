@@ -207,7 +207,7 @@ class Interval:
 
 @dataclass(frozen=True, slots=True)
 class SessionSample:
-    """One backend in one pg_stat_activity sample (no query text: only its fingerprint)."""
+    """One backend in one pg_stat_activity sample (its statement normalized, never with values)."""
 
     pid: int
     state: str
@@ -217,6 +217,7 @@ class SessionSample:
     fingerprint: str | None
     blocking_pids: tuple[int, ...] = ()
     xact_seconds: float | None = None
+    query: str = ""  # normalized by querywatch.fingerprint: placeholders, never values
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,10 @@ class Watcher:
         self._stop.set()
 
     @property
+    def server_id(self) -> int | None:
+        return self._server_id
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
@@ -116,6 +120,7 @@ class Watcher:
             return None
         interval = collector.delta(previous, snapshot)
         fingerprints, texts = self._identify(interval)
+        texts.update(self._activity_texts(samples, texts))
         assert self._server_id is not None
         interval_id = self.store.record_interval(
             self._server_id, interval, fingerprints, texts, activity.summarize(samples)
@@ -147,6 +152,24 @@ class Watcher:
             if text and not self.store.has_text(fp):
                 texts[fp] = normalize(text)
         return fingerprints, texts
+
+    def _activity_texts(
+        self, samples: list[ActivitySample], known: dict[str, str]
+    ) -> dict[str, str]:
+        """Normalized texts of sampled statements the store lacks (e.g. a blocker's last query)."""
+        texts: dict[str, str] = {}
+        for sample in samples:
+            for s in sample.sessions:
+                fp = s.fingerprint
+                if (
+                    fp
+                    and s.query
+                    and fp not in known
+                    and fp not in texts
+                    and not self.store.has_text(fp)
+                ):
+                    texts[fp] = s.query
+        return texts
 
     def _texts(self, queryids: list[int]) -> dict[int, str]:
         if not queryids:

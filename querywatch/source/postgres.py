@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from ..errors import CapabilityError, ConnectError, QueryTimeout, SourceError
-from ..fingerprint import fingerprint
+from ..fingerprint import Shape, shape
 from ..model import (
     ActivitySample,
     Counters,
@@ -33,6 +33,7 @@ from .capabilities import Capabilities, from_row
 log = logging.getLogger("querywatch.source")
 
 APPLICATION_NAME = "querywatch"
+SHAPE_CACHE_SIZE = 10_000
 
 
 def describe_dsn(dsn: str) -> str:
@@ -89,6 +90,7 @@ class PostgresSource:
         self._conn: psycopg.Connection[Any] | None = None
         self._caps: Capabilities | None = None
         self._max_connections: int | None = None
+        self._shapes: dict[str, Shape] = {}
 
     # -- connection -----------------------------------------------------------------------
     def connect(self) -> Capabilities:
@@ -225,6 +227,17 @@ class PostgresSource:
         """The reference read for benchmarks: all columns, no texts."""
         return len(self._fetch_tuples(self._with_schema(queries.PLAIN_STATEMENTS)))
 
+    def _shape(self, text: str) -> Shape | None:
+        """Fingerprint and normalized text of an activity query, cached by its raw text."""
+        if not text.strip():
+            return None
+        found = self._shapes.get(text)
+        if found is None:
+            if len(self._shapes) >= SHAPE_CACHE_SIZE:
+                self._shapes.clear()
+            found = self._shapes[text] = shape(text)
+        return found
+
     def texts(self, queryids: Iterable[int]) -> dict[int, str]:
         """Query texts of the given queryids (normalized by pg_stat_statements)."""
         wanted = sorted(set(queryids))
@@ -240,7 +253,7 @@ class PostgresSource:
         if self._max_connections is None:
             row = self._fetch(queries.MAX_CONNECTIONS)[0]
             self._max_connections = int(row["max_connections"])
-        sessions = tuple(_session(r) for r in rows)
+        sessions = tuple(_session(r, self._shape(r["query"] or "")) for r in rows)
         return ActivitySample(self.clock(), sessions, self._max_connections)
 
 
@@ -251,15 +264,15 @@ def _statement_stats(rows: list[tuple[Any, ...]]) -> Iterator[tuple[StatementKey
         yield key, StatementStats(key, Counters(*row[3:21]), _ts(since))
 
 
-def _session(row: dict[str, Any]) -> SessionSample:
-    text = row["query"] or ""
+def _session(row: dict[str, Any], found: Shape | None) -> SessionSample:
     return SessionSample(
         pid=int(row["pid"]),
         state=str(row["state"]),
         wait_event_type=row["wait_event_type"],
         wait_event=row["wait_event"],
         queryid=row["query_id"],
-        fingerprint=fingerprint(text) if text.strip() else None,
+        fingerprint=found.fingerprint if found else None,
         blocking_pids=tuple(row["blocking_pids"] or ()),
         xact_seconds=row["xact_seconds"],
+        query=found.query if found else "",
     )

@@ -1,0 +1,141 @@
+"""Detection, diagnosis and alerting on top of the collection loop (the `watch` command).
+
+After each stored interval the monitor feeds the interval to the Detector; when an incident fires or
+resolves it diagnoses the incident window against the history before it, stores the incident with
+its diagnosis and timeline, and hands the notification to the alert dispatcher, which sends apart
+from collection. It also writes its own and the channels' status into the store for `status`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .alerts import Dispatcher, Notification
+from .detect import Detector, Observation, Transition
+from .diagnose import DiagnoseSettings, diagnose
+from .model import Diagnosis, Incident, IncidentState, Interval, Verdict
+from .report import diagnosis_to_json
+from .store import Store
+
+log = logging.getLogger("querywatch.monitor")
+
+BASELINE_S = 1800.0  # history before an incident that diagnosis compares it with
+
+
+@dataclass
+class Monitor:
+    """Turns stored intervals into incidents, diagnoses and notifications for one server."""
+
+    store: Store
+    server_id: int
+    server_name: str
+    detector: Detector
+    dispatcher: Dispatcher | None = None
+    diagnose_settings: DiagnoseSettings = field(default_factory=DiagnoseSettings)
+    baseline_s: float = BASELINE_S
+    on_transition: Callable[[Transition, Mapping[str, Any]], None] | None = None
+    last: Observation | None = None
+
+    def __post_init__(self) -> None:
+        self._diagnoses: dict[str, dict[str, Any]] = {}
+
+    def warm_up(self, now: float, span_s: float) -> int:
+        """Feed recent stored history so a restarted watcher need not learn again."""
+        history = self.store.summaries(self.server_id, now - span_s, now)
+        for summary in history:
+            self.detector.observe(summary)
+        return len(history)
+
+    def on_interval(self, interval_id: int, interval: Interval) -> None:
+        summaries = self.store.summaries(self.server_id, interval.start, interval.end)
+        summary = next((s for s in summaries if s.start == interval.start), None)
+        if summary is None:
+            return
+        observation = self.detector.observe(summary)
+        self.last = observation
+        for transition in observation.transitions:
+            self._handle(transition, interval.seconds)
+        self._save_status(observation)
+
+    def _handle(self, transition: Transition, interval_s: float) -> None:
+        incident = transition.incident
+        if transition.status is IncidentState.FIRING:
+            doc = diagnosis_to_json(self.diagnose_incident(incident, interval_s, transition.at))
+            self._diagnoses[incident.id] = doc
+        else:
+            kept = self._diagnoses.pop(incident.id, None)
+            doc = kept if kept is not None else self._stored_diagnosis(incident.id)
+        self.store.save_incident(self.server_id, incident, doc)
+        status: Literal["firing", "resolved"] = (
+            "firing" if transition.status is IncidentState.FIRING else "resolved"
+        )
+        log.warning("incident %s %s: %s", incident.id, status, doc.get("summary", ""))
+        if self.dispatcher is not None:
+            self.dispatcher.notify(
+                Notification(
+                    status=status,
+                    incident=incident.id,
+                    diagnosis=doc,
+                    at=transition.at,
+                    source=self.server_name,
+                    started_at=incident.fired_at,
+                )
+            )
+        if self.on_transition is not None:
+            self.on_transition(transition, doc)
+
+    def diagnose_incident(self, incident: Incident, interval_s: float, now: float) -> Diagnosis:
+        start = incident.opened_at - interval_s
+        return self.diagnose_window(start, now)
+
+    def diagnose_window(self, start: float, end: float) -> Diagnosis:
+        baseline = [
+            s
+            for s in self.store.summaries(self.server_id, start - self.baseline_s, start)
+            if s.end <= start
+        ]
+        window = [s for s in self.store.summaries(self.server_id, start, end) if s.start >= start]
+        fingerprints = {fp for s in window for fp in s.by_fingerprint}
+        fingerprints |= {
+            a.fingerprint for s in window if s.activity for a in s.activity.by_fingerprint
+        }
+        statements = self.store.statements(sorted(fingerprints))
+        deploys = self.store.deploys(start - self.baseline_s, end)
+        return diagnose(baseline, window, statements, deploys, self.diagnose_settings)
+
+    def _stored_diagnosis(self, incident_id: str) -> dict[str, Any]:
+        for stored in self.store.incidents(self.server_id):
+            if stored.incident.id == incident_id and stored.diagnosis:
+                return stored.diagnosis
+        return {"verdict": Verdict.HEALTHY.value, "summary": "incident resolved"}
+
+    def _save_status(self, observation: Observation) -> None:
+        open_incidents = [i for i in observation.incidents if i.state is not IncidentState.RESOLVED]
+        self.store.set_status(
+            f"detector:{self.server_name}",
+            {
+                "learning": observation.learning,
+                "baseline_intervals": observation.baseline_intervals,
+                "traffic_factor": round(observation.traffic_factor, 3),
+                "open_incidents": [
+                    {"id": i.id, "key": i.key, "state": i.state.value} for i in open_incidents
+                ],
+            },
+        )
+        if self.dispatcher is not None:
+            channels = [
+                {
+                    "name": c.name,
+                    "target": c.target,
+                    "sent": c.sent,
+                    "failed": c.failed,
+                    "last_error": c.last_error,
+                    "last_success_at": c.last_success_at,
+                    "last_failure_at": c.last_failure_at,
+                }
+                for c in self.dispatcher.status()
+            ]
+            self.store.set_status("alerts", {"channels": channels})
