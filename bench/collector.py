@@ -461,7 +461,8 @@ def toggled_run(pg: LocalPostgres, store: Store, blocks: int, block_s: float) ->
             time.sleep(max(deadline - time.perf_counter(), 0.0))
         timeline.append(Block(start, time.perf_counter() - launched, bool(i % 2)))
     bench.join(total + 60)
-    on, off = split_progress(out[0] if out else "", timeline)
+    output = out[0] if out else ""
+    on, off = split_progress(output, timeline)
     loss = (med(off) - med(on)) / med(off) * 100 if on and off else float("nan")
     return {
         "command": f"pgbench -S -c 2 -j 2 -T {total} -P 1, collector on in every other "
@@ -471,6 +472,8 @@ def toggled_run(pg: LocalPostgres, store: Store, blocks: int, block_s: float) ->
         "median_tps_off": med(off) if off else None,
         "median_tps_on": med(on) if on else None,
         "loss_pct": loss,
+        "blocks": [[round(b.start, 2), round(b.end, 2), b.collecting] for b in timeline],
+        "per_second_tps": [float(v) for _, v in PROGRESS.findall(output)],
     }
 
 
@@ -526,6 +529,7 @@ def pgbench_loss(
         "loss_pct": loss,
         "pairwise_loss_pct": pair_losses,
         "median_pairwise_loss_pct": med(pair_losses),
+        "noise_pct": statistics.stdev(without) / med(without) * 100 if pairs > 1 else None,
         "collector_cpu_share_pct": med(shares),
         "collector_cpu_share_pct_runs": shares,
         "toggled": toggled,
@@ -569,8 +573,9 @@ def table(res: dict[str, Any]) -> str:
          f"{bench['loss_pct']:.2f} % ({bench['median_without']:.0f} -> {bench['median_with']:.0f})",
          verdict(bench["pass"])),
         ("  median of pairwise losses", "-", f"{bench['median_pairwise_loss_pct']:.2f} %", ""),
+        ("  noise: stdev of the runs without / median", "-", f"{bench['noise_pct'] or 0:.1f} %", ""),
         ("  one pgbench run, collector toggled every 10 s", "-", toggled_text(bench["toggled"]), ""),
-        ("  collector CPU (process + backend) / machine CPU", "-",
+        ("  collector CPU (process + backend) / machine CPU", "<= 1 % (bound)",
          f"{bench['collector_cpu_share_pct']:.2f} %", ""),
         ("bytes per statement-interval (page growth)", "-",
          f"{size['bytes_per_statement_interval']:.1f} B", ""),

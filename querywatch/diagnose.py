@@ -148,8 +148,35 @@ def workload(intervals: Iterable[IntervalSummary]) -> Workload:
 
 
 def traffic_factor(base: Workload, win: Workload) -> float:
-    """Window calls/s over baseline calls/s; 1.0 when the baseline saw no calls."""
-    return win.calls_per_s / base.calls_per_s if base.calls_per_s > 0 else 1.0
+    """How much the typical statement's call rate changed: the call-weighted median of the
+    per-fingerprint ratios (window calls/s over baseline calls/s).
+
+    DESIGN.md defines k as total calls/s in the window over the baseline's; that ratio lets one
+    amplified statement (an N+1 issuing most of the calls) pose as a traffic surge, so querywatch
+    takes the median over statements instead, weighted by their baseline calls. A uniform x3 still
+    gives 3; one statement x10 among steady ones gives about 1. Falls back to the total ratio when
+    no statement is in both windows, and to 1.0 when the baseline saw no calls.
+    """
+    ratios = [
+        (w.calls_per_s / b.calls_per_s, b.calls_per_s)
+        for fp, b in base.by_fingerprint.items()
+        if b.calls_per_s > 0
+        for w in (win.by_fingerprint.get(fp, Load()),)
+    ]
+    if not ratios:
+        return win.calls_per_s / base.calls_per_s if base.calls_per_s > 0 else 1.0
+    return _weighted_median(ratios)
+
+
+def _weighted_median(pairs: list[tuple[float, float]]) -> float:
+    ordered = sorted(pairs)
+    half = sum(weight for _, weight in ordered) / 2
+    running = 0.0
+    for value, weight in ordered:
+        running += weight
+        if running >= half:
+            return value
+    return ordered[-1][0]
 
 
 def attribute(base: Workload, win: Workload) -> dict[str, Attribution]:

@@ -41,6 +41,7 @@ class Monitor:
 
     def __post_init__(self) -> None:
         self._diagnoses: dict[str, dict[str, Any]] = {}
+        self._interval_hint = 10.0  # updated from the intervals seen
 
     def warm_up(self, now: float, span_s: float) -> int:
         """Feed recent stored history so a restarted watcher need not learn again."""
@@ -54,6 +55,7 @@ class Monitor:
         summary = next((s for s in summaries if s.start == interval.start), None)
         if summary is None:
             return
+        self._interval_hint = interval.seconds or self._interval_hint
         observation = self.detector.observe(summary)
         self.last = observation
         for transition in observation.transitions:
@@ -92,10 +94,12 @@ class Monitor:
         return self.diagnose_window(start, now)
 
     def diagnose_window(self, start: float, end: float) -> Diagnosis:
+        """Diagnose [start, end) against the history before it, minus earlier incidents."""
+        spans = self._incident_spans(start)
         baseline = [
             s
             for s in self.store.summaries(self.server_id, start - self.baseline_s, start)
-            if s.end <= start
+            if s.end <= start and not any(a < s.end and s.start < b for a, b in spans)
         ]
         window = [s for s in self.store.summaries(self.server_id, start, end) if s.start >= start]
         fingerprints = {fp for s in window for fp in s.by_fingerprint}
@@ -105,6 +109,17 @@ class Monitor:
         statements = self.store.statements(sorted(fingerprints))
         deploys = self.store.deploys(start - self.baseline_s, end)
         return diagnose(baseline, window, statements, deploys, self.diagnose_settings)
+
+    def _incident_spans(self, before: float) -> list[tuple[float, float]]:
+        """Time spans of earlier incidents: they are not the normal to compare with."""
+        spans = []
+        for stored in self.store.incidents(self.server_id):
+            i = stored.incident
+            if i.fired_at is None or i.opened_at >= before:
+                continue
+            # the incident started up to a few intervals before it opened (pending, onset)
+            spans.append((i.opened_at - 3 * self._interval_hint, i.resolved_at or before))
+        return spans
 
     def _stored_diagnosis(self, incident_id: str) -> dict[str, Any]:
         for stored in self.store.incidents(self.server_id):

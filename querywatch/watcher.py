@@ -18,6 +18,7 @@ from .errors import ConnectError, QueryTimeout, SourceError
 from .fingerprint import Fingerprinter, normalize
 from .model import ActivitySample, Gap, GapReason, Interval, Snapshot, StatementKey
 from .source.postgres import PostgresSource
+from .source.queries import MARKER
 from .store import Store
 
 log = logging.getLogger("querywatch.watcher")
@@ -65,6 +66,7 @@ class Watcher:
         self._server_id: int | None = None
         self._last_maintain = 0.0
         self._down_since: float | None = None
+        self._own: set[str] = set()  # fingerprints of querywatch's own monitoring statements
 
     # -- control ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -123,7 +125,12 @@ class Watcher:
         texts.update(self._activity_texts(samples, texts))
         assert self._server_id is not None
         interval_id = self.store.record_interval(
-            self._server_id, interval, fingerprints, texts, activity.summarize(samples)
+            self._server_id,
+            interval,
+            fingerprints,
+            texts,
+            activity.summarize(samples),
+            frozenset(self._own),
         )
         self._account(interval)
         self._maintain()
@@ -149,6 +156,8 @@ class Watcher:
                 else f"qid{key.queryid & 0xFFFFFFFFFFFFFFFF:016x}"
             )
             fingerprints[key] = fp
+            if text.lstrip().startswith(MARKER.strip()):
+                self._own.add(fp)
             if text and not self.store.has_text(fp):
                 texts[fp] = normalize(text)
         return fingerprints, texts

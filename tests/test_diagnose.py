@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from querywatch.diagnose import DiagnoseSettings, Workload, attribute, diagnose, workload
+from querywatch.diagnose import (
+    DiagnoseSettings,
+    Workload,
+    attribute,
+    diagnose,
+    traffic_factor,
+    workload,
+)
 from querywatch.model import (
     ActivitySummary,
     Counters,
@@ -234,7 +241,7 @@ def test_frequency_regression_numbers() -> None:
     assert top.calls_per_s.baseline == pytest.approx(2.0)
     assert top.calls_per_s.window == pytest.approx(17.6)
     assert top.mean_ms.window == pytest.approx(40.0)
-    assert d.traffic_factor == pytest.approx((250 + 17.6) / 252)
+    assert d.traffic_factor == pytest.approx(1.0)  # the other statements kept their rates
     assert top.excess_share == pytest.approx(1.0)
     assert top.frequency_ms_per_s == pytest.approx(top.excess_ms_per_s)
     assert top.per_call_ms_per_s == pytest.approx(0.0)
@@ -243,7 +250,7 @@ def test_frequency_regression_numbers() -> None:
     assert d.summary.startswith("100% of the extra database time since 10:31:20 UTC comes from ")
     assert "`SELECT * FROM orders WHERE lower(email) = $1`" in d.summary
     assert "went up 8.8x right after deploy v2.3 at 10:30:30" in d.summary
-    assert "traffic overall changed only 1.1x, so this is not a traffic surge" in d.summary
+    assert "traffic overall changed only 1.0x, so this is not a traffic surge" in d.summary
 
 
 def test_latency_split_and_evidence() -> None:
@@ -371,7 +378,8 @@ def test_attribution_splits_excess() -> None:
     base = Workload(60.0, {"a": Load(100.0, 1.0), "b": Load(2.0, 40.0)})
     win = Workload(60.0, {"a": Load(120.0, 1.0), "b": Load(28.0, 41.0), "c": Load(1.0, 10.0)})
     result = attribute(base, win)
-    k = 149.0 / 102.0
+    k = 1.2  # the call-weighted median of the ratios: a (1.2, weight 100) outweighs b (14, weight 2)
+    assert traffic_factor(base, win) == pytest.approx(k)
     b = result["b"]
     assert b.expected_ms_per_s == pytest.approx(k * 80.0)
     assert b.frequency_ms_per_s == pytest.approx((28.0 - k * 2.0) * 40.0)
@@ -511,7 +519,7 @@ def test_json_has_exactly_the_contract_keys(case: Case) -> None:
 
 def test_json_values_of_a_regression() -> None:
     out = diagnosis_to_json(run(CASES[0]))
-    assert (out["verdict"], out["traffic_factor"]) == ("query_regression", 1.06)
+    assert (out["verdict"], out["traffic_factor"]) == ("query_regression", 1.0)
     culprit = out["culprits"][0]  # type: ignore[index]
     assert culprit["queryid"] == "-4383"
     assert culprit["kind"] == "frequency"
@@ -582,3 +590,24 @@ def test_pure_modules_load_no_database_or_web_library() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("base", "win", "k"),
+    [
+        ({"a": (100, 1), "b": (10, 1)}, {"a": (300, 1), "b": (30, 1)}, 3.0),  # uniform x3
+        ({"a": (100, 1), "b": (10, 1)}, {"a": (100, 1), "b": (900, 1)}, 1.0),  # one N+1 x90
+        ({"a": (10, 1)}, {"a": (20, 1), "new": (50, 1)}, 2.0),  # new statements do not count
+        ({"a": (10, 1), "gone": (5, 1)}, {"a": (10, 1)}, 1.0),  # a statement that stopped
+        ({"a": (10, 1), "gone": (50, 1)}, {"a": (10, 1)}, 0.0),  # most of the traffic stopped
+        ({}, {"a": (5, 1)}, 1.0),  # no baseline: no change known
+    ],
+)
+def test_traffic_factor_is_the_typical_statement(
+    base: dict[str, tuple[float, float]], win: dict[str, tuple[float, float]], k: float
+) -> None:
+    from querywatch.diagnose import Load
+
+    b = Workload(60.0, {fp: Load(*v) for fp, v in base.items()})
+    w = Workload(60.0, {fp: Load(*v) for fp, v in win.items()})
+    assert traffic_factor(b, w) == pytest.approx(k)

@@ -13,6 +13,10 @@ only for queryids not seen before). The schema of the extension is bound with ``
 
 from __future__ import annotations
 
+# Every monitoring statement starts with this comment, so querywatch can tell its own statements
+# apart in pg_stat_statements and leave them out of rankings and diagnosis.
+MARKER = "/* querywatch */ "
+
 _COMMON_COLUMNS = """
     dbid, userid, queryid,
     calls, total_exec_time, total_plan_time, rows,
@@ -22,7 +26,8 @@ _COMMON_COLUMNS = """
 """
 
 STATEMENTS_13 = (
-    "SELECT"
+    MARKER
+    + "SELECT"
     + _COMMON_COLUMNS
     + """    blk_read_time, blk_write_time,
     wal_records, wal_fpi, wal_bytes::float8 AS wal_bytes,
@@ -32,7 +37,8 @@ WHERE queryid IS NOT NULL"""
 )
 
 STATEMENTS_14 = (
-    "SELECT"
+    MARKER
+    + "SELECT"
     + _COMMON_COLUMNS
     + """    blk_read_time, blk_write_time,
     wal_records, wal_fpi, wal_bytes::float8 AS wal_bytes,
@@ -42,7 +48,8 @@ WHERE queryid IS NOT NULL"""
 )
 
 STATEMENTS_17 = (
-    "SELECT"
+    MARKER
+    + "SELECT"
     + _COMMON_COLUMNS
     + """    shared_blk_read_time + local_blk_read_time AS blk_read_time,
     shared_blk_write_time + local_blk_write_time AS blk_write_time,
@@ -52,19 +59,24 @@ FROM {schema}.pg_stat_statements(false)
 WHERE queryid IS NOT NULL"""
 )
 
-PLAIN_STATEMENTS = "SELECT * FROM {schema}.pg_stat_statements(false)"
+PLAIN_STATEMENTS = MARKER + "SELECT * FROM {schema}.pg_stat_statements(false)"
 
-STATEMENTS_INFO = "SELECT dealloc, stats_reset FROM {schema}.pg_stat_statements_info"
+STATEMENTS_INFO = MARKER + "SELECT dealloc, stats_reset FROM {schema}.pg_stat_statements_info"
 
-STATEMENT_TEXTS = """
+STATEMENT_TEXTS = (
+    MARKER
+    + """
 SELECT DISTINCT ON (queryid) queryid, query
 FROM {schema}.pg_stat_statements(true)
 WHERE queryid = ANY(%(queryids)s)
 """
+)
 
-SERVER_CLOCK = "SELECT pg_postmaster_start_time() AS started"
+SERVER_CLOCK = MARKER + "SELECT pg_postmaster_start_time() AS started"
 
-DATABASE_TOTALS = """
+DATABASE_TOTALS = (
+    MARKER
+    + """
 SELECT
     coalesce(sum(xact_commit), 0) AS xact_commit,
     coalesce(sum(xact_rollback), 0) AS xact_rollback,
@@ -79,8 +91,11 @@ SELECT
     coalesce(sum(deadlocks), 0) AS deadlocks
 FROM pg_stat_database
 """
+)
 
-ACTIVITY = """
+ACTIVITY = (
+    MARKER
+    + """
 SELECT
     pid,
     coalesce(state, '') AS state,
@@ -93,20 +108,26 @@ SELECT
 FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
 """
+)
 
 ACTIVITY_13 = ACTIVITY.replace("query_id,", "NULL::bigint AS query_id,")
 
-MAX_CONNECTIONS = "SELECT current_setting('max_connections')::int AS max_connections"
+MAX_CONNECTIONS = MARKER + "SELECT current_setting('max_connections')::int AS max_connections"
 
-SESSION_SETUP = """
+SESSION_SETUP = (
+    MARKER
+    + """
 SELECT set_config('statement_timeout', %(statement_timeout)s, false),
        set_config('lock_timeout', %(lock_timeout)s, false),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, false)
 """
+)
 
 # Capabilities (used by `querywatch check` and to pick the statements query). Settings come from
 # pg_settings, which hides what a role may not read instead of raising an error.
-SERVER_FACTS = """
+SERVER_FACTS = (
+    MARKER
+    + """
 SELECT
     current_setting('server_version_num')::int AS version_num,
     current_setting('server_version') AS version,
@@ -124,5 +145,6 @@ SELECT
     (SELECT setting FROM pg_settings WHERE name = 'pg_stat_statements.track') AS pgss_track,
     (SELECT setting FROM pg_settings WHERE name = 'compute_query_id') AS compute_query_id
 """
+)
 
-STATEMENT_COUNT = "SELECT count(*) AS entries FROM {schema}.pg_stat_statements(false)"
+STATEMENT_COUNT = MARKER + "SELECT count(*) AS entries FROM {schema}.pg_stat_statements(false)"

@@ -1,7 +1,8 @@
 """Rollups and retention: raw intervals -> 1-minute buckets -> 1-hour buckets.
 
-An interval belongs to the bucket its start falls in. A bucket is rolled up once it is complete (its end is in the past); ``meta`` remembers how far each
-resolution got, so each raw interval is counted exactly once. Only complete intervals (no full gap)
+An interval belongs to the bucket its start falls in. A bucket is rolled up once it is complete
+(its end is in the past); ``meta`` remembers how far each resolution got, so each raw interval is
+counted exactly once. Only complete intervals (no full gap)
 add to a bucket's covered seconds.
 """
 
@@ -62,7 +63,7 @@ SET_MARK = (
 TOTALS = f"""
 SELECT s.fingerprint, {_SUMS_R}
 FROM rollups r JOIN statements s ON s.id = r.statement_id
-WHERE r.resolution = ? AND r.server_id = ? AND r.bucket >= ? AND r.bucket < ? AND s.toplevel = 1
+WHERE r.resolution = ? AND r.server_id = ? AND r.bucket >= ? AND r.bucket < ? AND s.toplevel = 1 AND s.own = 0
 GROUP BY s.fingerprint
 """
 TOTAL_SECONDS = """

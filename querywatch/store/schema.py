@@ -66,6 +66,7 @@ CREATE TABLE statements (
     queryid INTEGER NOT NULL,
     toplevel INTEGER NOT NULL,
     fingerprint TEXT NOT NULL,
+    own INTEGER NOT NULL DEFAULT 0,
     first_seen REAL NOT NULL,
     UNIQUE (server_id, dbid, userid, queryid, toplevel)
 );
@@ -161,5 +162,20 @@ CREATE INDEX incident_events_incident ON incident_events (incident_id, at);
 CREATE TABLE status (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1,)
+# Version 2: plans per fingerprint (querywatch.advise), one row per distinct plan shape.
+V2 = """
+CREATE TABLE plans (
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    fingerprint TEXT NOT NULL,
+    plan_hash TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    plan TEXT NOT NULL,
+    total_cost REAL NOT NULL,
+    PRIMARY KEY (server_id, fingerprint, plan_hash)
+) WITHOUT ROWID;
+CREATE INDEX plans_fingerprint ON plans (fingerprint, last_seen);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2)
 LATEST = len(MIGRATIONS)

@@ -1,0 +1,38 @@
+"""`querywatch demo`: replay the outage end to end on a throwaway PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        fast: Annotated[bool, typer.Option("--fast", help="shorter phases (for tests)")] = False,
+        out: Annotated[Path, typer.Option("--out", help="folder for the report and logs")] = Path(
+            "querywatch-demo"
+        ),
+    ) -> None:
+        """Replay the outage: rollout, alert, diagnosis, fix, recovery, then a traffic surge."""
+        from ..cli import out as console
+        from .report import write_report
+        from .story import FAST, NORMAL, Demo, DemoError
+
+        console.print("[bold]querywatch demo[/]: the five-hour outage, replayed in a few minutes\n")
+        started = time.monotonic()
+        demo_run = Demo(FAST if fast else NORMAL, out, console)
+        try:
+            facts = demo_run.run()
+        except DemoError as exc:
+            from ..errors import QuerywatchError
+
+            raise QuerywatchError(f"demo: {exc}") from None
+        path = write_report(facts, out)
+        console.print(f"\nincident report: {path}  ·  diagnosis: {out / 'diagnosis.json'}")
+        console.print(
+            f"demo finished in {time.monotonic() - started:.0f} s; everything it started has stopped"
+        )
