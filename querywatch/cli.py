@@ -19,6 +19,7 @@ from rich.table import Table
 from . import __version__, check, settings, top
 from .alerts import Dispatcher, channels_from_settings
 from .alerts.pagerduty import EVENTS_URL
+from .audit.run import AuditScheduler
 from .detect import Detector, settings_from_mapping
 from .durations import human, iso, parse_duration, parse_time
 from .errors import InputError, QuerywatchError
@@ -293,9 +294,17 @@ def watch(
         int | None,
         typer.Option("--cpu-cores", min=1, help="the server's cores, for the CPU-capacity rule"),
     ] = None,
+    web: Annotated[
+        bool,
+        typer.Option("--web", help="also serve the dashboard, API and /metrics (--host, --port)"),
+    ] = False,
+    host: Annotated[str | None, typer.Option(help="web server address [default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="web server port [default 8080]")] = None,
 ) -> None:
     """Collect, detect and alert until SIGINT/SIGTERM (then exit 0)."""
-    cfg = _settings(dsn=dsn, store=store, server_name=server, interval=interval)
+    cfg = _settings(
+        dsn=dsn, store=store, server_name=server, interval=interval, host=host, port=port
+    )
     _logging()
     detect_cfg = dict(cfg.sections.get("detect", {}))
     if cpu_cores is not None:
@@ -316,10 +325,14 @@ def watch(
             watcher.start()
             assert watcher.server_id is not None
             monitor = Monitor(st, watcher.server_id, name, Detector(detect_settings), dispatcher)
+            monitor.audits = AuditScheduler(st, watcher.server_id, name, dispatcher)
             warmed = monitor.warm_up(
                 time.time(), detect_settings.learning_intervals * cfg.interval * 30
             )
             watcher.on_interval = monitor.on_interval
+            dashboard = _dashboard(cfg) if web else None
+            if dashboard is not None:
+                log.info("dashboard on %s", dashboard.url)
             log.info(
                 "watching %s every %s (%d alert channels, %d stored intervals reused)",
                 name,
@@ -327,10 +340,20 @@ def watch(
                 len(channels),
                 warmed,
             )
-            watcher.run()
+            try:
+                watcher.run()
+            finally:
+                if dashboard is not None:
+                    dashboard.stop()
         watcher.source.close()
         dispatcher.flush(10.0)
     log.info("stopped after %d intervals", watcher.status.intervals)
+
+
+def _dashboard(cfg: settings.Settings) -> Any:
+    from .web import start_in_thread  # the web stack loads only when asked for
+
+    return start_in_thread(cfg.store, cfg.host, cfg.port, cfg.token)
 
 
 @app.command()
@@ -428,8 +451,9 @@ def _print_status(state: dict[str, dict[str, Any]], incidents: list[dict[str, An
         if key.startswith("collector:"):
             last = value.get("last_success")
             ago = human(now - last) + " ago" if last else "never"
+            name = key.split(":", 1)[1]
             out.print(
-                f"collector {key.split(':', 1)[1]}: last snapshot {ago}, {value.get('intervals', 0)} intervals, "
+                f"collector {name}: last snapshot {ago}, {value.get('intervals', 0)} intervals, "
                 f"{value.get('gaps', 0)} gaps, dealloc {value.get('dealloc', 0)}"
                 + (f", last error: {value['last_error']}" if value.get("last_error") else ""),
                 markup=False,
@@ -484,3 +508,24 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("querywatch: interrupted", markup=False)
         sys.exit(130)
+
+
+# Commands defined next to their concept; each module adds its commands to `app` (one line each).
+from .demo.commands import register as _register_demo  # noqa: E402
+
+_register_demo(app)
+from .audit.commands import register as _register_audit  # noqa: E402
+
+_register_audit(app)
+from .loadtest.commands import register as _register_loadtest  # noqa: E402
+
+_register_loadtest(app)
+from .gate.commands import register as _register_gate  # noqa: E402
+
+_register_gate(app)
+from .advise.commands import register as _register_advise  # noqa: E402
+
+_register_advise(app)
+from .web.commands import register as _register_web  # noqa: E402
+
+_register_web(app)

@@ -83,8 +83,8 @@ def _growth(before: Snapshot, after: Snapshot) -> Iterator[tuple[StatementStats,
         old = earlier.get(key)
         if old is None or _restarted_since(stats, before.taken_at):
             yield stats, stats.counters
-            continue
-        yield stats, stats.counters.minus(old.counters)
+        elif old.counters.calls != stats.counters.calls:  # most entries did not run: skip them
+            yield stats, stats.counters.minus(old.counters)
 
 
 def _restarted_since(stats: StatementStats, taken_at: float) -> bool:

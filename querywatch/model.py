@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, sub
 
 COUNTER_FIELDS: tuple[str, ...] = (
     "calls",
@@ -65,8 +65,8 @@ class Counters:
 
     def minus(self, earlier: Counters) -> Counters | None:
         """The growth since ``earlier``, or None when any counter went down (a reset)."""
-        diff = [a - b for a, b in zip(self.values(), earlier.values(), strict=True)]
-        if any(d < 0 for d in diff):
+        diff = tuple(map(sub, self.values(), earlier.values()))
+        if min(diff) < 0:
             return None
         return Counters(*diff)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .alerts import Dispatcher, Notification
+from .audit.run import AuditScheduler
 from .detect import Detector, Observation, Transition
 from .diagnose import DiagnoseSettings, diagnose
 from .model import Diagnosis, Incident, IncidentState, Interval, Verdict
@@ -37,6 +38,7 @@ class Monitor:
     diagnose_settings: DiagnoseSettings = field(default_factory=DiagnoseSettings)
     baseline_s: float = BASELINE_S
     on_transition: Callable[[Transition, Mapping[str, Any]], None] | None = None
+    audits: AuditScheduler | None = None  # audits each deploy once its after-window has passed
     last: Observation | None = None
 
     def __post_init__(self) -> None:
@@ -61,6 +63,8 @@ class Monitor:
         for transition in observation.transitions:
             self._handle(transition, interval.seconds)
         self._save_status(observation)
+        if self.audits is not None:
+            self.audits.on_interval(interval.end)
 
     def _handle(self, transition: Transition, interval_s: float) -> None:
         incident = transition.incident

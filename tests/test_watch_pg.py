@@ -5,6 +5,9 @@ Intervals are 1 s, so the detector leaves its learning period (12 intervals) aft
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -82,6 +85,19 @@ def resolved(receiver: Receiver) -> list[dict[str, Any]]:
     return [b for b in receiver.bodies("/hook") if b["status"] == "resolved"]
 
 
+def channel_failed(store: Path, port: int) -> bool:
+    """`querywatch status` reports the unreachable channel's failed deliveries."""
+    result = subprocess.run(
+        [sys.executable, "-m", "querywatch", "status", "--store", str(store), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    channels = json.loads(result.stdout)["status"].get("alerts", {}).get("channels", [])
+    return any(f":{port}" in c["target"] and c["failed"] >= 1 and c["last_error"] for c in channels)
+
+
 def first_firing_at(receiver: Receiver) -> float | None:
     times = [
         r.at
@@ -95,7 +111,8 @@ def test_frequency_x10_after_deploy_pages_names_culprit_and_resolves(
     shop: str, tmp_path: Path, receiver: Receiver
 ) -> None:
     store = tmp_path / "qw.db"
-    dead = f"http://127.0.0.1:{closed_port()}/unreachable"
+    dead_port = closed_port()
+    dead = f"http://127.0.0.1:{dead_port}/unreachable"
     with (
         Load(shop, steady()) as load,
         watch_process(
@@ -120,6 +137,7 @@ def test_frequency_x10_after_deploy_pages_names_culprit_and_resolves(
         assert resolved_after <= 3 * INTERVAL + SLACK_S + 1.0, (
             f"resolved {resolved_after:.1f} s after the stop"
         )
+        assert wait_until(lambda: channel_failed(store, dead_port), 20), "status shows no failure"
         end = time.time()
     alert = firing(receiver)[0]
     diagnosis = alert["diagnosis"]

@@ -32,7 +32,10 @@ def register(app: typer.Typer) -> None:
 
             raise QuerywatchError(f"demo: {exc}") from None
         path = write_report(facts, out)
-        console.print(f"\nincident report: {path}  ·  diagnosis: {out / 'diagnosis.json'}")
+        console.print(f"\nincident report: {path} (HTML: {facts.html_report})")
+        console.print(
+            f"diagnosis: {out / 'diagnosis.json'}  ·  logs: {out}/watch.log, {out}/api.log"
+        )
         console.print(
             f"demo finished in {time.monotonic() - started:.0f} s; everything it started has stopped"
         )

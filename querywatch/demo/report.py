@@ -28,6 +28,8 @@ class DemoFacts:
     resolved_delay_s: float | None = None
     verification: dict[str, Any] = field(default_factory=dict)
     surge: dict[str, Any] = field(default_factory=dict)
+    loadtest: str = ""
+    html_report: str = ""
 
 
 def render(facts: DemoFacts) -> str:
@@ -67,6 +69,19 @@ def render(facts: DemoFacts) -> str:
         f"- alert {facts.alert_delay_s:.1f} s after the rollout (incident {facts.firing.get('incident', '?')})",
         f"- fix applied: `{facts.fix}` ({facts.fix_seconds:.1f} s)",
         _verification(facts.verification),
+        *(
+            [
+                "",
+                "Load test of the culprit alone (open model, `querywatch loadtest`):",
+                "",
+                "```",
+                facts.loadtest,
+                "```",
+                "",
+            ]
+            if facts.loadtest
+            else []
+        ),
         (
             f"- resolved notification {facts.resolved_delay_s:.1f} s after the fix"
             if facts.resolved_delay_s is not None

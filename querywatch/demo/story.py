@@ -51,6 +51,8 @@ class Plan:
     resolve_wait_s: float = 45.0
     surge_s: float = 30.0
     quiet_s: float = 12.0
+    loadtest_rate: float = 50.0
+    loadtest_s: float = 4.0
     shop: shop.ShopSize = field(default_factory=shop.ShopSize)
 
 
@@ -63,6 +65,7 @@ FAST = Plan(
     resolve_wait_s=25.0,
     surge_s=12.0,
     quiet_s=6.0,
+    loadtest_s=2.0,
 )
 
 
@@ -104,6 +107,7 @@ class Demo:
         self.console = console
         self.started = time.monotonic()
         self.events: list[Event] = []
+        self.web_port = _free_port()
 
     # -- printing -----------------------------------------------------------------------------
     def say(self, text: str, style: str = "") -> None:
@@ -136,6 +140,8 @@ class Demo:
         pg.start()
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            if pg.has_extension("hypopg"):
+                conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
         kind = "embedded wheel" if "embedded" in str(pg.bindir) else "system binaries"
         self.say(
             f"PostgreSQL {pg.major_version} started on 127.0.0.1:{pg.port} ({kind}, {pg.bindir})"
@@ -175,12 +181,16 @@ class Demo:
             f"{self.plan.interval:g}s",
             "--alert-webhook",
             receiver.url,
+            "--web",
+            "--port",
+            str(self.web_port),
         ]
         self._watch_proc = stack.enter_context(_child(argv, self.out / "watch.log", env))
         self.say(
             f"querywatch watch: snapshot every {self.plan.interval:g} s, activity every 1 s, "
             f"alerts to {receiver.url}"
         )
+        self.say(f"dashboard (while the demo runs): http://127.0.0.1:{self.web_port}/")
 
     def _acts(
         self,
@@ -198,14 +208,30 @@ class Demo:
         facts.firing = firing.body
         facts.alert_delay_s = firing.received_at - rollout
         self._let_it_burn(store, traffic)
-        fix_started, fix_s = self._fix(pg)
+        facts.fix = self._advise(pg, firing.body, store, rollout)
+        culprit_sql = firing.body["diagnosis"]["culprits"][0]["query"]
+        before = self._loadtest(pg, culprit_sql, "before the fix")
+        fix_started, fix_s = self._fix(pg, facts.fix)
         facts.fix_at, facts.fix_seconds = fix_started, fix_s
         resolved = self._await_resolved(receiver, fix_started, store, traffic)
         facts.resolved_delay_s = resolved.received_at - fix_started if resolved else None
         facts.verification = self._verify(store, firing.body, rollout, fix_started)
+        after = self._loadtest(pg, culprit_sql, "after the fix")
+        facts.loadtest = _compare(before, after)
+        for line in facts.loadtest.splitlines():
+            self.say("   " + line)
         facts.surge = self._surge(store, traffic, receiver)
+        facts.html_report = self._html_report(store, firing.body["incident"])
         self.say("stopping the traffic, the API, querywatch watch and PostgreSQL")
         return facts
+
+    def _html_report(self, store: Store, incident_id: str) -> str:
+        """The dashboard's standalone HTML page of the incident, saved beside the Markdown one."""
+        from ..web import render_incident_report
+
+        path = self.out / "incident-report.html"
+        path.write_text(render_incident_report(store, incident_id), encoding="utf-8")
+        return str(path)
 
     def _status(self, store: Store, traffic: Traffic, label: str) -> None:
         self._check_watch()
@@ -282,12 +308,56 @@ class Demo:
             time.sleep(self.plan.interval)
             self._status(store, traffic, "incident")
 
-    def _fix(self, pg: LocalPostgres) -> tuple[float, float]:
+    def _advise(self, pg: LocalPostgres, firing: dict[str, Any], store: Store, since: float) -> str:
+        """Ask the advisor about the culprit; its best verified index becomes the fix."""
+        from ..advise.advisor import advise_statement
+        from ..advise.records import QueryStats
+
+        culprit = firing["diagnosis"]["culprits"][0]
+        rows, seconds = store.totals(store.servers()[0].id, since, time.time())
+        mine = next((r.counters for r in rows if r.fingerprint == culprit["fingerprint"]), None)
+        stats = (
+            QueryStats(mine.calls, mine.rows, mine.exec_ms, seconds, mine.temp_blks_written)
+            if mine is not None and seconds > 0
+            else None
+        )
+        advice = advise_statement(
+            pg.dsn, culprit["query"], stats.db_ms_per_s if stats else 0.0, stats=stats
+        )
+        self.say("querywatch advise on the culprit (generic plan, no parameter values):", "bold")
+        if advice.summary is not None:
+            self.say(
+                f"   plan: {' -> '.join(advice.summary.nodes[:3])} (cost {advice.summary.total_cost:,.0f})"
+            )
+        for finding in advice.findings[:3]:
+            self.say(f"   finding: {finding.message}")
+        if not advice.indexes:
+            self.say(f"   no index advice ({advice.error or 'none found'}); applying the known fix")
+            return FIX
+        best = advice.indexes[0]
+        state = "verified with hypopg" if best.verified else "unverified (hypopg is not installed)"
+        self.say(
+            f"   suggested: {best.ddl} ({state}; expected saving {best.saving:.0%} "
+            f"by {best.basis.replace('_', ' ')})"
+        )
+        return best.ddl
+
+    def _loadtest(self, pg: LocalPostgres, sql: str, label: str) -> Any:
+        """`querywatch loadtest` on the culprit alone (open model), with real customers' e-mails."""
+        from ..loadtest import run_loadtest
+
+        rate, seconds = self.plan.loadtest_rate, self.plan.loadtest_s
+        emails = [(f"customer{1 + (i * 7919) % 100_000}@example.com",) for i in range(500)]
+        result = run_loadtest(pg.dsn, sql, rate, seconds, concurrency=4, params=emails, drain_s=2.0)
+        self.say(f"querywatch loadtest {label}: {rate:g}/s for {seconds:g} s on the culprit")
+        return result
+
+    def _fix(self, pg: LocalPostgres, ddl: str) -> tuple[float, float]:
         started = time.time()
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            conn.execute(FIX)  # type: ignore[arg-type]
+            conn.execute(ddl.rstrip(";"))  # type: ignore[arg-type]
         seconds = time.time() - started
-        self.say(f"the fix: {FIX} ({seconds:.1f} s)", "bold green")
+        self.say(f"the fix: {ddl.rstrip(';')} ({seconds:.1f} s)", "bold green")
         return started, seconds
 
     def _await_resolved(
@@ -416,6 +486,12 @@ def _diagnose_between(store: Store, base_start: float, start: float, end: float)
     window = [s for s in store.summaries(server, start, end) if s.start >= start]
     fps = sorted({fp for s in window for fp in s.by_fingerprint})
     return diagnose(baseline, window, store.statements(fps), store.deploys(base_start, end))
+
+
+def _compare(before: Any, after: Any) -> str:
+    from ..loadtest import compare_text
+
+    return str(compare_text(before, after))
 
 
 def _diagnosis_lines(doc: dict[str, Any]) -> list[str]:

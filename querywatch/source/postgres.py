@@ -91,6 +91,7 @@ class PostgresSource:
         self._caps: Capabilities | None = None
         self._max_connections: int | None = None
         self._shapes: dict[str, Shape] = {}
+        self._rows: dict[tuple[Any, ...], tuple[tuple[Any, ...], StatementStats]] = {}
 
     # -- connection -----------------------------------------------------------------------
     def connect(self) -> Capabilities:
@@ -209,9 +210,24 @@ class PostgresSource:
             server_started=started.timestamp(),
             stats_reset=stats_reset,
             dealloc=dealloc,
-            statements=dict(_statement_stats(rows)),
+            statements=self._statement_stats(rows),
             database=database,
         )
+
+    def _statement_stats(self, rows: list[tuple[Any, ...]]) -> dict[StatementKey, StatementStats]:
+        """Records for the rows, reusing last snapshot's for rows that did not change."""
+        previous, current = self._rows, {}
+        stats: dict[StatementKey, StatementStats] = {}
+        for row in rows:
+            ident = (row[0], row[1], row[2], row[21])
+            cached = previous.get(ident)
+            if cached is None or cached[0] != row:
+                key = StatementKey(row[0], row[1], row[2], bool(row[21]))
+                cached = (row, StatementStats(key, Counters(*row[3:21]), _ts(row[22])))
+            current[ident] = cached
+            stats[cached[1].key] = cached[1]
+        self._rows = current
+        return stats
 
     def _info(self, caps: Capabilities) -> tuple[int | None, float | None]:
         if not caps.has_info:
@@ -255,13 +271,6 @@ class PostgresSource:
             self._max_connections = int(row["max_connections"])
         sessions = tuple(_session(r, self._shape(r["query"] or "")) for r in rows)
         return ActivitySample(self.clock(), sessions, self._max_connections)
-
-
-def _statement_stats(rows: list[tuple[Any, ...]]) -> Iterator[tuple[StatementKey, StatementStats]]:
-    for row in rows:
-        key = StatementKey(row[0], row[1], row[2], bool(row[21]))
-        since = row[22]
-        yield key, StatementStats(key, Counters(*row[3:21]), _ts(since))
 
 
 def _session(row: dict[str, Any], found: Shape | None) -> SessionSample:

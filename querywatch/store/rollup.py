@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 MINUTE = 60
 HOUR = 3600
+SETTLE_S = 900  # longest interval assumed (15 min) before an hour is folded
 
 _COLS = ", ".join(COUNTER_COLUMNS)
 _SUMS_D = ", ".join(f"sum(d.{c})" for c in COUNTER_COLUMNS)
@@ -85,7 +86,9 @@ def roll_up(conn: sqlite3.Connection, now: float) -> None:
         conn.execute(ROLL_RAW, (done, minute_end))
         conn.execute(ROLL_RAW_SECONDS, (done, minute_end))
         conn.execute(SET_MARK, ("rollup_minute", repr(minute_end)))
-    hour_end = (minute_end // HOUR) * HOUR
+    # An interval is in the minute bucket its start falls in, but is rolled up once it has ended:
+    # fold an hour only when no interval that started in it can still arrive.
+    hour_end = ((minute_end - SETTLE_S) // HOUR) * HOUR
     done_h = _mark(conn, "rollup_hour")
     if hour_end > done_h:
         conn.execute(ROLL_MINUTES, (done_h, hour_end))

@@ -331,13 +331,10 @@ class Store:
             self._insert_statements(conn, server_id, interval, fingerprints, ids, own)
             self._insert_texts(conn, texts)
             interval_id = self._insert_interval(conn, server_id, interval, activity)
-            conn.executemany(
-                INSERT_DELTA,
-                [
-                    [interval_id, ids[d.key], *counters_to_row(d.counters)]
-                    for d in interval.statements
-                ],
+            rows = sorted(  # in key order, so the table's pages fill up
+                [interval_id, ids[d.key], *counters_to_row(d.counters)] for d in interval.statements
             )
+            conn.executemany(INSERT_DELTA, rows)
             if activity is not None:
                 conn.executemany(INSERT_ACTIVITY, _activity_rows(interval_id, activity))
             for gap in interval.gaps:
@@ -689,7 +686,7 @@ class Store:
         """A dashboard query's rows; those of rollup segments come from ``WEB_CACHE``."""
         if seg.resolution is None:
             return self._conn.execute(sql, params).fetchall()
-        key = (str(self.path), sql, params, seg.marks)
+        key = (str(self.path), id(self), sql, params, seg.marks)
         return WEB_CACHE.get(key, lambda: self._conn.execute(sql, params).fetchall())
 
 
@@ -827,7 +824,7 @@ class _Segment:
     start: float
     end: float
     after: float  # raw only: intervals ending after this (not rolled up yet)
-    marks: tuple[float, float] = (0.0, 0.0)  # the minute and hour rollup marks when read
+    marks: tuple[float, ...] = ()  # rollup marks its rows depend on (the cache key)
 
 
 class RowCache:
@@ -864,13 +861,13 @@ def _web_segments(
 ) -> list[_Segment]:
     minute_mark = float((conn.execute(WEB_MARK, ("rollup_minute",)).fetchone() or (0,))[0])
     hour_mark = float((conn.execute(WEB_MARK, ("rollup_hour",)).fetchone() or (0,))[0])
-    marks = (minute_mark, hour_mark)
+    marks = (minute_mark, hour_mark)  # hour buckets below the hour mark never change again
     if step < rollup.MINUTE:
         return [_Segment(None, start, end, start)]
     segments = [_Segment(None, start, end, minute_mark)]
     low = start
     if step >= rollup.HOUR:
-        segments.append(_Segment(rollup.HOUR, start, min(end, hour_mark), 0.0, marks))
+        segments.append(_Segment(rollup.HOUR, start, min(end, hour_mark), 0.0, (hour_mark,)))
         low = max(start, hour_mark)
     segments.append(_Segment(rollup.MINUTE, low, min(end, minute_mark), 0.0, marks))
     return [s for s in segments if s.end > s.start]

@@ -1,0 +1,133 @@
+"""Catalog reads for the advisor: tables, indexes and column statistics (SQL beside its reader).
+
+Every function takes a cursor opened by :meth:`Session.readonly` (dict rows, read-only, timeouts).
+Table names are resolved with ``to_regclass`` (search_path applies); unknown names are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from .records import IndexFact, TableFact
+
+_TABLE_COLUMNS = """
+    n.nspname AS schema, c.relname AS table, c.reltuples::float8 AS rows, c.relpages AS pages,
+    ARRAY(SELECT a.attname::text FROM pg_attribute a
+          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY a.attnum) AS columns,
+    coalesce(s.n_live_tup, 0) AS live_rows,
+    coalesce(s.n_mod_since_analyze, 0) AS modified_since_analyze,
+    (s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL) AS analyzed,
+    coalesce(s.seq_scan, 0) AS seq_scans, coalesce(s.idx_scan, 0) AS idx_scans,
+    coalesce(s.n_tup_ins + s.n_tup_upd + s.n_tup_del, 0) AS writes,
+    coalesce(s.seq_tup_read, 0) + coalesce(s.idx_tup_fetch, 0) AS rows_read
+"""
+TABLES = f"""
+SELECT DISTINCT ON (c.oid) {_TABLE_COLUMNS}
+FROM unnest(%(names)s::text[]) AS wanted(name)
+JOIN pg_class c ON c.oid = to_regclass(wanted.name)
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+"""
+ALL_TABLES = f"""
+SELECT {_TABLE_COLUMNS}
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+WHERE c.relkind IN ('r', 'm', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
+ORDER BY 1, 2
+"""
+INDEXES = """
+SELECT n.nspname AS schema, t.relname AS table, i.relname AS name, am.amname AS method,
+       ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true)
+             FROM generate_series(1, x.indnkeyatts) AS k ORDER BY k) AS keys,
+       x.indisvalid AS valid, x.indisunique AS unique, x.indisprimary AS primary,
+       x.indpred IS NOT NULL AS partial,
+       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid) AS constraint,
+       coalesce(s.idx_scan, 0) AS scans, pg_relation_size(x.indexrelid) AS bytes
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_am am ON am.oid = i.relam
+LEFT JOIN pg_stat_all_indexes s ON s.indexrelid = x.indexrelid
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%%'
+  AND (%(names)s::text[] IS NULL
+       OR t.oid = ANY(ARRAY(SELECT to_regclass(w) FROM unnest(%(names)s::text[]) AS w)))
+ORDER BY 1, 2, 3
+"""
+DISTINCT = """
+SELECT s.tablename AS table, s.attname AS column, s.n_distinct::float8 AS n_distinct,
+       c.reltuples::float8 AS rows
+FROM unnest(%(names)s::text[]) AS wanted(name)
+JOIN pg_class c ON c.oid = to_regclass(wanted.name)
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname
+"""
+
+
+def _table(row: dict[str, Any]) -> TableFact:
+    return TableFact(
+        schema=row["schema"],
+        table=row["table"],
+        rows=float(row["rows"]),
+        pages=int(row["pages"]),
+        columns=tuple(row["columns"]),
+        live_rows=int(row["live_rows"]),
+        modified_since_analyze=int(row["modified_since_analyze"]),
+        analyzed=bool(row["analyzed"]),
+        seq_scans=int(row["seq_scans"]),
+        idx_scans=int(row["idx_scans"]),
+        writes=int(row["writes"]),
+        rows_read=int(row["rows_read"]),
+    )
+
+
+def tables(cur: psycopg.Cursor[Any], names: Sequence[str]) -> list[TableFact]:
+    if not names:
+        return []
+    cur.execute(TABLES, {"names": list(names)})
+    return [_table(r) for r in cur.fetchall()]
+
+
+def all_tables(cur: psycopg.Cursor[Any]) -> list[TableFact]:
+    cur.execute(ALL_TABLES)
+    return [_table(r) for r in cur.fetchall()]
+
+
+def indexes(cur: psycopg.Cursor[Any], names: Sequence[str] | None = None) -> list[IndexFact]:
+    """Existing indexes of the named tables (all user tables when None)."""
+    cur.execute(INDEXES, {"names": list(names) if names is not None else None})
+    return [
+        IndexFact(
+            schema=r["schema"],
+            table=r["table"],
+            name=r["name"],
+            keys=tuple(r["keys"]),
+            method=r["method"],
+            valid=r["valid"],
+            unique=r["unique"],
+            primary=r["primary"],
+            partial=r["partial"],
+            constraint=r["constraint"],
+            scans=int(r["scans"]),
+            bytes=int(r["bytes"]),
+        )
+        for r in cur.fetchall()
+    ]
+
+
+def distinct_values(cur: psycopg.Cursor[Any], names: Sequence[str]) -> dict[tuple[str, str], float]:
+    """(table, column) -> estimated number of distinct values, from pg_stats."""
+    if not names:
+        return {}
+    cur.execute(DISTINCT, {"names": list(names)})
+    found: dict[tuple[str, str], float] = {}
+    for r in cur.fetchall():
+        n = float(r["n_distinct"])
+        found[(r["table"], r["column"])] = -n * max(float(r["rows"]), 0.0) if n < 0 else n
+    return found

@@ -1,0 +1,55 @@
+"""`querywatch audit --deploy VERSION`: the before/after verdict of one deploy (exit 0 pass, 1 not)."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from ..durations import parse_duration
+from .report import audit_to_json, audit_to_markdown, audit_to_text
+from .run import find_deploy, run_audit
+
+
+class AuditFormat(StrEnum):
+    text = "text"
+    markdown = "markdown"
+    json = "json"
+
+
+def register(app: typer.Typer) -> None:
+    from ..cli import _pick_server, _settings, _store, out
+
+    @app.command("audit")
+    def audit_command(
+        deploy: Annotated[str, typer.Option("--deploy", help="the deploy marker's version")],
+        before: Annotated[str, typer.Option(help="window before the deploy")] = "30m",
+        after: Annotated[str, typer.Option(help="window after the deploy")] = "15m",
+        fmt: Annotated[
+            AuditFormat, typer.Option("--format", help="text, markdown or json")
+        ] = AuditFormat.text,
+        store: Annotated[
+            str | None, typer.Option("--store", help="history store file [env QUERYWATCH_STORE]")
+        ] = None,
+        server: Annotated[
+            str | None, typer.Option("--server", help="server name in the store")
+        ] = None,
+    ) -> None:
+        """Per statement before vs after a deploy: new, gone, calls, latency, DB time, verdict."""
+        cfg = _settings(store=store, server_name=server)
+        before_s = parse_duration(before, "--before")
+        after_s = parse_duration(after, "--after")
+        with _store(cfg, create=False) as st:
+            srv = _pick_server(st, cfg)
+            marker = find_deploy(st, deploy)
+            report = run_audit(st, srv.id, marker, before_s, after_s)
+        if fmt is AuditFormat.json:
+            out.print_json(json.dumps(audit_to_json(report)))
+        elif fmt is AuditFormat.markdown:
+            out.print(audit_to_markdown(report), markup=False)
+        else:
+            out.print(audit_to_text(report), markup=False)
+        if report.exit_code:
+            raise typer.Exit(report.exit_code)

@@ -1,0 +1,26 @@
+"""A standalone HTML incident report: the incident page with its stylesheet inlined, one file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ..errors import InputError
+from ..store import Store
+from . import templates, views
+from .app import STATIC
+
+STYLESHEET_LINK = '<link rel="stylesheet" href="/static/querywatch.css">'
+ICON_LINK = '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
+
+
+def render_incident_report(
+    store: Store, incident_id: str, clock: Callable[[], float] = time.time
+) -> str:
+    """One self-contained HTML page (no external resource) for the incident ``incident_id``."""
+    context = views.incident(views.Site(store, clock), incident_id)
+    if context is None:
+        raise InputError(f"incident report: no incident {incident_id!r} in the store")
+    html = templates.render("incident", context)
+    css = (STATIC / "querywatch.css").read_text(encoding="utf-8")
+    return html.replace(ICON_LINK, "").replace(STYLESHEET_LINK, f"<style>{css}</style>")

@@ -1,0 +1,28 @@
+"""The dashboard's HTML: small pure functions over the page contexts (no template engine needed).
+
+``render(page, context)`` turns the context of a ``views`` function into a whole HTML page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import pages
+
+RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "overview": pages.overview,
+    "statement": pages.statement,
+    "incidents": pages.incidents,
+    "incident": pages.incident,
+    "deploys": pages.deploys,
+    "health": pages.health,
+    "api": pages.api,
+}
+
+
+def render(page: str, context: Mapping[str, Any]) -> str:
+    return RENDERERS[page](context)
+
+
+__all__ = ["render"]
