@@ -66,7 +66,8 @@ def render(facts: DemoFacts) -> str:
         "",
         "## Fix and verification",
         "",
-        f"- alert {facts.alert_delay_s:.1f} s after the rollout (incident {facts.firing.get('incident', '?')})",
+        f"- alert {facts.alert_delay_s:.1f} s after the rollout "
+        f"(incident {facts.firing.get('incident', '?')})",
         f"- fix applied: `{facts.fix}` ({facts.fix_seconds:.1f} s)",
         _verification(facts.verification),
         *(

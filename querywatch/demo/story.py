@@ -32,7 +32,7 @@ from ..report import diagnosis_to_json
 from ..store import Store
 from . import shop
 from .receiver import Alert, AlertReceiver
-from .report import DemoFacts, Event, write_report
+from .report import DemoFacts, Event
 from .traffic import Traffic, percentile, shop_endpoints
 
 ROLLOUT_VERSION = "v2.3"
