@@ -32,6 +32,9 @@ test: lint types pytest
 bench: install
 	$(BIN)/python bench/collector.py
 	$(BIN)/python bench/detect.py
+	$(BIN)/python bench/fingerprint.py
+	$(BIN)/python bench/loadtest.py
+	$(BIN)/python bench/web.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -23,12 +23,8 @@ from collections.abc import Callable, Iterator
 from functools import partial
 
 from querywatch.detect import Detector, DetectSettings
+from querywatch.diagnose import diagnose
 from querywatch.model import Counters, IntervalSummary, Statement
-
-try:
-    from querywatch.diagnose import diagnose
-except ImportError:  # pragma: no cover - diagnose.py not written yet
-    diagnose = None  # type: ignore[assignment]
 
 SECONDS = 10.0
 POOL = 8  # distinct jittered workloads reused to keep the setup cheap
@@ -99,9 +95,7 @@ def main() -> int:
     for iv in intervals(pool, window, args.intervals):
         reference_ms.append(cpu(partial(iterate, iv)) * 1000)
         t_obs = cpu(partial(detector.observe, iv)) * 1000
-        t_diag = 0.0
-        if diagnose is not None:
-            t_diag = cpu(partial(diagnose, [base], [iv], statements, [])) * 1000
+        t_diag = cpu(partial(diagnose, [base], [iv], statements, [])) * 1000
         observe_ms.append(t_obs)
         diagnose_ms.append(t_diag)
         total_ms.append(t_obs + t_diag)
@@ -116,10 +110,7 @@ def main() -> int:
         f"Detector.observe: median {med(observe_ms):.1f} ms, mean {statistics.fmean(observe_ms):.1f}"
         f" ms, max {max(observe_ms):.1f} ms  (x{med(observe_ms) / ref:.0f} the reference)"
     )
-    if diagnose is None:
-        print("diagnose: querywatch.diagnose not available, detection only")
-    else:
-        print(f"diagnose (rolled-up baseline + 1 interval): median {med(diagnose_ms):.1f} ms")
+    print(f"diagnose (rolled-up baseline + 1 interval): median {med(diagnose_ms):.1f} ms")
     verdict = "PASS" if med(total_ms) <= 100.0 else "FAIL"
     print(
         f"detection + diagnosis: median {med(total_ms):.1f} ms CPU per interval "
