@@ -79,16 +79,18 @@ def _entry_deltas(before: Snapshot, after: Snapshot) -> tuple[list[StatementDelt
 def _growth(before: Snapshot, after: Snapshot) -> Iterator[tuple[StatementStats, Counters | None]]:
     """Each entry of ``after`` with its growth, or None when it cannot be known."""
     earlier = before.statements
+    since = before.server_taken_at if before.server_taken_at is not None else before.taken_at
     for key, stats in after.statements.items():
         old = earlier.get(key)
-        if old is None or _restarted_since(stats, before.taken_at):
+        if old is None or _restarted_since(stats, since):
             yield stats, stats.counters
         elif old.counters.calls != stats.counters.calls:  # most entries did not run: skip them
             yield stats, stats.counters.minus(old.counters)
 
 
 def _restarted_since(stats: StatementStats, taken_at: float) -> bool:
-    """PG17+: the entry started counting after the earlier snapshot, so all of it is new."""
+    """PG17+: the entry started counting after the earlier snapshot (both on the server's clock),
+    so all of it is new."""
     return stats.stats_since is not None and stats.stats_since > taken_at
 
 

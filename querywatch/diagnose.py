@@ -212,10 +212,17 @@ def diagnose(
     statements: Mapping[str, Statement],
     deploys: Sequence[Deploy],
     settings: DiagnoseSettings = DiagnoseSettings(),
+    requested: tuple[float, float] | None = None,
 ) -> Diagnosis:
-    """Attribute the window's DB time, pick a verdict, name culprits and judge deploys."""
+    """Attribute the window's DB time, pick a verdict, name culprits and judge deploys.
+
+    ``requested`` is the window the caller asked for: it is reported when no interval falls in it.
+    """
     base, win = workload(baseline), workload(window)
-    w_start, w_end = _span(window, _span(baseline, 0.0)[1])
+    fallback = requested[0] if requested else _span(baseline, 0.0)[1]
+    w_start, w_end = _span(window, fallback)
+    if requested and not window:
+        w_start, w_end = requested
     b_start, b_end = _span(baseline, w_start)
     listed = sorted((d for d in deploys if b_start <= d.at <= w_end), key=lambda d: d.at)
     k, culprits = 1.0, tuple[Culprit, ...]()

@@ -157,6 +157,7 @@ class Snapshot:
     dealloc: int | None  # pg_stat_statements_info.dealloc (PG14+)
     statements: Mapping[StatementKey, StatementStats]
     database: DatabaseCounters = field(default_factory=DatabaseCounters)
+    server_taken_at: float | None = None  # the server's clock at the read (compares stats_since)
 
 
 class GapReason(enum.StrEnum):

@@ -17,7 +17,7 @@ from .alerts import Dispatcher, Notification
 from .audit.run import AuditScheduler
 from .detect import Detector, Observation, Transition
 from .diagnose import DiagnoseSettings, diagnose
-from .model import Diagnosis, Incident, IncidentState, Interval, Verdict
+from .model import Diagnosis, Incident, IncidentState, Interval
 from .report import diagnosis_to_json
 from .store import Store
 
@@ -46,10 +46,10 @@ class Monitor:
         self._interval_hint = 10.0  # updated from the intervals seen
 
     def warm_up(self, now: float, span_s: float) -> int:
-        """Feed recent stored history so a restarted watcher need not learn again."""
+        """Seed the baseline with recent stored history so a restarted watcher need not learn
+        again. History only feeds the baseline: it opens no incident (nothing is paged for it)."""
         history = self.store.summaries(self.server_id, now - span_s, now)
-        for summary in history:
-            self.detector.observe(summary)
+        self.detector = Detector(self.detector.settings, history)
         return len(history)
 
     def on_interval(self, interval_id: int, interval: Interval) -> None:
@@ -73,7 +73,7 @@ class Monitor:
             self._diagnoses[incident.id] = doc
         else:
             kept = self._diagnoses.pop(incident.id, None)
-            doc = kept if kept is not None else self._stored_diagnosis(incident.id)
+            doc = kept if kept is not None else self._stored_diagnosis(incident, interval_s)
         self.store.save_incident(self.server_id, incident, doc)
         status: Literal["firing", "resolved"] = (
             "firing" if transition.status is IncidentState.FIRING else "resolved"
@@ -110,9 +110,11 @@ class Monitor:
         fingerprints |= {
             a.fingerprint for s in window if s.activity for a in s.activity.by_fingerprint
         }
-        statements = self.store.statements(sorted(fingerprints))
+        statements = self.store.statements(sorted(fingerprints), server_id=self.server_id)
         deploys = self.store.deploys(start - self.baseline_s, end)
-        return diagnose(baseline, window, statements, deploys, self.diagnose_settings)
+        return diagnose(
+            baseline, window, statements, deploys, self.diagnose_settings, requested=(start, end)
+        )
 
     def _incident_spans(self, before: float) -> list[tuple[float, float]]:
         """Time spans of earlier incidents: they are not the normal to compare with."""
@@ -125,11 +127,13 @@ class Monitor:
             spans.append((i.opened_at - 3 * self._interval_hint, i.resolved_at or before))
         return spans
 
-    def _stored_diagnosis(self, incident_id: str) -> dict[str, Any]:
+    def _stored_diagnosis(self, incident: Incident, interval_s: float) -> dict[str, Any]:
+        """The diagnosis saved when the incident fired, or a fresh one of its window."""
         for stored in self.store.incidents(self.server_id):
-            if stored.incident.id == incident_id and stored.diagnosis:
+            if stored.incident.id == incident.id and stored.diagnosis:
                 return stored.diagnosis
-        return {"verdict": Verdict.HEALTHY.value, "summary": "incident resolved"}
+        end = incident.resolved_at or self.store.last_interval_end(self.server_id) or 0.0
+        return diagnosis_to_json(self.diagnose_incident(incident, interval_s, end))
 
     def _save_status(self, observation: Observation) -> None:
         open_incidents = [i for i in observation.incidents if i.state is not IncidentState.RESOLVED]

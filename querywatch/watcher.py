@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import activity, collector
-from .errors import ConnectError, QueryTimeout, SourceError
+from .errors import ConnectError, SourceError
 from .fingerprint import Fingerprinter, normalize
 from .model import ActivitySample, Gap, GapReason, Interval, Snapshot, StatementKey
 from .source.postgres import PostgresSource
@@ -67,6 +67,7 @@ class Watcher:
         self._last_maintain = 0.0
         self._down_since: float | None = None
         self._own: set[str] = set()  # fingerprints of querywatch's own monitoring statements
+        self._placeholders: set[StatementKey] = set()  # stored before their text could be read
 
     # -- control ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -110,7 +111,7 @@ class Watcher:
             if not self.source.connected:
                 self._reconnect()
             snapshot = self.source.snapshot()
-        except (ConnectError, QueryTimeout) as exc:
+        except SourceError as exc:  # unreachable, timed out, or the server changed under us
             self._failed(exc)
             return None
         return self._store_interval(snapshot)
@@ -121,6 +122,7 @@ class Watcher:
         if previous is None:
             return None
         interval = collector.delta(previous, snapshot)
+        self._retry_placeholders()
         fingerprints, texts = self._identify(interval)
         texts.update(self._activity_texts(samples, texts))
         assert self._server_id is not None
@@ -150,17 +152,30 @@ class Watcher:
         texts: dict[str, str] = {}
         for key in new_keys:
             text = raw_texts.get(key.queryid, "")
-            fp = (
-                self._fingerprints.for_queryid(key.queryid, text)
-                if (text or key.queryid in self._fingerprints)
-                else f"qid{key.queryid & 0xFFFFFFFFFFFFFFFF:016x}"
-            )
+            if text or key.queryid in self._fingerprints:
+                fp = self._fingerprints.for_queryid(key.queryid, text)
+            else:  # no text yet (a timeout, or evicted meanwhile): a placeholder, retried later
+                fp = f"qid{key.queryid & 0xFFFFFFFFFFFFFFFF:016x}"
+                self._placeholders.add(key)
             fingerprints[key] = fp
             if text.lstrip().startswith(MARKER.strip()):
                 self._own.add(fp)
             if text and not self.store.has_text(fp):
                 texts[fp] = normalize(text)
         return fingerprints, texts
+
+    def _retry_placeholders(self) -> None:
+        """Statements stored without a text get their real fingerprint once the text is read."""
+        if not self._placeholders or self._server_id is None:
+            return
+        found = self._texts(sorted({k.queryid for k in self._placeholders}))
+        for key in [k for k in self._placeholders if k.queryid in found]:
+            text = found[key.queryid]
+            fp = self._fingerprints.for_queryid(key.queryid, text)
+            self.store.set_fingerprint(self._server_id, key, fp, normalize(text))
+            if text.lstrip().startswith(MARKER.strip()):
+                self._own.add(fp)
+            self._placeholders.discard(key)
 
     def _activity_texts(
         self, samples: list[ActivitySample], known: dict[str, str]
@@ -185,7 +200,7 @@ class Watcher:
             return {}
         try:
             return self.source.texts(queryids)
-        except QueryTimeout as exc:
+        except SourceError as exc:
             log.warning("could not fetch %d query texts: %s", len(queryids), exc)
             return {}
 
@@ -204,7 +219,7 @@ class Watcher:
             return
         try:
             self._samples.append(self.source.sample_activity())
-        except (ConnectError, QueryTimeout) as exc:
+        except SourceError as exc:
             log.warning("activity sample failed: %s", exc)
 
     # -- failures ---------------------------------------------------------------------------------
@@ -225,9 +240,9 @@ class Watcher:
 
     def _failed(self, exc: SourceError) -> None:
         now = self.clock()
-        if self._down_since is None:
-            self._down_since = now
-            log.warning("collection failed, will retry: %s", exc)
+        if self._down_since is None and isinstance(exc, ConnectError):
+            self._down_since = now  # the server is unreachable from now on: a DOWN gap
+        log.warning("collection failed, will retry: %s", exc)
         self.status.last_error = str(exc)
         self.status.last_error_at = now
         self._samples = []
@@ -249,6 +264,8 @@ class Watcher:
         self._mark_success()
 
     def _mark_success(self) -> None:
+        if self._down_since is not None and self.source.connected:
+            self._record_down_gap()
         self.status.last_success = self.clock()
         self._save_status()
 

@@ -222,3 +222,43 @@ def test_snapshot_is_consistent_type(source: PostgresSource) -> None:
     snap = source.snapshot()
     assert isinstance(snap, Snapshot)
     assert snap.statements and snap.dealloc is not None and snap.stats_reset is not None
+
+
+class FlakyTexts(PostgresSource):
+    """A real source whose text fetch times out once, as under an overloaded server."""
+
+    failures = 1
+
+    def texts(self, queryids: Any) -> dict[int, str]:
+        if self.failures:
+            self.failures -= 1
+            from querywatch.errors import QueryTimeout
+
+            raise QueryTimeout(
+                "monitoring query timed out: canceling statement due to statement timeout"
+            )
+        return super().texts(queryids)
+
+
+def test_statement_first_stored_without_text_gets_its_fingerprint_later(
+    pg_dsn: str, conn: Any, tmp_path: Path
+) -> None:
+    conn.execute("CREATE TABLE late_text (id int)")
+    store = Store(tmp_path / "qw.db")
+    watcher = Watcher(FlakyTexts(pg_dsn), store, "flaky", interval_s=1.0)
+    watcher.start()
+    conn.execute("SELECT count(*) FROM late_text WHERE id = 1")
+    watcher.collect_once()  # the text fetch fails: stored under a placeholder, collection goes on
+    server = store.servers()[0].id
+    assert any(r.fingerprint.startswith("qid") for r in store.totals(server, 0, time.time() + 5)[0])
+    conn.execute("SELECT count(*) FROM late_text WHERE id = 2")
+    watcher.collect_once()  # the retry reads the text and re-keys the statement
+    rows = {r.query: r for r in store.totals(server, 0, time.time() + 5)[0]}
+    row = rows["SELECT count(*) FROM late_text WHERE id = $1"]
+    assert row.counters.calls == 2  # both intervals, now under the real fingerprint
+    assert not any(
+        q == "" and r.fingerprint.startswith("qid") for q, r in rows.items() if "late_text" in q
+    )
+    assert watcher.status.gaps == 0  # a timeout is not an outage
+    watcher.source.close()
+    store.close()

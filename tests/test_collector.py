@@ -110,3 +110,15 @@ def test_stats_since_after_previous_snapshot_means_recreated_entry() -> None:
     after = snap(110, {A: (15, 7.0)}, since={A: 105.0})
     # evicted and re-created at 105: all 15 calls happened after the earlier snapshot
     assert calls(delta(before, after)) == {111: 15}
+
+
+def test_stats_since_is_compared_on_the_server_clock() -> None:
+    # the monitoring host's clock runs 100 s behind the server's: an entry created on the server
+    # before the earlier read must not look re-created
+    before = Snapshot(
+        0.0, 0.0, 0.0, 0, {A: StatementStats(A, Counters(calls=5), 1050.0)}, server_taken_at=1100.0
+    )
+    after = Snapshot(
+        10.0, 0.0, 0.0, 0, {A: StatementStats(A, Counters(calls=7), 1050.0)}, server_taken_at=1110.0
+    )
+    assert calls(delta(before, after)) == {111: 2}

@@ -611,3 +611,10 @@ def test_traffic_factor_is_the_typical_statement(
     b = Workload(60.0, {fp: Load(*v) for fp, v in base.items()})
     w = Workload(60.0, {fp: Load(*v) for fp, v in win.items()})
     assert traffic_factor(b, w) == pytest.approx(k)
+
+
+def test_empty_window_reports_the_requested_window() -> None:
+    d = diagnose([], [], {}, [], requested=(1_800_000_000.0, 1_800_000_600.0))
+    out = diagnosis_to_json(d)
+    assert out["window"] == {"start": "2027-01-15T08:00:00Z", "end": "2027-01-15T08:10:00Z"}
+    assert out["verdict"] == "healthy"

@@ -200,7 +200,8 @@ class PostgresSource:
     def snapshot(self) -> Snapshot:
         """One consistent read of the cumulative counters (no query texts)."""
         caps = self.capabilities
-        started = self._fetch(queries.SERVER_CLOCK)[0]["started"]
+        clock = self._fetch(queries.SERVER_CLOCK)[0]
+        started = clock["started"]
         dealloc, stats_reset = self._info(caps)
         rows = self._fetch_tuples(self._with_schema(caps.statements_query()))
         taken_at = self.clock()
@@ -208,6 +209,7 @@ class PostgresSource:
         return Snapshot(
             taken_at=taken_at,
             server_started=started.timestamp(),
+            server_taken_at=clock["now"].timestamp(),
             stats_reset=stats_reset,
             dealloc=dealloc,
             statements=self._statement_stats(rows),
@@ -261,7 +263,7 @@ class PostgresSource:
             return {}
         query = self._with_schema(queries.STATEMENT_TEXTS)
         rows = self._fetch(query, {"queryids": wanted})
-        return {int(r["queryid"]): str(r["query"]) for r in rows}
+        return {int(r["queryid"]): str(r["query"]) for r in rows if r["query"] is not None}
 
     def sample_activity(self) -> ActivitySample:
         caps = self.capabilities

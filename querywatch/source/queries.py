@@ -72,7 +72,7 @@ WHERE queryid = ANY(%(queryids)s)
 """
 )
 
-SERVER_CLOCK = MARKER + "SELECT pg_postmaster_start_time() AS started"
+SERVER_CLOCK = MARKER + "SELECT pg_postmaster_start_time() AS started, clock_timestamp() AS now"
 
 DATABASE_TOTALS = (
     MARKER

@@ -295,6 +295,19 @@ class Store:
         return [Server(*r) for r in rows]
 
     # -- writing intervals ------------------------------------------------------------------------
+    def set_fingerprint(
+        self, server_id: int, key: StatementKey, fingerprint: str, text: str
+    ) -> None:
+        """Give a statement stored under a placeholder its real fingerprint and text."""
+        with self._errors(), self._transaction() as conn:
+            conn.execute(
+                "UPDATE statements SET fingerprint = ? WHERE server_id = ? AND dbid = ? "
+                "AND userid = ? AND queryid = ? AND toplevel = ?",
+                (fingerprint, server_id, key.dbid, key.userid, key.queryid, int(key.toplevel)),
+            )
+            conn.execute(INSERT_TEXT, (fingerprint, text, self.clock()))
+        self._known_texts.add(fingerprint)
+
     def known_keys(self, server_id: int) -> Mapping[StatementKey, int]:
         ids = self._statement_ids.get(server_id)
         if ids is None:
@@ -467,11 +480,17 @@ class Store:
             out[fp].add(queryid)
         return out
 
-    def statements(self, fingerprints: Sequence[str] | None = None) -> dict[str, Statement]:
-        """Normalized text and queryids of the given fingerprints (all when None)."""
+    def statements(
+        self, fingerprints: Sequence[str] | None = None, server_id: int | None = None
+    ) -> dict[str, Statement]:
+        """Normalized text and queryids of the given fingerprints (all when None); queryids of
+        one server when ``server_id`` is given (queryids differ between servers)."""
         with self._errors():
             texts = dict(self._conn.execute(SELECT_TEXTS).fetchall())
-            rows = self._conn.execute("SELECT fingerprint, queryid FROM statements").fetchall()
+            rows = self._conn.execute(
+                "SELECT fingerprint, queryid FROM statements WHERE ? IS NULL OR server_id = ?",
+                (server_id, server_id),
+            ).fetchall()
         queryids: dict[str, set[int]] = defaultdict(set)
         for fp, qid in rows:
             queryids[fp].add(qid)
