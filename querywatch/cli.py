@@ -300,6 +300,12 @@ def watch(
     ] = False,
     host: Annotated[str | None, typer.Option(help="web server address [default 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="web server port [default 8080]")] = None,
+    audit_before: Annotated[
+        str, typer.Option("--audit-before", help="deploy audits: window before a deploy")
+    ] = "30m",
+    audit_after: Annotated[
+        str, typer.Option("--audit-after", help="deploy audits: window after, then the audit runs")
+    ] = "15m",
 ) -> None:
     """Collect, detect and alert until SIGINT/SIGTERM (then exit 0)."""
     cfg = _settings(
@@ -325,7 +331,14 @@ def watch(
             watcher.start()
             assert watcher.server_id is not None
             monitor = Monitor(st, watcher.server_id, name, Detector(detect_settings), dispatcher)
-            monitor.audits = AuditScheduler(st, watcher.server_id, name, dispatcher)
+            monitor.audits = AuditScheduler(
+                st,
+                watcher.server_id,
+                name,
+                dispatcher,
+                before_s=parse_duration(audit_before, "--audit-before"),
+                after_s=parse_duration(audit_after, "--audit-after"),
+            )
             warmed = monitor.warm_up(
                 time.time(), detect_settings.learning_intervals * cfg.interval * 30
             )

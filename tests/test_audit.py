@@ -325,3 +325,47 @@ def test_audit_of_a_real_recording(pg_dsn: str, tmp_path: Path) -> None:
     text = _cli("audit", "--deploy", "v-bad", *window)
     assert text.returncode == 1
     assert "REGRESSED" in text.stdout and "mean latency x" in text.stdout
+
+
+def test_watch_audits_a_live_deploy_and_alerts_the_regression(pg_dsn: str, tmp_path: Path) -> None:
+    """`watch` runs the audit by itself once the after-window has passed, and pages a regression."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS audit_live")
+        c.execute("CREATE TABLE audit_live (k int PRIMARY KEY, v int)")
+        c.execute("INSERT INTO audit_live SELECT g, g FROM generate_series(1, 1000) g")
+    store = tmp_path / "qw.db"
+    statements = {
+        "lookup": LoadStatement(
+            "SELECT v FROM audit_live WHERE k = %s", 3.0, lambda r: (r.randint(1, 1000),)
+        ),
+        "steady": LoadStatement(
+            "SELECT count(*) FROM audit_live WHERE v < %s", 10.0, lambda r: (50,)
+        ),
+    }
+    receiver = Receiver()
+    hook = f"{receiver.url}/hook"
+    flags = ("--alert-webhook", hook, "--audit-before", "8s", "--audit-after", "8s")
+    try:
+        with (
+            watch_process(pg_dsn, store, *flags),
+            Load(pg_dsn, statements, jitter=0.3, max_s=60) as load,
+        ):
+            time.sleep(9.5)
+            mark = _cli("mark", "deploy", "v-live", "--store", str(store))
+            assert mark.returncode == 0, mark.stderr
+            load.set_rate("lookup", 30.0)
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline and not _audit_pages(receiver):
+                time.sleep(0.5)
+        pages = _audit_pages(receiver)
+    finally:
+        receiver.close()
+    assert pages, "no audit alert arrived"
+    assert pages[0]["status"] == "firing"
+    assert "v-live" in json.dumps(pages[0]["diagnosis"])
+
+
+def _audit_pages(receiver: Receiver) -> list[dict[str, object]]:
+    return [b for b in receiver.bodies("/hook") if str(b.get("incident", "")).startswith("audit-")]
