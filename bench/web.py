@@ -42,7 +42,7 @@ import httpx  # noqa: E402
 
 from querywatch.model import Incident, IncidentEvent, IncidentState  # noqa: E402
 from querywatch.store import Store  # noqa: E402
-from querywatch.store.sqlite import WEB_CACHE  # noqa: E402
+from querywatch.store.series import WEB_CACHE  # noqa: E402
 from querywatch.web import start_in_thread  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "web.json"

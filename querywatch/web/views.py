@@ -22,7 +22,8 @@ from ..model import Counters, IncidentState
 from ..monitor import Monitor
 from ..report import diagnosis_to_json
 from ..store import Store
-from ..store.sqlite import Series, Server, StoredIncident
+from ..store.series import Series
+from ..store.sqlite import Server, StoredIncident
 from . import health as health_rules
 
 AdviceProvider = Callable[[str], Sequence[Mapping[str, Any]]]

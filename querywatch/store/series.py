@@ -1,0 +1,155 @@
+"""Time series for the web dashboard and /metrics: the SQL and the pure helpers behind
+``Store.fingerprint_totals``, ``Store.series`` and ``Store.seconds_covered`` (no sqlite3 here).
+
+A window is read from the coarsest source its step allows: 1-hour rollups (step >= 1 h), then
+1-minute rollups (step >= 1 min) up to the minute rollup mark, then raw intervals not rolled up
+yet. Each raw interval is counted once: rollups hold exactly the intervals ending at or before
+their mark. Only calls, execution time and rows are summed (what the charts show), over top-level
+statements that are not querywatch's own (as rankings and diagnosis do).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..model import Counters
+
+# A window is read from the coarsest source its step allows: 1-hour rollups (step >= 1 h), then
+# 1-minute rollups (step >= 1 min) up to the minute rollup mark, then raw intervals not rolled up
+# yet. Each raw interval is counted once: rollups hold exactly the intervals ending at or before
+# their mark. Only calls, execution time and rows are summed (what the charts show), over top-level
+# statements that are not querywatch's own (as rankings and diagnosis do).
+
+WEB_STATEMENTS = (
+    "SELECT id, fingerprint FROM statements WHERE server_id = ? AND toplevel = 1 AND own = 0"
+)
+WEB_MARK = "SELECT value FROM meta WHERE key = ?"
+WEB_ROLLUP_TOTALS = """
+SELECT statement_id, sum(calls), sum(exec_us), sum(rows) FROM rollups
+WHERE resolution = ? AND server_id = ? AND bucket >= ? AND bucket < ? GROUP BY statement_id
+"""
+WEB_RAW_TOTALS = """
+SELECT d.statement_id, sum(d.calls), sum(d.exec_us), sum(d.rows)
+FROM deltas d JOIN intervals i ON i.id = d.interval_id
+WHERE i.server_id = ? AND i.end > ? AND i.start >= ? AND i.start < ? GROUP BY d.statement_id
+"""
+# Per-bucket sums over every top-level statement; rows come in bucket order, so they stream.
+WEB_ROLLUP_BUCKETS = """
+SELECT bucket, sum(calls), sum(exec_us), sum(rows) FROM rollups
+WHERE resolution = ? AND server_id = ? AND bucket >= ? AND bucket < ?
+    AND statement_id NOT IN (SELECT id FROM statements WHERE toplevel = 0 OR own = 1)
+GROUP BY bucket
+"""
+WEB_RAW_BUCKETS = """
+SELECT i.start, sum(d.calls), sum(d.exec_us), sum(d.rows)
+FROM deltas d JOIN intervals i ON i.id = d.interval_id
+WHERE i.server_id = ? AND i.end > ? AND i.start >= ? AND i.start < ?
+    AND d.statement_id NOT IN (SELECT id FROM statements WHERE toplevel = 0 OR own = 1)
+GROUP BY d.interval_id
+"""
+# The rows of a few chosen statements; {picked} is one "?" mark per statement id bound.
+WEB_ROLLUP_PICKED = """
+SELECT bucket, statement_id, calls, exec_us, rows FROM rollups
+WHERE resolution = ? AND server_id = ? AND bucket >= ? AND bucket < ?
+    AND statement_id IN ({picked})
+"""
+WEB_RAW_PICKED = """
+SELECT i.start, d.statement_id, d.calls, d.exec_us, d.rows
+FROM deltas d JOIN intervals i ON i.id = d.interval_id
+WHERE i.server_id = ? AND i.end > ? AND i.start >= ? AND i.start < ?
+    AND d.statement_id IN ({picked})
+"""
+WEB_ROLLUP_SECONDS = """
+SELECT CAST(bucket / ? AS INTEGER) * ? AS b, sum(seconds) FROM rollup_buckets
+WHERE resolution = ? AND server_id = ? AND bucket >= ? AND bucket < ? GROUP BY b
+"""
+WEB_RAW_SECONDS = """
+SELECT CAST(start / ? AS INTEGER) * ? AS b, sum(CASE WHEN complete = 1 THEN end - start ELSE 0 END)
+FROM intervals WHERE server_id = ? AND end > ? AND start >= ? AND start < ? GROUP BY b
+"""
+
+
+@dataclass(frozen=True)
+class Series:
+    """Per-bucket sums: ``points[bucket][fingerprint]`` ("" = all other statements), and the
+    seconds of complete data each bucket holds (a bucket without data is absent)."""
+
+    step: float
+    points: Mapping[float, Mapping[str, Counters]]
+    seconds: Mapping[float, float]
+
+
+@dataclass(frozen=True)
+class _Segment:
+    resolution: int | None  # None: raw intervals
+    start: float
+    end: float
+    after: float  # raw only: intervals ending after this (not rolled up yet)
+    marks: tuple[float, ...] = ()  # rollup marks its rows depend on (the cache key)
+
+
+class RowCache:
+    """Rows of queries over rollup buckets, keyed by the query, its parameters and the rollup
+    marks: rolled-up buckets only change when a mark moves, so an entry never goes stale. It saves
+    rescanning a week of hourly rows on every refresh of a dashboard. Bounded, thread-safe."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._rows: dict[tuple[Any, ...], list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], read: Callable[[], list[Any]]) -> list[Any]:
+        with self._lock:
+            rows = self._rows.get(key)
+        if rows is None:
+            rows = read()
+            with self._lock:
+                self._rows[key] = rows
+                while len(self._rows) > self.size:
+                    del self._rows[next(iter(self._rows))]
+        return rows
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+
+WEB_CACHE = RowCache()
+
+
+def _web_params(server_id: int, s: _Segment) -> tuple[Any, ...]:
+    if s.resolution is None:
+        return (server_id, s.after, s.start, s.end)
+    return (s.resolution, server_id, s.start, s.end)
+
+
+def _add(target: dict[Any, Counters], key: Any, row: Sequence[Any]) -> None:
+    """Add (calls, exec_us, rows) to ``target[key]``."""
+    old = target.get(key)
+    calls, exec_ms, rows = float(row[0] or 0), float(row[1] or 0) / 1000.0, float(row[2] or 0)
+    if old is not None:
+        calls, exec_ms, rows = calls + old.calls, exec_ms + old.exec_ms, rows + old.rows
+    target[key] = Counters(calls=calls, exec_ms=exec_ms, rows=rows)
+
+
+def _floor(t: float, step: float) -> float:
+    return float(int(t // step) * step)
+
+
+def _accumulate(target: dict[str, list[float]], key: str, values: Sequence[Any], sign: int) -> None:
+    """Add (calls, exec_us, rows) times ``sign`` to ``target[key]``."""
+    sums = target.setdefault(key, [0.0, 0.0, 0.0])
+    for n in range(3):
+        sums[n] += sign * float(values[n] or 0)
+
+
+def _counters(by_fp: Mapping[str, list[float]]) -> dict[str, Counters]:
+    """Counters of each key; the rest ("") is left out when nothing else ran."""
+    return {
+        fp: Counters(calls=v[0], exec_ms=v[1] / 1000.0, rows=v[2])
+        for fp, v in by_fp.items()
+        if fp or v[0] > 0 or v[1] > 0
+    }
