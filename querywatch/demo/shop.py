@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 SCHEMA = """
 DROP TABLE IF EXISTS order_items, orders, carts, products, customers CASCADE;
@@ -100,6 +101,9 @@ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')
 """
 
 
+COUNT = sql.SQL("SELECT count(*) FROM {}")
+
+
 @dataclass(frozen=True)
 class ShopSize:
     customers: int = 100_000
@@ -132,7 +136,7 @@ def load(dsn: str, size: ShopSize = ShopSize()) -> Loaded:
         _run_script(conn, INDEXES)
         _run_script(conn, PREWARM)
         rows = {
-            table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+            table: int(conn.execute(COUNT.format(sql.Identifier(table))).fetchone()[0])  # type: ignore[index]
             for table in ("customers", "products", "orders", "order_items")
         }
     return Loaded(time.monotonic() - started, rows)
