@@ -123,7 +123,8 @@ def _owner() -> pwd.struct_passwd | None:
     return pwd.getpwnam(FALLBACK_USER)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -156,7 +157,7 @@ class LocalPostgres:
         self.settings = dict(settings or {})
         self.preload = tuple(preload)
         self.bindir = bindir if bindir is not None else find_bindir(prefer_embedded)
-        self.port = _free_port()
+        self.port = free_port()
         self._owner = _owner()
         self._proc: subprocess.Popen[bytes] | None = None
         self._ever_started = False
@@ -233,7 +234,7 @@ class LocalPostgres:
             except LocalPostgresError as err:
                 if self._ever_started or attempt == 2 or "already in use" not in str(err):
                     raise
-                self.port = _free_port()  # someone took our port between probe and bind
+                self.port = free_port()  # someone took our port between probe and bind
         self._ever_started = True
         log.info("postgresql %s started on 127.0.0.1:%d in %s", self.bindir, self.port, self.root)
         return self

@@ -282,12 +282,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_audit_of_a_real_recording(pg_dsn: str, tmp_path: Path) -> None:
     """Phase A, innocent deploy, phase B (same load, +-30% jitter), bad deploy, phase C with one
     statement x10 calls and one x5 mean latency. Each phase lasts 8 one-second intervals."""
-    import psycopg
-
-    with psycopg.connect(pg_dsn, autocommit=True) as c:
-        c.execute("DROP TABLE IF EXISTS audit_t")
-        c.execute("CREATE TABLE audit_t (k int PRIMARY KEY, v int)")
-        c.execute("INSERT INTO audit_t SELECT g, g FROM generate_series(1, 1000) g")
+    _keyed_table(pg_dsn, "audit_t")
     store = tmp_path / "qw.db"
     statements = {
         "lookup": LoadStatement(
@@ -329,12 +324,7 @@ def test_audit_of_a_real_recording(pg_dsn: str, tmp_path: Path) -> None:
 
 def test_watch_audits_a_live_deploy_and_alerts_the_regression(pg_dsn: str, tmp_path: Path) -> None:
     """`watch` runs the audit by itself once the after-window has passed, and pages a regression."""
-    import psycopg
-
-    with psycopg.connect(pg_dsn, autocommit=True) as c:
-        c.execute("DROP TABLE IF EXISTS audit_live")
-        c.execute("CREATE TABLE audit_live (k int PRIMARY KEY, v int)")
-        c.execute("INSERT INTO audit_live SELECT g, g FROM generate_series(1, 1000) g")
+    _keyed_table(pg_dsn, "audit_live")
     store = tmp_path / "qw.db"
     statements = {
         "lookup": LoadStatement(
@@ -369,3 +359,20 @@ def test_watch_audits_a_live_deploy_and_alerts_the_regression(pg_dsn: str, tmp_p
 
 def _audit_pages(receiver: Receiver) -> list[dict[str, object]]:
     return [b for b in receiver.bodies("/hook") if str(b.get("incident", "")).startswith("audit-")]
+
+
+def _keyed_table(dsn: str, name: str) -> None:
+    """A fresh 1,000-row table (k primary key, v = k) for a recorded workload."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+        c.execute(
+            sql.SQL("CREATE TABLE {} (k int PRIMARY KEY, v int)").format(sql.Identifier(name))
+        )
+        c.execute(
+            sql.SQL("INSERT INTO {} SELECT g, g FROM generate_series(1, 1000) g").format(
+                sql.Identifier(name)
+            )
+        )

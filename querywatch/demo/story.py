@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from rich.console import Console
 
 from ..diagnose import diagnose
 from ..durations import clock
-from ..localpg import LocalPostgres
+from ..localpg import LocalPostgres, free_port
 from ..model import Diagnosis, IntervalSummary
 from ..report import diagnosis_to_json
 from ..store import Store
@@ -73,12 +72,6 @@ class DemoError(RuntimeError):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _child(
     argv: list[str], log: Path, env: dict[str, str] | None = None
@@ -107,7 +100,7 @@ class Demo:
         self.console = console
         self.started = time.monotonic()
         self.events: list[Event] = []
-        self.web_port = _free_port()
+        self.web_port = free_port()
 
     # -- printing -----------------------------------------------------------------------------
     def say(self, text: str, style: str = "") -> None:
@@ -154,7 +147,7 @@ class Demo:
         self.say(f"shop loaded in {loaded.seconds:.1f} s: {rows}")
 
     def _api(self, stack: ExitStack, pg: LocalPostgres) -> str:
-        port = _free_port()
+        port = free_port()
         argv = [sys.executable, "-m", "querywatch.demo.api", "--dsn", pg.dsn, "--port", str(port)]
         stack.enter_context(_child(argv, self.out / "api.log"))
         url = f"http://127.0.0.1:{port}"
