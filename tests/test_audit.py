@@ -342,7 +342,10 @@ def test_watch_audits_a_live_deploy_and_alerts_the_regression(pg_dsn: str, tmp_p
             watch_process(pg_dsn, store, *flags),
             Load(pg_dsn, statements, jitter=0.3, max_s=60) as load,
         ):
-            time.sleep(9.5)
+            # a full before-window of intervals first, however slowly `watch` started
+            deadline = time.monotonic() + 40
+            while _intervals(store) < 10 and time.monotonic() < deadline:
+                time.sleep(0.5)
             mark = _cli("mark", "deploy", "v-live", "--store", str(store))
             assert mark.returncode == 0, mark.stderr
             load.set_rate("lookup", 30.0)
@@ -376,3 +379,17 @@ def _keyed_table(dsn: str, name: str) -> None:
                 sql.Identifier(name)
             )
         )
+
+
+def _intervals(store: Path) -> int:
+    import sqlite3
+
+    if not store.exists():
+        return 0
+    try:
+        with sqlite3.connect(store) as db:
+            return int(
+                db.execute("SELECT count(*) FROM intervals WHERE complete = 1").fetchone()[0]
+            )
+    except sqlite3.Error:
+        return 0
