@@ -27,6 +27,7 @@ from .monitor import Monitor
 from .report import diagnosis_to_json, diagnosis_to_text
 from .source.postgres import PostgresSource, describe_dsn, server_label
 from .store import Retention, Store
+from .text import one_line
 from .watcher import Watcher
 
 app = typer.Typer(
@@ -201,17 +202,12 @@ def _print_top(ranked: list[top.RankedStatement], server: str, since: str, cover
             f"{r.calls_per_s:,.2f}",
             f"{r.mean_ms:,.3f}",
             f"{r.rows_per_call:,.1f}",
-            _one_line(r.query, 90),
+            one_line(r.query, 90),
         )
     if not ranked:
         out.print(f"no statements ran in the last {since}")
         return
     out.print(table)
-
-
-def _one_line(text: str, width: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 @app.command("check")

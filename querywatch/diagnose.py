@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from querywatch.durations import clock
 from querywatch.model import (
     Culprit,
     CulpritKind,
@@ -33,6 +33,7 @@ from querywatch.model import (
     Statement,
     Verdict,
 )
+from querywatch.text import one_line
 
 
 @dataclass(frozen=True)
@@ -488,7 +489,7 @@ def _evidence(
     a: Attribution, kind: CulpritKind, onset: float | None, share: float, k: float
 ) -> tuple[str, ...]:
     """Short numeric lines: what changed and since when, its share, overall traffic."""
-    since = f" since {hms(onset)}" if onset is not None else ""
+    since = f" since {clock(onset)}" if onset is not None else ""
     b, w = a.baseline, a.window
     calls = f"{b.calls_per_s:.1f} -> {w.calls_per_s:.1f}"
     mean = f"{b.mean_ms:.1f} ms -> {w.mean_ms:.1f} ms"
@@ -522,7 +523,7 @@ def _summary(
     if verdict is Verdict.QUERY_REGRESSION:
         return _regression_summary(culprits[0], ctx, deploys, window[0])
     return (
-        f"Nothing abnormal between {hms(window[0])} and {hms(window[1])} UTC: database time "
+        f"Nothing abnormal between {clock(window[0])} and {clock(window[1])} UTC: database time "
         f"{ctx.base.ms_per_s:.0f} -> {ctx.win.ms_per_s:.0f} ms/s, traffic x{ctx.factor:.1f}, "
         "no statement stands out."
     )
@@ -531,15 +532,15 @@ def _summary(
 def _regression_summary(
     top: Culprit, ctx: _Context, deploys: Sequence[Deploy], start: float
 ) -> str:
-    when = hms(top.onset if top.onset is not None else start)
+    when = clock(top.onset if top.onset is not None else start)
     what = _what_changed(top)
     judged = judge_deploys(deploys, (top,), ctx.settings, _resolution(ctx.window))
     suspects = [v for v in judged if v.suspect]
     if suspects:
         seen = ", first seen" if top.kind is CulpritKind.NEW_QUERY else ""
-        what += f"{seen} right after deploy {suspects[0].version} at {hms(suspects[0].at)}"
+        what += f"{seen} right after deploy {suspects[0].version} at {clock(suspects[0].at)}"
     elif deploys:
-        what += f" (deploy {deploys[-1].version} at {hms(deploys[-1].at)} is not a suspect)"
+        what += f" (deploy {deploys[-1].version} at {clock(deploys[-1].at)} is not a suspect)"
     k = ctx.factor
     if k >= ctx.settings.surge_factor:
         traffic = f"traffic overall rose {k:.1f}x too, but this statement grew beyond that"
@@ -547,7 +548,7 @@ def _regression_summary(
         traffic = f"traffic overall changed only {k:.1f}x, so this is not a traffic surge"
     return (
         f"{top.excess_share:.0%} of the extra database time since {when} UTC comes from "
-        f"`{shorten(top.query or top.fingerprint, 80)}`; {what}; {traffic}."
+        f"`{one_line(top.query or top.fingerprint, 80)}`; {what}; {traffic}."
     )
 
 
@@ -573,7 +574,7 @@ def _surge_summary(ctx: _Context) -> str:
 
 def _lock_summary(culprits: Sequence[Culprit], ctx: _Context, start: float) -> str:
     locks = lock_picture(ctx.window)
-    since = hms(min((c.onset for c in culprits if c.onset is not None), default=start))
+    since = clock(min((c.onset for c in culprits if c.onset is not None), default=start))
     head = (
         f"Sessions are mostly waiting on locks since {since} UTC ({locks.lock_waiting_mean:.1f}"
         f" of {locks.active_mean:.1f} active sessions on average over the window)"
@@ -581,30 +582,19 @@ def _lock_summary(culprits: Sequence[Culprit], ctx: _Context, start: float) -> s
     blocker = next((c for c in culprits if c.kind is CulpritKind.BLOCKING), None)
     if blocker is None:
         return f"{head}; the blocker's statement is unknown: look for it in pg_locks."
-    query = shorten(blocker.query or blocker.fingerprint, 80)
+    query = one_line(blocker.query or blocker.fingerprint, 80)
     return f"{head}; the blocking session last ran `{query}`: end or shorten that transaction."
 
 
 def _learning_summary(start: float) -> str:
     return (
-        f"Still learning: no complete baseline interval before {hms(start)} UTC to compare "
+        f"Still learning: no complete baseline interval before {clock(start)} UTC to compare "
         "the window with yet, so no verdict is possible."
     )
 
 
 def _no_data_summary(start: float, end: float) -> str:
-    return f"No complete interval between {hms(start)} and {hms(end)} UTC to diagnose."
-
-
-def hms(ts: float) -> str:
-    """``10:31:20`` for a POSIX time (UTC)."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
-
-
-def shorten(query: str, width: int) -> str:
-    """One line of at most ``width`` characters, whitespace collapsed."""
-    line = " ".join(query.split())
-    return line if len(line) <= width else line[: width - 3].rstrip() + "..."
+    return f"No complete interval between {clock(start)} and {clock(end)} UTC to diagnose."
 
 
 def _span(intervals: Sequence[IntervalSummary], default: float) -> tuple[float, float]:

@@ -6,24 +6,13 @@ channels and the web page carry the same object. Times become ISO 8601 UTC here,
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
+from querywatch.durations import clock, iso
 from querywatch.model import Culprit, DeployVerdict, Diagnosis, Rate
+from querywatch.text import one_line
 
 TEXT_CULPRITS = 3  # culprits shown in the text report
 TEXT_DEPLOYS = 3  # deploys shown in the text report
 QUERY_WIDTH = 100  # a culprit's query is cut to one line of this width
-
-
-def iso(ts: float | None) -> str | None:
-    """``2026-11-26T10:31:00Z`` for a POSIX time, None for None.
-
-    >>> iso(0.0)
-    '1970-01-01T00:00:00Z'
-    """
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def diagnosis_to_json(d: Diagnosis) -> dict[str, object]:
@@ -65,7 +54,7 @@ def diagnosis_to_text(d: Diagnosis) -> str:
     """A few lines a person reads in five seconds: verdict, summary, culprits, deploys."""
     head = (
         f"verdict: {d.verdict.value}{' (learning)' if d.learning else ''}  "
-        f"window {_clock(d.window_start)}-{_clock(d.window_end)} UTC  "
+        f"window {clock(d.window_start)}-{clock(d.window_end)} UTC  "
         f"traffic x{d.traffic_factor:.1f}"
     )
     lines = [head, d.summary]
@@ -79,30 +68,21 @@ def diagnosis_to_text(d: Diagnosis) -> str:
 
 
 def _culprit_lines(n: int, c: Culprit) -> list[str]:
-    onset = f"  since {_clock(c.onset)}" if c.onset is not None else ""
+    onset = f"  since {clock(c.onset)}" if c.onset is not None else ""
     numbers = (
         f"{n}. {c.kind.value:<9} {c.excess_share:>4.0%}  "
         f"calls/s {c.calls_per_s.baseline:.1f} -> {c.calls_per_s.window:.1f}  "
         f"mean {c.mean_ms.baseline:.1f} -> {c.mean_ms.window:.1f} ms{onset}"
     )
-    return [numbers, f"   {_one_line(c.query or c.fingerprint, QUERY_WIDTH)}"]
+    return [numbers, f"   {one_line(c.query or c.fingerprint, QUERY_WIDTH)}"]
 
 
 def _deploys_line(deploys: tuple[DeployVerdict, ...]) -> str:
     shown = sorted(deploys, key=lambda v: (v.suspect, v.at))[-TEXT_DEPLOYS:]
     parts = [
-        f"{v.version} at {_clock(v.at)} {'SUSPECT' if v.suspect else 'not suspect'}"
+        f"{v.version} at {clock(v.at)} {'SUSPECT' if v.suspect else 'not suspect'}"
         + (f" ({v.reason})" if v.reason else "")
         for v in sorted(shown, key=lambda v: v.at)
     ]
     more = f" (+{len(deploys) - TEXT_DEPLOYS} more)" if len(deploys) > TEXT_DEPLOYS else ""
     return "deploys: " + "; ".join(parts) + more
-
-
-def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
-
-
-def _one_line(text: str, width: int) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 3].rstrip() + "..."

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..durations import iso
 from ..fingerprint import display
+from ..text import md_escape
 from .records import Advice, Finding, HealthFinding, IndexAdvice, Review
 
 
@@ -100,13 +101,9 @@ def review_to_json(r: Review) -> dict[str, Any]:
     }
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
 def _md_statement(rank: int, a: Advice) -> list[str]:
     s = a.stats
-    lines = [f"### {rank}. `{_md_escape(display(a.query, 100))}`", ""]
+    lines = [f"### {rank}. `{md_escape(display(a.query, 100))}`", ""]
     if s is not None:
         lines.append(
             f"{a.db_ms_per_s:,.1f} ms of DB time per second: {s.calls:,.0f} calls "

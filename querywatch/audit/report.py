@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from ..durations import clock, human, iso
 from ..fingerprint import display
+from ..text import md_escape
 from .core import AuditReport, AuditVerdict, Change, Reason, ReasonKind, Side, UTest, WindowFacts
 
 TEXT_STATEMENTS = 10  # statements listed in text and Markdown (JSON lists them all)
@@ -160,7 +161,7 @@ def audit_to_markdown(r: AuditReport) -> str:
     queries = {c.fingerprint: c.query for c in r.changes}
     icon = "✅" if r.verdict is AuditVerdict.PASS else "❌"
     lines = [f"### {icon} {_headline(r)}", "", _windows_line(r), ""]
-    lines += [f"- {_md_escape(_reason_line(x, queries))}" for x in r.reasons]
+    lines += [f"- {md_escape(_reason_line(x, queries))}" for x in r.reasons]
     if r.reasons:
         lines.append("")
     if r.plan_note:
@@ -170,12 +171,8 @@ def audit_to_markdown(r: AuditReport) -> str:
     for c in r.changes[:TEXT_STATEMENTS]:
         cells = _row(c)
         cells[-1] = "`" + cells[-1].replace("`", "'") + "`"
-        lines.append("| " + " | ".join(_md_escape(x) for x in cells) + " |")
+        lines.append("| " + " | ".join(md_escape(x) for x in cells) + " |")
     return "\n".join(lines)
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
 
 
 # -- alerts ---------------------------------------------------------------------------------------
