@@ -22,15 +22,8 @@ from querywatch.detect.incidents import (
     root_cause_key,
     step,
 )
-from querywatch.detect.rules import (
-    RULES,
-    Context,
-    DetectSettings,
-    Rule,
-    detect,
-    make_context,
-    settings_from_mapping,
-)
+from querywatch.detect.rules import RULES, Context, Rule, detect, make_context
+from querywatch.detect.settings import DetectSettings, settings_from_mapping
 
 __all__ = [
     "RULES",

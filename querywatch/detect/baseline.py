@@ -24,12 +24,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
+from querywatch.detect.settings import DetectSettings
 from querywatch.model import Counters, IntervalSummary
-
-if TYPE_CHECKING:
-    from querywatch.detect.rules import DetectSettings
 
 MAD_TO_SIGMA = 1.4826  # MAD x this estimates the standard deviation of a normal distribution
 WEEK_S = 7 * 24 * 3600.0

@@ -23,7 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from querywatch.detect.baseline import Rates, RollingBaseline, interval_rates
-from querywatch.detect.rules import SYMPTOM_RULES, DetectSettings, make_context, run_rules
+from querywatch.detect.rules import SYMPTOM_RULES, make_context, run_rules
+from querywatch.detect.settings import DetectSettings
 from querywatch.model import Anomaly, Incident, IncidentEvent, IncidentState, IntervalSummary
 
 IncidentSettings = DetectSettings

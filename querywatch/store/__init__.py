@@ -3,6 +3,7 @@
 ``querywatch.store.sqlite`` is the only module that imports sqlite3.
 """
 
-from .sqlite import Retention, Store, TopRow
+from .rollup import Retention
+from .sqlite import Store, TopRow
 
 __all__ = ["Retention", "Store", "TopRow"]

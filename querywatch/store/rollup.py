@@ -9,12 +9,10 @@ add to a bucket's covered seconds.
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from .schema import COUNTER_COLUMNS
-
-if TYPE_CHECKING:
-    from .sqlite import Retention
 
 MINUTE = 60
 HOUR = 3600
@@ -71,6 +69,15 @@ TOTAL_SECONDS = """
 SELECT coalesce(sum(seconds), 0) FROM rollup_buckets
 WHERE resolution = ? AND server_id = ? AND bucket >= ? AND bucket < ?
 """
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long each resolution is kept (seconds)."""
+
+    raw_s: float = 48 * 3600
+    minute_s: float = 14 * 86400
+    hour_s: float = 90 * 86400
 
 
 def _mark(conn: sqlite3.Connection, key: str) -> float:

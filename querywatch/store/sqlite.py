@@ -32,6 +32,7 @@ from ..model import (
     StatementKey,
 )
 from . import rollup, schema
+from .rollup import Retention
 from .schema import COUNTER_COLUMNS, DATABASE_COLUMNS, MICROSECOND_COLUMNS
 from .series import (
     WEB_CACHE,
@@ -58,15 +59,6 @@ log = logging.getLogger("querywatch.store")
 
 _TIME_INDEXES = tuple(i for i, c in enumerate(COUNTER_COLUMNS) if c in MICROSECOND_COLUMNS)
 _SUM_COUNTERS = ", ".join(f"sum(d.{c})" for c in COUNTER_COLUMNS)
-
-
-@dataclass(frozen=True)
-class Retention:
-    """How long each resolution is kept (seconds)."""
-
-    raw_s: float = 48 * 3600
-    minute_s: float = 14 * 86400
-    hour_s: float = 90 * 86400
 
 
 @dataclass(frozen=True)
