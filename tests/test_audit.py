@@ -25,6 +25,7 @@ from querywatch.audit.core import (
 )
 from querywatch.audit.report import audit_to_alert, audit_to_json, audit_to_markdown, audit_to_text
 from querywatch.audit.run import AuditScheduler, run_audit
+from querywatch.diagnose import traffic_factor, workload
 from querywatch.model import (
     Counters,
     DatabaseCounters,
@@ -56,9 +57,15 @@ INNOCENT: Plan = {
 
 
 def recording(
-    plan: Plan, jitter: float, seed: int, n_before: int = 30, n_after: int = 15
+    plan: Plan,
+    jitter: float,
+    seed: int,
+    n_before: int = 30,
+    n_after: int = 15,
+    autocommit: bool = False,
 ) -> tuple[list[IntervalSummary], list[IntervalSummary]]:
-    """Intervals around DEPLOY_AT: every rate and mean jitters by up to +-``jitter`` per interval."""
+    """Intervals around DEPLOY_AT: every rate and mean jitters by up to +-``jitter`` per interval.
+    Transactions are 40/s, or with ``autocommit`` one per call (each statement its own)."""
     rng = random.Random(seed)
 
     def one(start: float, after: bool) -> IntervalSummary:
@@ -69,6 +76,8 @@ def recording(
             if calls > 0:
                 by_fp[fp] = Counters(calls=calls, exec_ms=calls * mean)
         xacts = 40.0 * STEP * (1 + rng.uniform(-jitter, jitter))
+        if autocommit:
+            xacts = sum(c.calls for c in by_fp.values())
         return IntervalSummary(
             start, start + STEP, True, by_fp, DatabaseCounters(xact_commit=xacts)
         )
@@ -114,7 +123,8 @@ def test_known_regression_flags_both_statements_with_numbers() -> None:
     assert by_fp["amplified"].p_value is not None and by_fp["amplified"].p_value < 1e-4
     assert by_fp["slowed"].kind is ReasonKind.LATENCY
     assert 4.0 < by_fp["slowed"].factor < 6.5
-    assert "calls per transaction x" in by_fp["amplified"].text
+    assert "calls/s x" in by_fp["amplified"].text
+    assert "beyond the other statements' traffic (x1.0" in by_fp["amplified"].text
     assert "mean latency x" in by_fp["slowed"].text and " ms)" in by_fp["slowed"].text
     assert report.plan_note.startswith("plan history not available")
 
@@ -126,6 +136,72 @@ def test_innocent_deploy_with_30_percent_jitter_passes(seed: int) -> None:
     assert report.reasons == ()
     assert report.verdict is AuditVerdict.PASS and report.exit_code == 0
     assert {c.status for c in report.changes} == {ChangeStatus.KEPT}
+
+
+# The issue's rollout: one statement 12 -> 92 calls/s (DB time 11 -> 101 ms/s) in autocommit code,
+# where every statement is a transaction; the others stay steady.
+N_PLUS_ONE: Plan = {
+    "item": (12.0, 0.9, 92.0, 1.1),
+    "order": (5.0, 2.0, 5.0, 2.0),
+    "user": (3.0, 1.0, 3.0, 1.0),
+    "cart": (2.0, 0.5, 2.0, 0.5),
+}
+
+
+def workload_factor(before: list[IntervalSummary], after: list[IntervalSummary]) -> float:
+    return traffic_factor(workload(before), workload(after))
+
+
+def _xact_factor(before: list[IntervalSummary], after: list[IntervalSummary]) -> float:
+    """What the audit used to normalize by: transactions/s after over before."""
+
+    def rate(xs: list[IntervalSummary]) -> float:
+        total = sum(s.database.xact_commit for s in xs if s.database is not None)
+        return total / sum(s.seconds for s in xs)
+
+    return rate(after) / rate(before)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_n_plus_one_in_autocommit_fails_naming_the_statement(seed: int) -> None:
+    before, after = recording(
+        N_PLUS_ONE, jitter=0.2, seed=seed, n_before=12, n_after=8, autocommit=True
+    )
+    # transactions/s grew x4.6 with it, so calls per transaction rose only x1.7 (< 2: it passed)
+    assert 4.0 < _xact_factor(before, after) < 5.2
+    report = audit(Deploy("v2", DEPLOY_AT), before, after, texts(N_PLUS_ONE))
+    assert report.exit_code == 1
+    assert [(r.fingerprint, r.kind) for r in report.reasons] == [("item", ReasonKind.FREQUENCY)]
+    assert 6.0 < report.reasons[0].factor < 9.5
+    assert report.traffic_factor == pytest.approx(1.0, abs=0.1)  # the others' traffic
+    assert "SELECT /* item */ $1" in audit_to_text(report)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_uniform_x3_in_autocommit_passes(seed: int) -> None:
+    plan = {fp: (c0, m0, 3 * c0, m0) for fp, (c0, m0, _, _) in N_PLUS_ONE.items()}
+    before, after = recording(plan, jitter=0.2, seed=seed, n_before=12, n_after=8, autocommit=True)
+    report = audit(Deploy("v2", DEPLOY_AT), before, after, texts(plan))
+    assert report.reasons == () and report.exit_code == 0
+    assert 2.5 < report.traffic_factor < 3.5
+    assert all(2.5 < c.traffic < 3.5 for c in report.changes)
+
+
+def test_a_statement_cannot_raise_the_traffic_it_is_judged_by() -> None:
+    """The amplified statement holds most calls: the median over all statements is its own ratio,
+    but it is judged against the others' traffic; the steady ones are not flagged."""
+    plan: Plan = {
+        "item": (30.0, 0.5, 240.0, 0.5),
+        "order": (5.0, 2.0, 5.0, 2.0),
+        "user": (3.0, 1.0, 3.0, 1.0),
+    }
+    before, after = recording(plan, jitter=0.1, seed=2, n_before=12, n_after=8, autocommit=True)
+    report = audit(Deploy("v2", DEPLOY_AT), before, after, texts(plan))
+    # over every statement, the diagnosis' call-weighted median is "item"'s own x8
+    assert workload_factor(before, after) > 6
+    assert [r.fingerprint for r in report.reasons] == ["item"]
+    assert report.traffic_factor == pytest.approx(1.0, abs=0.1)
+    assert 6.0 < report.reasons[0].factor < 10.0
 
 
 def test_new_and_gone_statements() -> None:
@@ -393,3 +469,69 @@ def _intervals(store: Path) -> int:
             )
     except sqlite3.Error:
         return 0
+
+
+def test_audit_of_an_n_plus_one_in_autocommit_and_of_a_uniform_x3(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """Autocommit code (every statement its own transaction): one statement 12 -> 92 calls/s
+    after deploy v-n1 fails the audit, named; after a return to normal, a uniform x3 of every
+    statement (deploy v-x3) passes. Each phase lasts 8 one-second intervals."""
+    _keyed_table(pg_dsn, "audit_n1")
+    store = tmp_path / "qw.db"
+    rates = {"item": 12.0, "order": 5.0, "user": 3.0, "cart": 2.0}
+    statements = {
+        "item": LoadStatement(
+            "SELECT v FROM audit_n1 WHERE k = %s", rates["item"], lambda r: (r.randint(1, 1000),)
+        ),
+        "order": LoadStatement(
+            "SELECT count(*) FROM audit_n1 WHERE v < %s", rates["order"], lambda r: (50,)
+        ),
+        "user": LoadStatement(
+            "SELECT max(v) FROM audit_n1 WHERE k > %s", rates["user"], lambda r: (990,)
+        ),
+        "cart": LoadStatement(
+            "SELECT k FROM audit_n1 WHERE v = %s + 1", rates["cart"], lambda r: (r.randint(1, 999),)
+        ),
+    }
+    phase = 8.0
+    with watch_process(pg_dsn, store), Load(pg_dsn, statements, jitter=0.2, max_s=80) as load:
+        time.sleep(phase + 1.5)
+        n_plus_one = time.time()
+        load.set_rate("item", 92.0)
+        time.sleep(phase + 1.0)
+        for name, rate in rates.items():
+            load.set_rate(name, rate)
+        time.sleep(phase + 1.0)
+        uniform = time.time()
+        for name, rate in rates.items():
+            load.set_rate(name, 3 * rate)
+        time.sleep(phase + 1.5)
+    assert not load.errors
+    for version, at in (("v-n1", n_plus_one), ("v-x3", uniform)):
+        mark = _cli("mark", "deploy", version, "--at", _iso(at), "--store", str(store))
+        assert mark.returncode == 0, mark.stderr
+    window = ("--before", f"{phase:g}s", "--after", f"{phase:g}s", "--store", str(store))
+
+    failed = _cli("audit", "--deploy", "v-n1", *window, "--format", "json")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    doc = json.loads(failed.stdout)
+    assert [r["query"] for r in doc["reasons"]] == ["SELECT v FROM audit_n1 WHERE k = $1"]
+    assert doc["reasons"][0]["kind"] == "frequency" and doc["reasons"][0]["factor"] > 4.0
+    xacts = doc["after"]["xact_per_s"] / doc["before"]["xact_per_s"]
+    item = next(s for s in doc["statements"] if s["query"] == doc["reasons"][0]["query"])
+    per_xact = item["after"]["calls_per_xact"] / item["before"]["calls_per_xact"]
+    print(
+        f"n+1: transactions x{xacts:.2f} (calls per transaction x{per_xact:.2f}), traffic "
+        f"factor x{doc['traffic_factor']:.2f}, statement x{doc['reasons'][0]['factor']:.2f}"
+    )
+    assert xacts > 3.0  # what the audit used to divide by
+    assert doc["traffic_factor"] < 1.5
+    text = _cli("audit", "--deploy", "v-n1", *window)
+    assert text.returncode == 1 and "SELECT v FROM audit_n1 WHERE k = $1" in text.stdout
+
+    passed = _cli("audit", "--deploy", "v-x3", *window, "--format", "json")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    doc = json.loads(passed.stdout)
+    print(f"x3: traffic factor x{doc['traffic_factor']:.2f}")
+    assert doc["verdict"] == "pass" and 2.0 < doc["traffic_factor"] < 4.0

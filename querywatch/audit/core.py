@@ -7,6 +7,12 @@ samples (normal approximation with tie and continuity corrections; no scipy need
 counts as a regression only when it is large (a factor), significant (p below ``alpha``) and
 material (a visible share of the DB time), so the jitter of an innocent deploy does not flag.
 
+A statement's calls/s are judged against the traffic of the others: the diagnosis' traffic factor
+(:func:`querywatch.diagnose.traffic_factor`, the call-weighted median of per-statement call
+ratios) over every statement but the one judged, never below 1. Transactions/s would not do: in
+autocommit code every statement is a transaction, so an N+1 inflates the very factor that should
+expose it. A uniform x3 of every statement gives each one x1 against the others' x3.
+
 >>> round(mann_whitney([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]), 4)
 0.0122
 >>> mann_whitney([1, 1, 1], [1, 1, 1])
@@ -17,9 +23,10 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..diagnose import Workload, traffic_factor, workload
 from ..errors import InputError
 from ..model import Deploy, IntervalSummary, Statement
 
@@ -48,7 +55,7 @@ class AuditSettings:
     """Thresholds of the verdict; every one of them shows in the reasons it produces."""
 
     alpha: float = 0.01  # significance level of the Mann-Whitney U test
-    frequency_factor: float = 2.0  # calls per transaction (or per second) after / before
+    frequency_factor: float = 2.0  # calls/s after / before, beyond the other statements' traffic
     latency_factor: float = 1.5  # mean latency after / before
     min_latency_delta_ms: float = 0.05  # a smaller rise of the mean is never a regression
     min_db_share: float = 0.005  # share of the after DB time a statement must hold to be judged
@@ -103,6 +110,7 @@ class Change:
     frequency_test: UTest | None = None
     latency_test: UTest | None = None
     plan: PlanChange | None = None
+    traffic: float = 1.0  # the other statements' traffic factor (>= 1) its calls/s are judged by
 
     @property
     def db_ms_per_s_change(self) -> float:
@@ -131,6 +139,8 @@ class AuditReport:
     changes: tuple[Change, ...]  # largest DB time change first
     plan_note: str = ""
     settings: AuditSettings = field(default_factory=AuditSettings)
+    # the diagnosis' traffic factor over every statement but those flagged for their frequency
+    traffic_factor: float = 1.0
 
     @property
     def exit_code(self) -> int:
@@ -225,14 +235,46 @@ def _side(fp: str, intervals: Sequence[IntervalSummary], facts: WindowFacts) -> 
     )
 
 
-def frequency_samples(fp: str, intervals: Sequence[IntervalSummary], per_xact: bool) -> list[float]:
-    """Per interval: calls per transaction (or per second), zero where the statement did not run."""
-    out = []
-    for s in intervals:
-        calls = s.by_fingerprint[fp].calls if fp in s.by_fingerprint else 0.0
-        xacts = _xacts(s)
-        out.append(calls / xacts if per_xact and xacts else calls / s.seconds)
-    return out
+def frequency_samples(
+    fp: str, intervals: Sequence[IntervalSummary], traffic: float = 1.0
+) -> list[float]:
+    """Per interval: calls/s divided by ``traffic``, zero where the statement did not run."""
+    return [
+        (s.by_fingerprint[fp].calls if fp in s.by_fingerprint else 0.0) / s.seconds / traffic
+        for s in intervals
+    ]
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Both windows' workloads and the traffic factor over all their statements."""
+
+    before: Workload
+    after: Workload
+    factor: float
+
+    @classmethod
+    def of(cls, before: Sequence[IntervalSummary], after: Sequence[IntervalSummary]) -> Traffic:
+        b, a = workload(before), workload(after)
+        return cls(b, a, traffic_factor(b, a))
+
+    def without(self, fingerprints: Collection[str]) -> float:
+        """The traffic factor of every statement but ``fingerprints``."""
+        if not fingerprints:
+            return self.factor
+        b = {fp: v for fp, v in self.before.by_fingerprint.items() if fp not in fingerprints}
+        a = {fp: v for fp, v in self.after.by_fingerprint.items() if fp not in fingerprints}
+        return traffic_factor(Workload(self.before.seconds, b), Workload(self.after.seconds, a))
+
+    def judging(self, fp: str, settings: AuditSettings) -> float:
+        """The traffic ``fp``'s calls/s are judged by: the others' factor, at least 1, so a
+        statement's own calls never inflate it. Computed only for statements whose raw calls/s
+        ratio could regress (the others keep the overall factor): the cost stays low with
+        thousands of statements."""
+        b, a = self.before.by_fingerprint.get(fp), self.after.by_fingerprint.get(fp)
+        if b is None or a is None or a.calls_per_s < settings.frequency_factor * b.calls_per_s:
+            return max(1.0, self.factor)
+        return max(1.0, self.without({fp}))
 
 
 def latency_samples(fp: str, intervals: Sequence[IntervalSummary]) -> list[float]:
@@ -261,18 +303,20 @@ def audit(
             "(fix: collect longer, or widen --before/--after)"
         )
     b, a = _facts(before), _facts(after)
-    per_xact = b.xact_per_s is not None and a.xact_per_s is not None
+    traffic = Traffic.of(before, after)
     changes = [
-        _change(fp, before, after, b, a, statements, plans or {}, per_xact, settings)
+        _change(fp, before, after, b, a, statements, plans or {}, traffic, settings)
         for fp in sorted(
             {fp for s in [*before, *after] for fp, c in s.by_fingerprint.items() if c.calls > 0}
         )
     ]
     changes.sort(key=lambda c: (-abs(c.db_ms_per_s_change), c.fingerprint))
-    reasons = tuple(r for c in changes for r in judge(c, a, per_xact, settings))
+    reasons = tuple(r for c in changes for r in judge(c, a, settings))
     verdict = AuditVerdict.REGRESSED if reasons else AuditVerdict.PASS
     note = "" if plans is not None else NO_PLANS
-    return AuditReport(deploy, b, a, verdict, reasons, tuple(changes), note, settings)
+    amplified = {r.fingerprint for r in reasons if r.kind is ReasonKind.FREQUENCY}
+    k = traffic.without(amplified)  # the traffic of the statements that did not multiply
+    return AuditReport(deploy, b, a, verdict, reasons, tuple(changes), note, settings, k)
 
 
 def _change(
@@ -283,25 +327,23 @@ def _change(
     a: WindowFacts,
     statements: Mapping[str, Statement],
     plans: Mapping[str, PlanChange],
-    per_xact: bool,
+    traffic: Traffic,
     settings: AuditSettings,
 ) -> Change:
     sb, sa = _side(fp, before, b), _side(fp, after, a)
     status = ChangeStatus.KEPT if sb and sa else ChangeStatus.NEW if sa else ChangeStatus.GONE
     freq = lat = None
+    k = 1.0
     if status is ChangeStatus.KEPT:
         n = settings.min_samples
-        freq = u_test(
-            frequency_samples(fp, before, per_xact), frequency_samples(fp, after, per_xact), n
-        )
+        k = traffic.judging(fp, settings)
+        freq = u_test(frequency_samples(fp, before), frequency_samples(fp, after, k), n)
         lat = u_test(latency_samples(fp, before), latency_samples(fp, after), n)
     query = statements[fp].query if fp in statements else ""
-    return Change(fp, query, status, sb, sa, freq, lat, plans.get(fp))
+    return Change(fp, query, status, sb, sa, freq, lat, plans.get(fp), k)
 
 
-def judge(
-    change: Change, after: WindowFacts, per_xact: bool, settings: AuditSettings
-) -> list[Reason]:
+def judge(change: Change, after: WindowFacts, settings: AuditSettings) -> list[Reason]:
     """The regressions one change amounts to (none for noise, small or immaterial changes)."""
     if change.after is None:
         return []
@@ -310,7 +352,7 @@ def judge(
         return _new_query(change, share, settings)
     if share < settings.min_db_share:
         return []
-    return [r for r in (_frequency(change, per_xact, settings), _latency(change, settings)) if r]
+    return [r for r in (_frequency(change, settings), _latency(change, settings)) if r]
 
 
 def _new_query(change: Change, share: float, settings: AuditSettings) -> list[Reason]:
@@ -323,20 +365,17 @@ def _new_query(change: Change, share: float, settings: AuditSettings) -> list[Re
     return [Reason(change.fingerprint, ReasonKind.NEW_QUERY, share, None, text)]
 
 
-def _frequency(change: Change, per_xact: bool, settings: AuditSettings) -> Reason | None:
+def _frequency(change: Change, settings: AuditSettings) -> Reason | None:
     b, a, test = change.before, change.after, change.frequency_test
     if b is None or a is None or test is None or test.p_value >= settings.alpha:
         return None
-    if per_xact and b.calls_per_xact and a.calls_per_xact is not None:
-        factor, unit = a.calls_per_xact / b.calls_per_xact, "calls per transaction"
-        figures = f"{b.calls_per_xact:.3g} -> {a.calls_per_xact:.3g}"
-    else:
-        factor, unit = a.calls_per_s / b.calls_per_s, "calls/s"
-        figures = f"{b.calls_per_s:.3g} -> {a.calls_per_s:.3g}"
+    raw = a.calls_per_s / b.calls_per_s
+    factor = raw / change.traffic
     if factor < settings.frequency_factor:
         return None
     text = (
-        f"{unit} x{factor:.1f} ({figures}; calls/s {b.calls_per_s:.3g} -> {a.calls_per_s:.3g}), "
+        f"calls/s x{raw:.1f} ({b.calls_per_s:.3g} -> {a.calls_per_s:.3g}/s), x{factor:.1f} "
+        f"beyond the other statements' traffic (x{change.traffic:.2f}), "
         f"p={test.p_value:.2g}{_plan_text(change)}"
     )
     return Reason(change.fingerprint, ReasonKind.FREQUENCY, factor, test.p_value, text)

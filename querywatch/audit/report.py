@@ -3,6 +3,7 @@
 Times become ISO 8601 UTC here, at the edge. The JSON object::
 
     {"deploy": {"version": "v2.3", "at": "..."}, "verdict": "pass | regressed",
+     "traffic_factor": 1.0,
      "reasons": [{"fingerprint", "query", "kind", "factor", "p_value", "text"}],
      "before": {window facts}, "after": {window facts}, "plan_note": "...",
      "statements": [{"fingerprint", "query", "status": "new | gone | kept",
@@ -28,6 +29,7 @@ def audit_to_json(r: AuditReport) -> dict[str, object]:
     return {
         "deploy": {"version": r.deploy.version, "at": iso(r.deploy.at), "note": r.deploy.note},
         "verdict": r.verdict.value,
+        "traffic_factor": round(r.traffic_factor, 3),
         "reasons": [_reason_json(x, queries.get(x.fingerprint, "")) for x in r.reasons],
         "before": _window_json(r.before),
         "after": _window_json(r.after),
@@ -84,6 +86,7 @@ def _change_json(c: Change) -> dict[str, object]:
         "db_ms_per_s_change": round(c.db_ms_per_s_change, 4),
         "frequency_p": _p(c.frequency_test),
         "latency_p": _p(c.latency_test),
+        "traffic": round(c.traffic, 3),
         "plan": None if c.plan is None else {"before": c.plan.before, "after": c.plan.after},
     }
 
@@ -100,7 +103,8 @@ def _windows_line(r: AuditReport) -> str:
     return (
         f"before {clock(b.start)}-{clock(b.end)} ({b.intervals} intervals, {human(b.seconds)}), "
         f"after {clock(a.start)}-{clock(a.end)} ({a.intervals} intervals, {human(a.seconds)}) UTC; "
-        f"DB time {b.db_ms_per_s:.1f} -> {a.db_ms_per_s:.1f} ms/s"
+        f"DB time {b.db_ms_per_s:.1f} -> {a.db_ms_per_s:.1f} ms/s, "
+        f"traffic x{r.traffic_factor:.2f} (median statement)"
         + _xact_text(b.xact_per_s, a.xact_per_s)
     )
 
@@ -207,8 +211,7 @@ def audit_to_alert(r: AuditReport) -> dict[str, object]:
 
 
 def _traffic(r: AuditReport) -> float:
-    b, a = r.before.xact_per_s, r.after.xact_per_s
-    return round(a / b, 2) if a is not None and b else 1.0
+    return round(r.traffic_factor, 2)
 
 
 def _culprit(x: Reason, c: Change, added: float) -> dict[str, object]:
