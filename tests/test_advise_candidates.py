@@ -98,6 +98,23 @@ def test_ddl(sql: str, ddl: str) -> None:
     assert cands.ddl(cands.candidates(sql)[0]) == ddl
 
 
+@pytest.mark.parametrize(
+    ("sql", "ddl"),
+    [
+        (
+            'SELECT id FROM "user" WHERE lower("user".email) = $1',
+            'CREATE INDEX CONCURRENTLY user_lower_email_idx ON "user" (lower(email));',
+        ),
+        (
+            'SELECT id FROM "order" o WHERE o.status = $1',
+            'CREATE INDEX CONCURRENTLY order_status_idx ON "order" (status);',
+        ),
+    ],
+)
+def test_ddl_quotes_keywords(sql: str, ddl: str) -> None:
+    assert cands.ddl(cands.candidates(sql)[0]) == ddl
+
+
 def test_names_are_short_and_unique() -> None:
     wide = IndexCandidate(
         None, "t" * 40, tuple(KeyPart(f"c{i}" * 8, "c", "equality") for i in range(3)), ""

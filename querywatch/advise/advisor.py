@@ -23,6 +23,7 @@ from psycopg import sql
 from ..errors import CapabilityError, InputError, SourceError
 from ..fingerprint import shape
 from ..model import Statement
+from ..plans import statement_kind
 from ..store import Store
 from . import findings, health, indexes, nodes, plans
 from .records import Advice, HealthFinding, QueryStats, Review
@@ -198,7 +199,7 @@ _SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 def _explainable(text: str) -> bool:
     """A SELECT/INSERT/UPDATE/DELETE/MERGE that reads at least one user table."""
     try:
-        stmt = plans.statement_kind(text)
+        stmt = statement_kind(text)
     except InputError:
         return False
     return any(_user_relation(r) for r in stmt_ranges(stmt))

@@ -20,13 +20,13 @@ from pglast import ast, parse_sql
 from pglast.enums import A_Expr_Kind, BoolExprType, SortByDir
 from pglast.parser import ParseError
 from pglast.stream import RawStream
+from pglast.stream import maybe_double_quote_name as quote_ident
 
 from .records import IndexCandidate, KeyPart
 
 MAX_EQUALITY_KEYS = 3
 NAME_LIMIT = 63  # NAMEDATALEN - 1
 _RANGE_OPS = frozenset({"<", ">", "<=", ">="})
-_SAFE_IDENT = re.compile(r"[a-z_][a-z0-9_$]*")
 _NAME_JUNK = re.compile(r"[^a-z0-9]+")
 
 
@@ -44,13 +44,6 @@ class Term:
     column: str
     text: str
     expression: bool
-
-
-def quote_ident(name: str) -> str:
-    """``name`` as an SQL identifier, quoted only when it must be."""
-    if _SAFE_IDENT.fullmatch(name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _column_refs(node: object) -> Iterator[ast.ColumnRef]:
@@ -317,7 +310,15 @@ def _key_sql(part: KeyPart) -> str:
 
 
 def ddl(candidate: IndexCandidate, name: str | None = None) -> str:
-    """The CREATE INDEX CONCURRENTLY statement for a candidate."""
+    """The CREATE INDEX CONCURRENTLY statement for a candidate.
+
+    Identifiers are quoted only when they must be, by pglast's rule (the one its printer applies
+    to the key expressions): psycopg's ``sql.Identifier`` always quotes, and DDL that people read
+    and paste is clearer as ``ON orders (status)``. Keywords are quoted: ``ON "user" (id)``.
+
+    >>> ddl(IndexCandidate(None, "user", (KeyPart("id", "id", "equality"),), ""), "Order Lines")
+    'CREATE INDEX CONCURRENTLY "Order Lines" ON "user" (id);'
+    """
     table = quote_ident(candidate.table)
     if candidate.schema:
         table = f"{quote_ident(candidate.schema)}.{table}"

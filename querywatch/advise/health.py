@@ -12,8 +12,10 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+from pglast.stream import maybe_double_quote_name as quote_ident
+
 from . import releases
-from .candidates import normalize_key, quote_ident
+from .candidates import normalize_key
 from .records import HealthFinding, IndexFact, Severity, TableFact
 
 STALE_FRACTION = 0.2  # rows modified since the last ANALYZE, as a share of live rows

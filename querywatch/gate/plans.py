@@ -1,16 +1,14 @@
 """The generic plan of a captured statement: its cost and the tables it scans sequentially.
 
-The statement is prepared (never executed) on a separate connection and explained with
-``plan_cache_mode = force_generic_plan``, so the plan is the one valid for any parameter values
+The statement is prepared (never executed) on a separate connection and explained as the shared
+generic plan of :mod:`querywatch.plans`, so the plan is the one valid for any parameter values
 (PostgreSQL 12+; ``EXPLAIN (GENERIC_PLAN)`` needs 16). A sequentially scanned table's size is
 counted up to the budget's ``large_rows`` (cheap, exact below it, right for unanalyzed tables).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -18,23 +16,17 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from .. import plans as generic
 from .baseline import Plan, SeqScan
 
 log = logging.getLogger("querywatch.gate")
 
 APPLICATION_NAME = "querywatch-gate"
-EXPLAINABLE = re.compile(r"^\s*(select|insert|update|delete|with|values|table|merge)\b", re.I)
 SESSION = (
     "SET statement_timeout = '5s'",
     "SET lock_timeout = '1s'",
     "SET plan_cache_mode = force_generic_plan",
 )
-PARAMETER_COUNT = "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = %s"
-_names = itertools.count(1)
-
-
-def explainable(query: str) -> bool:
-    return bool(EXPLAINABLE.match(query))
 
 
 class Explainer:
@@ -46,7 +38,7 @@ class Explainer:
 
     def plan(self, conninfo: str, query: str) -> Plan | None:
         """The generic plan's facts, or None (logged) when it cannot be had."""
-        if not explainable(query):
+        if not generic.explainable(query):
             return None
         try:
             conn = self._connection(conninfo)
@@ -67,7 +59,7 @@ class Explainer:
             info = make_conninfo(conninfo, application_name=APPLICATION_NAME)
             conn = self._conns[conninfo] = psycopg.connect(info, autocommit=True)
             for statement in SESSION:
-                conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute(statement)
         return conn
 
     def _seq_scans(
@@ -91,20 +83,15 @@ class Explainer:
 
 
 def _explain(conn: psycopg.Connection[Any], query: str) -> Mapping[str, Any]:
-    text = f"qw_gate_{next(_names)}"
-    name = sql.Identifier(text)
-    # The statement is the application's own, captured as it ran; PREPARE only plans it.
-    conn.execute(sql.SQL("PREPARE {} AS ").format(name) + sql.SQL(query))  # type: ignore[arg-type]
-    try:
-        row = conn.execute(PARAMETER_COUNT, (text,)).fetchone()
-        count = int(row[0] or 0) if row else 0
-        args = sql.SQL(", ").join([sql.NULL] * count)
-        execute = sql.SQL("EXPLAIN (FORMAT JSON, VERBOSE) EXECUTE {}").format(name)
-        if count:
-            execute = execute + sql.SQL("(") + args + sql.SQL(")")
-        result = conn.execute(execute).fetchone()
-    finally:
-        conn.execute(sql.SQL("DEALLOCATE {}").format(name))
+    name = generic.fresh_name("qw_gate")
+    with conn.cursor() as cur:
+        generic.prepare(cur, name, query)
+        try:
+            count = generic.parameter_count(cur, name)
+            cur.execute(generic.explain_execute(name, "FORMAT JSON, VERBOSE", [sql.NULL] * count))
+            result = cur.fetchone()
+        finally:
+            generic.deallocate(cur, name)
     doc = result[0] if result else [{}]
     plan: Mapping[str, Any] = doc[0]["Plan"]
     return plan
