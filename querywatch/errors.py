@@ -14,7 +14,8 @@ Messages are lowercase, ``what: why``, and say how to fix the problem when there
     │   ├── StoreUnwritable    the store file or its folder cannot be written
     │   └── StoreCorrupt       the file is not a querywatch store, or is damaged
     ├── LocalPostgresError     the throwaway PostgreSQL launcher could not start or stop a server
-    └── AlertError             an alert channel could not be reached (never stops collection)
+    ├── AlertError             an alert channel could not be reached (never stops collection)
+    └── DemoError              ``querywatch demo`` could not play its story (a child died, no alert)
 """
 
 from __future__ import annotations
@@ -68,3 +69,7 @@ class LocalPostgresError(QuerywatchError):
 
 class AlertError(QuerywatchError):
     exit_code = 6
+
+
+class DemoError(QuerywatchError):
+    pass

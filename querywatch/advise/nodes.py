@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from ..errors import InputError
 from .records import PlanSummary
 
 Node = Mapping[str, Any]
@@ -54,12 +55,13 @@ def document(explain: Sequence[Any] | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(explain, Mapping):
         return explain
     if not explain or not isinstance(explain[0], Mapping):
-        raise ValueError("not an EXPLAIN (FORMAT JSON) output")
-    return explain[0]  # type: ignore[no-any-return]
+        raise InputError('plan: not an EXPLAIN (FORMAT JSON) output (expected [{"Plan": ...}])')
+    return explain[0]
 
 
 def top(doc: Mapping[str, Any]) -> Node:
-    return doc["Plan"]  # type: ignore[no-any-return]
+    plan: Node = doc["Plan"]
+    return plan
 
 
 def walk(node: Node, parent: Node | None = None) -> Iterator[tuple[Node, Node | None]]:

@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from ..errors import ConnectError, QueryTimeout, SourceError
+from ..errors import ConnectError, InputError, QueryTimeout, SourceError
 from ..source.postgres import APPLICATION_NAME, PostgresSource, describe_dsn
 
 log = logging.getLogger("querywatch.advise")
@@ -105,7 +105,10 @@ class Session:
             return cls.open(target, timeout_ms=timeout_ms)
         if isinstance(target, psycopg.Connection):
             return cls(target, timeout_ms=timeout_ms)
-        raise TypeError(f"advise: cannot connect through {type(target).__name__}")
+        raise InputError(
+            f"advise: cannot connect through {type(target).__name__!r}"
+            " (give a DSN, a PostgresSource or a psycopg connection)"
+        )
 
     @property
     def major(self) -> int:

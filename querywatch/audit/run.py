@@ -62,7 +62,7 @@ def _describe(plan: StoredPlan) -> str:
     """The plan's first scan (or its top node) and its total cost."""
     try:
         found = list(nodes.nodes(nodes.document(plan.plan)))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, InputError):
         return f"plan {plan.plan_hash} (cost {plan.total_cost:,.0f})"
     scans = [n for n in found if n.get("Node Type") in nodes.SCANS] or found[:1]
     return f"{nodes.describe(scans[0])} (cost {plan.total_cost:,.0f})"

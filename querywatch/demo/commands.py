@@ -20,17 +20,11 @@ def register(app: typer.Typer) -> None:
         """Replay the outage: rollout, alert, diagnosis, fix, recovery, then a traffic surge."""
         from ..cli import out as console
         from .report import write_report
-        from .story import FAST, NORMAL, Demo, DemoError
+        from .story import FAST, NORMAL, Demo
 
         console.print("[bold]querywatch demo[/]: the five-hour outage, replayed in a few minutes\n")
         started = time.monotonic()
-        demo_run = Demo(FAST if fast else NORMAL, out, console)
-        try:
-            facts = demo_run.run()
-        except DemoError as exc:
-            from ..errors import QuerywatchError
-
-            raise QuerywatchError(f"demo: {exc}") from None
+        facts = Demo(FAST if fast else NORMAL, out, console).run()  # DemoError: a one-line error
         path = write_report(facts, out)
         console.print(f"\nincident report: {path} (HTML: {facts.html_report})")
         console.print(

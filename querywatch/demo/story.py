@@ -25,6 +25,7 @@ from rich.console import Console
 
 from ..diagnose import diagnose
 from ..durations import clock
+from ..errors import DemoError
 from ..localpg import LocalPostgres, free_port
 from ..model import Diagnosis, IntervalSummary
 from ..report import diagnosis_to_json
@@ -66,10 +67,6 @@ FAST = Plan(
     quiet_s=6.0,
     loadtest_s=2.0,
 )
-
-
-class DemoError(RuntimeError):
-    pass
 
 
 @contextmanager
@@ -245,7 +242,7 @@ class Demo:
         if proc is not None and proc.poll() is not None:
             lines = (self.out / "watch.log").read_text(errors="replace").strip().splitlines()
             last = lines[-1] if lines else "no output"
-            raise DemoError(f"querywatch watch exited with code {proc.returncode}: {last}")
+            raise DemoError(f"demo: querywatch watch exited with code {proc.returncode}: {last}")
 
     def _baseline(self, store: Store, traffic: Traffic) -> None:
         self.say("act 1: steady traffic while querywatch learns the baseline", "bold")
@@ -253,7 +250,7 @@ class Demo:
         while _learning(store):
             if time.monotonic() > deadline:
                 raise DemoError(
-                    "querywatch did not finish learning (see querywatch-demo/watch.log)"
+                    "demo: querywatch did not finish learning (see querywatch-demo/watch.log)"
                 )
             time.sleep(self.plan.interval)
             self._status(store, traffic, "baseline")
@@ -283,7 +280,7 @@ class Demo:
         deadline = time.monotonic() + self.plan.alert_wait_s
         while (alert := receiver.first("firing", rollout)) is None:
             if time.monotonic() > deadline:
-                raise DemoError("no alert arrived (see querywatch-demo/watch.log)")
+                raise DemoError("demo: no alert arrived (see querywatch-demo/watch.log)")
             time.sleep(self.plan.interval / 2)
             self._status(store, traffic, "rollout")
         delay = alert.received_at - rollout
@@ -436,7 +433,7 @@ def _wait(probe: Callable[[], bool], timeout: float, message: str) -> None:
     deadline = time.monotonic() + timeout
     while not probe():
         if time.monotonic() > deadline:
-            raise DemoError(message)
+            raise DemoError(f"demo: {message}")
         time.sleep(0.1)
 
 
