@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from .source.capabilities import Capabilities
+from .source.kcache import PACKAGE, KcacheStatus
 
 OLDEST_SUPPORTED = 13
 FULL_AT = 0.9  # warn when pg_stat_statements holds this share of pg_stat_statements.max
@@ -41,7 +42,9 @@ class Usage:
     dealloc: int | None
 
 
-def findings(caps: Capabilities, usage: Usage | None) -> list[Finding]:
+def findings(
+    caps: Capabilities, usage: Usage | None, kcache: KcacheStatus | None = None
+) -> list[Finding]:
     return [
         _version(caps),
         _preload(caps),
@@ -50,6 +53,7 @@ def findings(caps: Capabilities, usage: Usage | None) -> list[Finding]:
         _capacity(caps, usage),
         _tracking(caps),
         _hypopg(caps),
+        *([_kcache(caps, kcache)] if kcache is not None else []),
     ]
 
 
@@ -174,6 +178,51 @@ def _hypopg(caps: Capabilities) -> Finding:
         "hypopg is not installed: index advice stays unverified",
         "install your distribution's hypopg package (Debian: postgresql-15-hypopg), then "
         "CREATE EXTENSION hypopg;",
+    )
+
+
+def _kcache(caps: Capabilities, status: KcacheStatus) -> Finding:
+    """pg_stat_kcache is optional: without it CPU time is inferred from execution time."""
+    if status.usable:
+        return Finding(
+            "pg_stat_kcache",
+            Level.OK,
+            f"pg_stat_kcache {status.version}: CPU time, reads, writes and page faults are "
+            "recorded per statement",
+        )
+    libraries = ",".join(
+        dict.fromkeys([*(caps.preload or ()), "pg_stat_statements", "pg_stat_kcache"])
+    )
+    preload = (
+        f"add to postgresql.conf: shared_preload_libraries = '{libraries}' and restart PostgreSQL"
+    )
+    create = f"in database {caps.database!r} run: CREATE EXTENSION pg_stat_kcache;"
+    why = "per-statement CPU time is inferred from execution time"
+    if status.version is not None:  # created but not preloaded
+        return Finding(
+            "pg_stat_kcache",
+            Level.WARN,
+            f"pg_stat_kcache is created but not in shared_preload_libraries: {why}",
+            preload,
+        )
+    if status.preloaded:
+        return Finding(
+            "pg_stat_kcache",
+            Level.WARN,
+            f"pg_stat_kcache is preloaded but not created in {caps.database!r}: {why}",
+            create,
+        )
+    steps = f"{preload}, then {create}"
+    if not status.available:
+        package = PACKAGE.format(major=caps.major)
+        return Finding(
+            "pg_stat_kcache",
+            Level.WARN,
+            f"pg_stat_kcache is not installed: {why}",
+            f"install it (Debian/Ubuntu: apt-get install {package}), {steps}",
+        )
+    return Finding(
+        "pg_stat_kcache", Level.WARN, f"pg_stat_kcache is installed but not enabled: {why}", steps
     )
 
 

@@ -221,7 +221,7 @@ def check_command(
     caps = source.connect()
     usage = _usage(source)
     source.close()
-    results = check.findings(caps, usage)
+    results = check.findings(caps, usage, source.kcache_status)
     if fmt is Format.json:
         out.print_json(
             json.dumps({"server": describe_dsn(cfg.dsn), "checks": [f.as_dict() for f in results]})

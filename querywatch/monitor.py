@@ -19,6 +19,7 @@ from .detect import Detector, Observation, Transition
 from .diagnose import DiagnoseSettings, diagnose
 from .model import Diagnosis, Incident, IncidentState, Interval
 from .report import diagnosis_to_json
+from .source.kcache import with_cpu_evidence
 from .store import Store
 
 log = logging.getLogger("querywatch.monitor")
@@ -112,9 +113,19 @@ class Monitor:
         }
         statements = self.store.statements(sorted(fingerprints), server_id=self.server_id)
         deploys = self.store.deploys(start - self.baseline_s, end)
-        return diagnose(
+        found = diagnose(
             baseline, window, statements, deploys, self.diagnose_settings, requested=(start, end)
         )
+        return self._with_cpu(found)
+
+    def _with_cpu(self, found: Diagnosis) -> Diagnosis:
+        """Each culprit's share of the server's CPU time as evidence, when pg_stat_kcache
+        recorded the window (querywatch.source.kcache); the diagnosis as it is otherwise."""
+        window = self.store.cpu_usage(self.server_id, found.window_start, found.window_end)
+        if window is None:
+            return found
+        baseline = self.store.cpu_usage(self.server_id, found.baseline_start, found.baseline_end)
+        return with_cpu_evidence(found, window, baseline)
 
     def _incident_spans(self, before: float) -> list[tuple[float, float]]:
         """Time spans of earlier incidents: they are not the normal to compare with."""

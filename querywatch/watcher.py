@@ -134,6 +134,9 @@ class Watcher:
             activity.summarize(samples),
             frozenset(self._own),
         )
+        usage = self.source.kcache_usage  # pg_stat_kcache's CPU time etc., when the server has it
+        if usage is not None and (usage.start, usage.end) == (interval.start, interval.end):
+            self.store.record_kcache(self._server_id, interval_id, usage)
         self._account(interval)
         self._maintain()
         if self.on_interval is not None:

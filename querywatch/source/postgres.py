@@ -29,6 +29,7 @@ from ..model import (
 )
 from . import queries
 from .capabilities import Capabilities, from_row
+from .kcache import KcacheCounters, KcacheReading, KcacheStatus, KcacheTracker, KcacheUsage
 
 log = logging.getLogger("querywatch.source")
 
@@ -92,6 +93,10 @@ class PostgresSource:
         self._max_connections: int | None = None
         self._shapes: dict[str, Shape] = {}
         self._rows: dict[tuple[Any, ...], tuple[tuple[Any, ...], StatementStats]] = {}
+        self.kcache_status: KcacheStatus | None = None  # read on connect
+        self.kcache_usage: KcacheUsage | None = None  # between the last two snapshots
+        self._kcache = KcacheTracker()
+        self._kcache_failed = False
 
     # -- connection -----------------------------------------------------------------------
     def connect(self) -> Capabilities:
@@ -110,6 +115,7 @@ class PostgresSource:
             raise ConnectError(f"cannot connect to {where}: {_first_line(exc)}") from None
         self._setup_session()
         self._caps = self._read_capabilities()
+        self.kcache_status = self._read_kcache_status(self._caps)
         return self._caps
 
     def close(self) -> None:
@@ -204,9 +210,10 @@ class PostgresSource:
         started = clock["started"]
         dealloc, stats_reset = self._info(caps)
         rows = self._fetch_tuples(self._with_schema(caps.statements_query()))
+        kcache = self._kcache_entries()
         taken_at = self.clock()
         database = self._database()
-        return Snapshot(
+        snapshot = Snapshot(
             taken_at=taken_at,
             server_started=started.timestamp(),
             server_taken_at=clock["now"].timestamp(),
@@ -215,6 +222,41 @@ class PostgresSource:
             statements=self._statement_stats(rows),
             database=database,
         )
+        reading = (
+            None if kcache is None else KcacheReading(taken_at, snapshot.server_started, kcache)
+        )
+        self.kcache_usage = self._kcache.observe(reading)
+        return snapshot
+
+    # -- pg_stat_kcache (optional: CPU time, reads, writes and faults per statement) ---------------
+    def _read_kcache_status(self, caps: Capabilities) -> KcacheStatus:
+        self._kcache_failed = False
+        try:
+            row = self._fetch(queries.KCACHE_FACTS)[0]
+        except ConnectError:
+            raise
+        except SourceError as exc:
+            log.warning("pg_stat_kcache state not read: %s", exc)
+            return KcacheStatus(None, None, False, None)
+        preloaded = None if caps.preload is None else "pg_stat_kcache" in caps.preload
+        return KcacheStatus(row["version"], row["schema"], bool(row["available"]), preloaded)
+
+    def _kcache_entries(self) -> dict[StatementKey, KcacheCounters] | None:
+        """pg_stat_kcache's counters when it is usable; a failed read leaves it out (until the
+        next connection when it is not a timeout), never the snapshot."""
+        status = self.kcache_status
+        if status is None or not status.usable or status.schema is None or self._kcache_failed:
+            return None
+        query = sql.SQL(queries.KCACHE_STATEMENTS).format(schema=sql.Identifier(status.schema))
+        try:
+            rows = self._fetch_tuples(query)
+        except ConnectError:
+            raise
+        except SourceError as exc:
+            self._kcache_failed = not isinstance(exc, QueryTimeout)
+            log.warning("pg_stat_kcache not read: %s", exc)
+            return None
+        return {StatementKey(r[0], r[1], r[2], bool(r[3])): KcacheCounters(*r[4:10]) for r in rows}
 
     def _statement_stats(self, rows: list[tuple[Any, ...]]) -> dict[StatementKey, StatementStats]:
         """Records for the rows, reusing last snapshot's for rows that did not change."""

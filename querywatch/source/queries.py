@@ -148,3 +148,30 @@ SELECT
 )
 
 STATEMENT_COUNT = MARKER + "SELECT count(*) AS entries FROM {schema}.pg_stat_statements(false)"
+
+# pg_stat_kcache (optional, read when created and preloaded; see querywatch.source.kcache).
+KCACHE_FACTS = (
+    MARKER
+    + """
+SELECT
+    (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_kcache') AS version,
+    (SELECT extnamespace::regnamespace::text FROM pg_extension
+      WHERE extname = 'pg_stat_kcache') AS schema,
+    (SELECT count(*) > 0 FROM pg_available_extensions WHERE name = 'pg_stat_kcache') AS available
+"""
+)
+
+# 2.2 columns; user and system times are in seconds, reads and writes in bytes.
+KCACHE_STATEMENTS = (
+    MARKER
+    + """
+SELECT dbid, userid, queryid, top,
+    (plan_user_time + exec_user_time) * 1000 AS user_ms,
+    (plan_system_time + exec_system_time) * 1000 AS system_ms,
+    (plan_reads + exec_reads)::float8 AS reads_bytes,
+    (plan_writes + exec_writes)::float8 AS writes_bytes,
+    (plan_minflts + exec_minflts)::float8 AS minflts,
+    (plan_majflts + exec_majflts)::float8 AS majflts
+FROM {schema}.pg_stat_kcache()
+WHERE queryid IS NOT NULL"""
+)

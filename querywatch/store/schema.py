@@ -177,5 +177,21 @@ CREATE TABLE plans (
 CREATE INDEX plans_fingerprint ON plans (fingerprint, last_seen);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2)
+# pg_stat_kcache's per-statement usage (querywatch.store.kcache), per interval, when the monitored
+# database has the extension: CPU times in integer microseconds, reads and writes in bytes.
+KCACHE = """
+CREATE TABLE kcache (
+    interval_id INTEGER NOT NULL REFERENCES intervals(id) ON DELETE CASCADE,
+    statement_id INTEGER NOT NULL REFERENCES statements(id),
+    user_us INTEGER NOT NULL DEFAULT 0,
+    system_us INTEGER NOT NULL DEFAULT 0,
+    reads_bytes INTEGER NOT NULL DEFAULT 0,
+    writes_bytes INTEGER NOT NULL DEFAULT 0,
+    minflts INTEGER NOT NULL DEFAULT 0,
+    majflts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (interval_id, statement_id)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, KCACHE)
 LATEST = len(MIGRATIONS)

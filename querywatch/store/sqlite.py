@@ -31,7 +31,8 @@ from ..model import (
     Statement,
     StatementKey,
 )
-from . import rollup, schema
+from ..source.kcache import CpuUsage, KcacheUsage
+from . import kcache, rollup, schema
 from .rollup import Retention
 from .schema import COUNTER_COLUMNS, DATABASE_COLUMNS, MICROSECOND_COLUMNS
 from .series import (
@@ -434,6 +435,19 @@ class Store:
         """A gap outside any interval (e.g. the server was down)."""
         with self._errors(), self._transaction() as conn:
             conn.execute(INSERT_GAP, _gap_row(server_id, gap))
+
+    # -- pg_stat_kcache's usage per statement (querywatch.store.kcache) ----------------------------
+    def record_kcache(self, server_id: int, interval_id: int, usage: KcacheUsage) -> int:
+        """Keep the interval's CPU time, reads, writes and faults per statement; returns the rows
+        written (statements the store does not know are left out)."""
+        ids = self.known_keys(server_id)
+        with self._errors(), self._transaction() as conn:
+            return kcache.save(conn, interval_id, usage, ids)
+
+    def cpu_usage(self, server_id: int, start: float, end: float) -> CpuUsage | None:
+        """pg_stat_kcache's figures per fingerprint over [start, end), None when none exist."""
+        with self._errors():
+            return kcache.load(self._conn, server_id, start, end)
 
     # -- reading --------------------------------------------------------------------------------
     def summaries(self, server_id: int, start: float, end: float) -> list[IntervalSummary]:
