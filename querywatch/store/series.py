@@ -4,8 +4,9 @@
 A window is read from the coarsest source its step allows: 1-hour rollups (step >= 1 h), then
 1-minute rollups (step >= 1 min) up to the minute rollup mark, then raw intervals not rolled up
 yet. Each raw interval is counted once: rollups hold exactly the intervals ending at or before
-their mark. Only calls, execution time and rows are summed (what the charts show), over top-level
-statements that are not querywatch's own (as rankings and diagnosis do).
+their mark. Calls, execution time and rows are summed (what the charts show), and totals also sum
+the blocks read (what the io ranking needs), over top-level statements that are not querywatch's
+own (as rankings and diagnosis do).
 """
 
 from __future__ import annotations
@@ -20,19 +21,22 @@ from ..model import Counters
 # A window is read from the coarsest source its step allows: 1-hour rollups (step >= 1 h), then
 # 1-minute rollups (step >= 1 min) up to the minute rollup mark, then raw intervals not rolled up
 # yet. Each raw interval is counted once: rollups hold exactly the intervals ending at or before
-# their mark. Only calls, execution time and rows are summed (what the charts show), over top-level
-# statements that are not querywatch's own (as rankings and diagnosis do).
+# their mark. Calls, execution time and rows are summed (what the charts show), and totals also
+# sum the blocks read, over top-level statements that are not querywatch's own.
 
 WEB_STATEMENTS = (
     "SELECT id, fingerprint FROM statements WHERE server_id = ? AND toplevel = 1 AND own = 0"
 )
 WEB_MARK = "SELECT value FROM meta WHERE key = ?"
 WEB_ROLLUP_TOTALS = """
-SELECT statement_id, sum(calls), sum(exec_us), sum(rows) FROM rollups
+SELECT statement_id, sum(calls), sum(exec_us), sum(rows),
+    sum(shared_blks_read), sum(local_blks_read), sum(temp_blks_read)
+FROM rollups
 WHERE resolution = ? AND server_id = ? AND bucket >= ? AND bucket < ? GROUP BY statement_id
 """
 WEB_RAW_TOTALS = """
-SELECT d.statement_id, sum(d.calls), sum(d.exec_us), sum(d.rows)
+SELECT d.statement_id, sum(d.calls), sum(d.exec_us), sum(d.rows),
+    sum(d.shared_blks_read), sum(d.local_blks_read), sum(d.temp_blks_read)
 FROM deltas d JOIN intervals i ON i.id = d.interval_id
 WHERE i.server_id = ? AND i.end > ? AND i.start >= ? AND i.start < ? GROUP BY d.statement_id
 """
@@ -127,12 +131,18 @@ def _web_params(server_id: int, s: _Segment) -> tuple[Any, ...]:
 
 
 def _add(target: dict[Any, Counters], key: Any, row: Sequence[Any]) -> None:
-    """Add (calls, exec_us, rows) to ``target[key]``."""
+    """Add (calls, exec_us, rows, shared, local and temp blocks read) to ``target[key]``."""
+    calls, exec_us, rows, shared, local, temp = (float(v or 0) for v in row[:6])
+    added = Counters(
+        calls=calls,
+        exec_ms=exec_us / 1000.0,
+        rows=rows,
+        shared_blks_read=shared,
+        local_blks_read=local,
+        temp_blks_read=temp,
+    )
     old = target.get(key)
-    calls, exec_ms, rows = float(row[0] or 0), float(row[1] or 0) / 1000.0, float(row[2] or 0)
-    if old is not None:
-        calls, exec_ms, rows = calls + old.calls, exec_ms + old.exec_ms, rows + old.rows
-    target[key] = Counters(calls=calls, exec_ms=exec_ms, rows=rows)
+    target[key] = added if old is None else old.plus(added)
 
 
 def _floor(t: float, step: float) -> float:

@@ -176,13 +176,14 @@ def _collector_families(
         labels=["server"],
     )
     for name, value in sorted(collectors.items()):
-        if isinstance(value.get("last_success"), int | float):
-            last.add_metric([name], float(value["last_success"]))  # type: ignore[arg-type]
+        success = value.get("last_success")
+        if isinstance(success, int | float):
+            last.add_metric([name], float(success))
     yield last
     for key, help_text in _COUNTERS:
         family = CounterMetricFamily(f"querywatch_collector_{key}", help_text, labels=["server"])
         for name, value in sorted(collectors.items()):
-            family.add_metric([name], float(value.get(key, 0) or 0))  # type: ignore[arg-type]
+            family.add_metric([name], _number(value.get(key)))
         yield family
     learning = GaugeMetricFamily(
         "querywatch_detector_learning",
@@ -193,6 +194,10 @@ def _collector_families(
         if key.startswith("detector:"):
             learning.add_metric([key.split(":", 1)[1]], 1.0 if value.get("learning") else 0.0)
     yield learning
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _store_families(store: Store) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

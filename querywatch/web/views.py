@@ -216,8 +216,9 @@ def _top_rows(
         row.update(rank=n, share=round(totals[fp].exec_ms / total_ms, 4) if total_ms else 0.0)
         row["db_time_ms_per_s"] = _rate(totals[fp].exec_ms, seconds)
         row["href"] = f"/statements/{fp}"
-        for unused in ("io_blocks", "temp_blks_written"):  # not summed for the dashboard
-            row.pop(unused, None)
+        row.pop("temp_blks_written", None)  # not summed for the dashboard
+        if by != "io":  # shown when ranking by io; other rankings keep their rows as they were
+            row.pop("io_blocks", None)
         rows.append(row)
     return rows
 
