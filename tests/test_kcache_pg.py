@@ -37,6 +37,7 @@ from querywatch.source.kcache import (
     KcacheStatus,
     KcacheTracker,
     KcacheUsage,
+    cpu_usage,
     usage_between,
     with_cpu_evidence,
 )
@@ -126,6 +127,13 @@ def test_cpu_share_becomes_the_culprits_evidence() -> None:
         "3% before; 500 page faults/s)"
     )
     assert z.evidence[1].startswith("0% of the server's CPU time")
+
+
+def test_usage_per_fingerprint_without_a_store() -> None:
+    nested = StatementKey(5, 10, 4, toplevel=False)
+    usage = KcacheUsage(0.0, 5.0, {A: kc(10), B: kc(30), C: kc(7), nested: kc(99)})
+    found = cpu_usage(usage, {A: "f", B: "f", nested: "g"})  # C: no fingerprint known
+    assert found.seconds == 5.0 and found.by_fingerprint == {"f": kc(40)}
 
 
 def test_without_kcache_figures_the_diagnosis_is_unchanged() -> None:
@@ -265,6 +273,68 @@ def kcache_pg(make_pg: MakePg) -> LocalPostgres:
     with psycopg.connect(server.dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_kcache")
     return server
+
+
+def test_created_but_not_preloaded_is_not_read_and_check_says_so(make_pg: MakePg) -> None:
+    server = make_pg(preload=PRELOAD)  # CREATE EXTENSION needs the library loaded
+    if not server.has_extension("pg_stat_kcache"):
+        missing(f"pg_stat_kcache is not installed for postgresql {server.major_version}")
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_kcache")
+    server.preload = ("pg_stat_statements",)  # then taken out of shared_preload_libraries
+    server.restart()
+    source = PostgresSource(server.dsn)
+    caps = source.connect()
+    try:
+        for _ in range(2):
+            source.snapshot()
+        assert source.kcache_usage is None
+        status = source.kcache_status
+        assert status is not None and status.version is not None and status.preloaded is False
+    finally:
+        source.close()
+    found = [f for f in findings(caps, None, status) if f.name == "pg_stat_kcache"]
+    assert found[0].level is Level.WARN
+    assert found[0].fix.startswith("add to postgresql.conf: shared_preload_libraries = ")
+
+
+def test_a_kcache_reset_and_a_restart_never_give_invented_usage(make_pg: MakePg) -> None:
+    server = make_pg(preload=PRELOAD)
+    if not server.has_extension("pg_stat_kcache"):
+        missing(f"pg_stat_kcache is not installed for postgresql {server.major_version}")
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_kcache")
+    source = PostgresSource(server.dsn)
+    source.connect()
+    work = psycopg.connect(server.dsn, autocommit=True)
+    try:
+        source.snapshot()
+        for _ in range(3):
+            work.execute(CpuHog.SQL, (300_000,))
+        source.snapshot()
+        usage = source.kcache_usage
+        assert usage is not None
+        hog = max(usage.by_key.values(), key=lambda c: c.cpu_ms)
+        assert hog.cpu_ms > 10.0  # three sums of 300,000 rows took some CPU
+
+        work.execute("SELECT pg_stat_kcache_reset()")
+        work.execute("SELECT 1")
+        source.snapshot()
+        after_reset = source.kcache_usage
+        if after_reset is not None:  # entries counting since the reset, never negative
+            assert all(min(c.values()) >= 0 for c in after_reset.by_key.values())
+            assert all(c.cpu_ms < hog.cpu_ms for c in after_reset.by_key.values())
+
+        work.close()
+        server.restart()
+        source.connect()
+        source.snapshot()
+        assert source.kcache_usage is None  # the first reading after a restart has no interval
+        source.snapshot()
+        assert source.kcache_usage is not None
+    finally:
+        work.close()
+        source.close()
 
 
 def test_check_is_ok_with_kcache(kcache_pg: LocalPostgres) -> None:

@@ -156,6 +156,17 @@ class CpuUsage:
         return (found.cpu_ms if found else 0.0) / total if total > 0 else None
 
 
+def cpu_usage(usage: KcacheUsage, fingerprints: Mapping[StatementKey, str]) -> CpuUsage:
+    """Usage between two readings per fingerprint (top-level statements with a known
+    fingerprint), for a diagnosis made without a store (two snapshots a few seconds apart)."""
+    by_fp: dict[str, KcacheCounters] = {}
+    for key, counters in usage.by_key.items():
+        fp = fingerprints.get(key)
+        if fp is not None and key.toplevel:
+            by_fp[fp] = by_fp[fp].plus(counters) if fp in by_fp else counters
+    return CpuUsage(usage.end - usage.start, by_fp)
+
+
 def cpu_evidence(fingerprint: str, window: CpuUsage, baseline: CpuUsage | None) -> str | None:
     """'62% of the server's CPU time (...)', or None without pg_stat_kcache figures."""
     share = window.share(fingerprint)
