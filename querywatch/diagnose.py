@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from querywatch.durations import clock
 from querywatch.model import (
@@ -34,6 +35,11 @@ from querywatch.model import (
     Verdict,
 )
 from querywatch.text import one_line
+
+HISTORY = "history"  # the intervals before the window
+PRE_ONSET = "pre_onset"  # the window's own intervals before the onset it holds
+LONG_RUN = "long_run"  # pg_stat_statements' cumulative counters since they started counting
+BASELINE_KINDS = (HISTORY, PRE_ONSET, LONG_RUN)
 
 
 @dataclass(frozen=True)
@@ -214,18 +220,30 @@ def diagnose(
     deploys: Sequence[Deploy],
     settings: DiagnoseSettings = DiagnoseSettings(),
     requested: tuple[float, float] | None = None,
+    *,
+    baseline_kind: str = HISTORY,
+    baseline_note: str = "",
 ) -> Diagnosis:
     """Attribute the window's DB time, pick a verdict, name culprits and judge deploys.
 
     ``requested`` is the window the caller asked for: it is reported when no interval falls in it.
+    ``baseline_kind`` says what ``baseline`` is (:data:`BASELINE_KINDS`): the history before the
+    window, the window's own intervals before an onset, or one synthetic interval holding
+    pg_stat_statements' long-run counters; ``baseline_note`` says it in words (a default is made).
     """
+    if baseline_kind not in BASELINE_KINDS:
+        raise ValueError(f"baseline_kind {baseline_kind!r} is not one of {BASELINE_KINDS}")
     base, win = workload(baseline), workload(window)
     fallback = requested[0] if requested else _span(baseline, 0.0)[1]
     w_start, w_end = _span(window, fallback)
     if requested and not window:
         w_start, w_end = requested
     b_start, b_end = _span(baseline, w_start)
-    listed = sorted((d for d in deploys if b_start <= d.at <= w_end), key=lambda d: d.at)
+    # a long run may start days earlier: only deploys that could explain the window are listed
+    since = (
+        b_start if baseline_kind != LONG_RUN else min(w_start, b_end) - settings.suspect_window_s
+    )
+    listed = sorted((d for d in deploys if since <= d.at <= w_end), key=lambda d: d.at)
     k, culprits = 1.0, tuple[Culprit, ...]()
     if base.seconds == 0:
         verdict, summary = Verdict.HEALTHY, _learning_summary(w_start)
@@ -237,6 +255,9 @@ def diagnose(
         summary = _summary(verdict, culprits, ctx, listed, (w_start, w_end))
         k = ctx.factor
     learning = base.seconds == 0
+    note = "" if learning else baseline_note or _baseline_note(baseline_kind, b_start, b_end)
+    if note and baseline_kind != HISTORY and win.seconds > 0:  # the usual comparison goes unsaid
+        summary = f"{summary} Compared with {note}."
     step = _resolution(window)
     judged = (
         _learning_deploys(listed) if learning else judge_deploys(listed, culprits, settings, step)
@@ -252,7 +273,22 @@ def diagnose(
         culprits=culprits,
         deploys=judged,
         learning=learning,
+        baseline_kind=baseline_kind,
+        baseline_note=note,
     )
+
+
+def _baseline_note(kind: str, start: float, end: float) -> str:
+    """What a diagnosis compared with, in words, when the caller did not say."""
+    if kind == LONG_RUN:
+        return f"the long-run average since {_day_clock(start)}"
+    if kind == PRE_ONSET:
+        return f"this window before its onset, {clock(start)}-{clock(end)} UTC"
+    return f"the history before the window, {clock(start)}-{clock(end)} UTC"
+
+
+def _day_clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _context(

@@ -391,3 +391,8 @@ class Diagnosis:
     culprits: tuple[Culprit, ...]
     deploys: tuple[DeployVerdict, ...]
     learning: bool = False
+    # what the window was compared with: "history" (the intervals before it), "pre_onset" (the
+    # window's own intervals before the onset it holds) or "long_run" (pg_stat_statements'
+    # cumulative counters); baseline_note says it in words, e.g. "the long-run average since ..."
+    baseline_kind: str = "history"
+    baseline_note: str = ""

@@ -19,7 +19,11 @@ def diagnosis_to_json(d: Diagnosis) -> dict[str, object]:
     """Exactly the ``diagnose --format json`` object of the public contract."""
     return {
         "window": {"start": iso(d.window_start), "end": iso(d.window_end)},
-        "baseline": {"start": iso(d.baseline_start), "end": iso(d.baseline_end)},
+        "baseline": {
+            "start": iso(d.baseline_start),
+            "end": iso(d.baseline_end),
+            "kind": d.baseline_kind,
+        },
         "verdict": d.verdict.value,
         "summary": d.summary,
         "traffic_factor": round(d.traffic_factor, 2),
@@ -58,6 +62,8 @@ def diagnosis_to_text(d: Diagnosis) -> str:
         f"traffic x{d.traffic_factor:.1f}"
     )
     lines = [head, d.summary]
+    if d.baseline_note:
+        lines.append(f"compared with {d.baseline_note} ({d.baseline_kind})")
     for n, culprit in enumerate(d.culprits[:TEXT_CULPRITS], start=1):
         lines.extend(_culprit_lines(n, culprit))
     if len(d.culprits) > TEXT_CULPRITS:

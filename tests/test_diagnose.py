@@ -467,7 +467,7 @@ def test_max_culprits() -> None:
 
 CONTRACT: dict[str, object] = {
     "window": {"start": None, "end": None},
-    "baseline": {"start": None, "end": None},
+    "baseline": {"start": None, "end": None, "kind": None},
     "verdict": None,
     "summary": None,
     "traffic_factor": None,
@@ -509,7 +509,11 @@ def test_json_has_exactly_the_contract_keys(case: Case) -> None:
     same_keys(out, CONTRACT)
     assert json.loads(json.dumps(out)) == out
     assert out["window"] == {"start": "2026-11-26T10:30:00Z", "end": "2026-11-26T10:40:00Z"}
-    assert out["baseline"] == {"start": "2026-11-26T09:30:00Z", "end": "2026-11-26T10:30:00Z"}
+    assert out["baseline"] == {
+        "start": "2026-11-26T09:30:00Z",
+        "end": "2026-11-26T10:30:00Z",
+        "kind": "history",
+    }
     culprit = out["culprits"][0]  # type: ignore[index]
     assert ISO.match(culprit["onset"])
     assert isinstance(culprit["queryid"], str) and isinstance(culprit["evidence"], list)
@@ -620,3 +624,59 @@ def test_empty_window_reports_the_requested_window() -> None:
     out = diagnosis_to_json(d)
     assert out["window"] == {"start": "2027-01-15T08:00:00Z", "end": "2027-01-15T08:10:00Z"}
     assert out["verdict"] == "healthy"
+
+
+def long_run_interval(days: float, loads: Loads = BASE) -> IntervalSummary:
+    """pg_stat_statements' cumulative counters since ``days`` before the window, as one interval."""
+    return interval(WINDOW[0] - days * 86400, days * 86400, loads)
+
+
+def test_a_long_run_baseline_is_one_long_interval() -> None:
+    window = series(WINDOW, switch(ONSET, {"orders": (20.0, 40.0)}))
+    deploys = [Deploy("old", at("10:00:00") - 86400), Deploy("v2.3", at("10:30:30"))]
+    note = "the long-run average since 2026-11-19 10:30 UTC"
+    d = diagnose(
+        [long_run_interval(7.0)],
+        window,
+        STATEMENTS,
+        deploys,
+        baseline_kind="long_run",
+        baseline_note=note,
+    )
+    assert (d.verdict, d.learning, d.baseline_kind) == (Verdict.QUERY_REGRESSION, False, "long_run")
+    top = d.culprits[0]
+    assert (top.fingerprint, top.onset) == ("orders", at("10:31:20"))
+    assert top.calls_per_s.baseline == pytest.approx(2.0)
+    assert [(v.version, v.suspect) for v in d.deploys] == [("v2.3", True)]  # "old" not listed
+    out = diagnosis_to_json(d)
+    assert out["baseline"] == {
+        "start": "2026-11-19T10:30:00Z",
+        "end": "2026-11-26T10:30:00Z",
+        "kind": "long_run",
+    }
+    assert f"compared with {note} (long_run)" in diagnosis_to_text(d).splitlines()
+    assert d.summary.endswith(f" Compared with {note}.")
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("history", "the history before the window, 09:30:00-10:30:00 UTC"),
+        ("pre_onset", "this window before its onset, 09:30:00-10:30:00 UTC"),
+        ("long_run", "the long-run average since 2026-11-26 09:30 UTC"),
+    ],
+)
+def test_every_diagnosis_says_what_it_compared_with(kind: str, words: str) -> None:
+    baseline = series(BASELINE, steady(BASE))
+    d = diagnose(baseline, series(WINDOW, steady(BASE)), STATEMENTS, [], baseline_kind=kind)
+    assert (d.baseline_kind, d.baseline_note) == (kind, words)
+    assert diagnosis_to_text(d).splitlines()[2] == f"compared with {words} ({kind})"
+    assert diagnosis_to_json(d)["baseline"]["kind"] == kind  # type: ignore[index]
+
+
+def test_learning_compares_with_nothing() -> None:
+    d = diagnose([], series(WINDOW, steady(BASE)), STATEMENTS, [])
+    assert (d.learning, d.baseline_note) == (True, "")
+    assert "compared with" not in diagnosis_to_text(d)
+    with pytest.raises(ValueError, match="baseline_kind"):
+        diagnose([], [], STATEMENTS, [], baseline_kind="yesterday")
