@@ -30,6 +30,7 @@ from ..diagnose import Workload, traffic_factor, workload
 from ..errors import InputError
 from ..model import Deploy, IntervalSummary, Statement
 
+LEAVE_OUT_SHARE = 0.05  # share of the calls from which a statement could move the traffic factor
 NO_PLANS = "plan history not available (plans are recorded by `querywatch advise`)"
 
 
@@ -268,11 +269,14 @@ class Traffic:
 
     def judging(self, fp: str, settings: AuditSettings) -> float:
         """The traffic ``fp``'s calls/s are judged by: the others' factor, at least 1, so a
-        statement's own calls never inflate it. Computed only for statements whose raw calls/s
-        ratio could regress (the others keep the overall factor): the cost stays low with
-        thousands of statements."""
+        statement's own calls never inflate it. Left out only when it could matter: its raw
+        calls/s ratio could regress, and it holds enough of the calls before to move the
+        call-weighted median (``LEAVE_OUT_SHARE``). So at most 1 / LEAVE_OUT_SHARE statements
+        cost a second median, even when a uniform surge multiplies thousands of them."""
         b, a = self.before.by_fingerprint.get(fp), self.after.by_fingerprint.get(fp)
         if b is None or a is None or a.calls_per_s < settings.frequency_factor * b.calls_per_s:
+            return max(1.0, self.factor)
+        if b.calls_per_s < LEAVE_OUT_SHARE * self.before.calls_per_s:
             return max(1.0, self.factor)
         return max(1.0, self.without({fp}))
 
