@@ -119,7 +119,12 @@ def collect(
         str | None, typer.Option(help="seconds between snapshots, e.g. 10 or 10s [default 10s]")
     ] = None,
     once: Annotated[
-        bool, typer.Option("--once", help="take two snapshots one interval apart, store, exit")
+        bool,
+        typer.Option(
+            "--once",
+            help="store one interval and exit: the time since the last run's snapshot "
+            "(for cron; a gap if the server restarted), or one interval on a first run",
+        ),
     ] = False,
 ) -> None:
     """Collect pg_stat_statements deltas into the store (no detection, no alerts)."""

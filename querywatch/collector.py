@@ -14,23 +14,34 @@ Rules, in order:
 * entries that vanished were evicted: a partial ``evicted`` gap.
 
 Only statements that ran (calls > 0) appear in the interval.
+
+A restarted collector continues from the snapshot its last run stored (:func:`catch_up`): the
+delta from it to the first new snapshot is one interval, marked ``catch_up``, that spans the
+collector's downtime, unless the rules above make it a gap (the server restarted, statistics were
+reset) or the stored snapshot came from another server (another system identifier). A catch-up is
+an average over a long stretch: detection may judge it, but one longer than ``LONG_CATCH_UP``
+typical intervals stays out of baselines (:func:`baseline_worthy`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import statistics
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
 from .model import (
     Counters,
     Gap,
     GapReason,
     Interval,
+    IntervalSummary,
     Snapshot,
     StatementDelta,
     StatementStats,
 )
 
 RESET_FRACTION = 0.5  # more than this share of entries going down means a global reset
+LONG_CATCH_UP = 3.0  # a catch-up longer than this many typical intervals is kept out of baselines
 
 
 def delta(before: Snapshot, after: Snapshot) -> Interval:
@@ -46,6 +57,43 @@ def delta(before: Snapshot, after: Snapshot) -> Interval:
     gaps = _partial_gaps(before, after, went_down)
     database = after.database.minus(before.database)
     return Interval(start, end, tuple(deltas), database, gaps, _dealloc_growth(before, after))
+
+
+def catch_up(
+    stored: Snapshot,
+    after: Snapshot,
+    stored_system: int | None = None,
+    system: int | None = None,
+) -> Interval:
+    """The interval from the snapshot a previous run stored to this run's first one.
+
+    It is marked ``catch_up`` when it is complete (same server, no restart, no reset); a gap
+    otherwise. System identifiers are compared only when both are known (a locked-down server
+    may refuse ``pg_control_system()``); without them a swapped server still shows as a restart
+    (another postmaster start time)."""
+    if stored_system is not None and system is not None and stored_system != system:
+        detail = f"another server (system identifier {system}, stored {stored_system})"
+        return _full_gap(stored, after, GapReason.RESTART, detail)
+    interval = delta(stored, after)
+    return replace(interval, catch_up=True) if interval.complete else interval
+
+
+def typical_seconds(intervals: Iterable[IntervalSummary]) -> float | None:
+    """The median length of the intervals that are not catch-ups (of all when every one is)."""
+    intervals = list(intervals)
+    lengths = [i.seconds for i in intervals if i.seconds > 0]
+    regular = [i.seconds for i in intervals if i.seconds > 0 and not i.catch_up]
+    picked = regular or lengths
+    return statistics.median(picked) if picked else None
+
+
+def baseline_worthy(interval: IntervalSummary, typical_s: float | None) -> bool:
+    """False for a catch-up much longer than a typical interval: it averages the collector's
+    downtime, which may hold a change (a rollout), so it must not become the normal. A collector
+    run from cron makes every interval a catch-up of the same length: those all count."""
+    if not interval.catch_up or typical_s is None:
+        return True
+    return interval.seconds <= LONG_CATCH_UP * typical_s
 
 
 def _reset_changed(before: Snapshot, after: Snapshot) -> bool:

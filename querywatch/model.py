@@ -195,6 +195,7 @@ class Interval:
     database: DatabaseCounters | None
     gaps: tuple[Gap, ...] = ()
     dealloc: int = 0
+    catch_up: bool = False  # continues from a stored snapshot: spans the collector's downtime
 
     @property
     def seconds(self) -> float:
@@ -273,6 +274,7 @@ class IntervalSummary:
     by_fingerprint: Mapping[str, Counters]
     database: DatabaseCounters | None = None
     activity: ActivitySummary | None = None
+    catch_up: bool = False  # the first interval of a restarted collector (see Interval.catch_up)
 
     @property
     def seconds(self) -> float:

@@ -13,11 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import collector
 from .alerts import Dispatcher, Notification
 from .audit.run import AuditScheduler
 from .detect import Detector, Observation, Transition
 from .diagnose import DiagnoseSettings, diagnose
-from .model import Diagnosis, Incident, IncidentState, Interval
+from .model import Diagnosis, Incident, IncidentState, Interval, IntervalSummary
 from .report import diagnosis_to_json
 from .source.kcache import with_cpu_evidence
 from .store import Store
@@ -48,8 +49,12 @@ class Monitor:
 
     def warm_up(self, now: float, span_s: float) -> int:
         """Seed the baseline with recent stored history so a restarted watcher need not learn
-        again. History only feeds the baseline: it opens no incident (nothing is paged for it)."""
+        again. History only feeds the baseline: it opens no incident (nothing is paged for it).
+        Long catch-ups (a collector's downtime averaged) stay out of it."""
         history = self.store.summaries(self.server_id, now - span_s, now)
+        typical = collector.typical_seconds(history)
+        self._interval_hint = typical or self._interval_hint
+        history = [s for s in history if collector.baseline_worthy(s, typical)]
         self.detector = Detector(self.detector.settings, history)
         return len(history)
 
@@ -58,14 +63,22 @@ class Monitor:
         summary = next((s for s in summaries if s.start == interval.start), None)
         if summary is None:
             return
-        self._interval_hint = interval.seconds or self._interval_hint
+        if collector.baseline_worthy(summary, self._interval_hint):
+            self._observe(summary)
+        else:  # a long catch-up (the watcher was down): an unknown mix of before and after, so
+            # it is neither judged nor learned; the next interval is judged as usual
+            log.info("catch-up of %.0f s after a restart: not judged", summary.seconds)
+        if self.audits is not None:
+            self.audits.on_interval(interval.end)
+
+    def _observe(self, summary: IntervalSummary) -> None:
+        if not summary.catch_up:
+            self._interval_hint = summary.seconds or self._interval_hint
         observation = self.detector.observe(summary)
         self.last = observation
         for transition in observation.transitions:
-            self._handle(transition, interval.seconds)
+            self._handle(transition, summary.seconds)
         self._save_status(observation)
-        if self.audits is not None:
-            self.audits.on_interval(interval.end)
 
     def _handle(self, transition: Transition, interval_s: float) -> None:
         incident = transition.incident
@@ -101,10 +114,14 @@ class Monitor:
     def diagnose_window(self, start: float, end: float) -> Diagnosis:
         """Diagnose [start, end) against the history before it, minus earlier incidents."""
         spans = self._incident_spans(start)
+        history = self.store.summaries(self.server_id, start - self.baseline_s, start)
+        typical = collector.typical_seconds(history)
         baseline = [
             s
-            for s in self.store.summaries(self.server_id, start - self.baseline_s, start)
-            if s.end <= start and not any(a < s.end and s.start < b for a, b in spans)
+            for s in history
+            if s.end <= start
+            and not any(a < s.end and s.start < b for a, b in spans)
+            and collector.baseline_worthy(s, typical)
         ]
         window = [s for s in self.store.summaries(self.server_id, start, end) if s.start >= start]
         fingerprints = {fp for s in window for fp in s.by_fingerprint}

@@ -3,6 +3,14 @@
 One connection per server, timeouts on every query (set by the source), reconnect with backoff when
 the server goes away, and a clean stop: a stop request is honoured between steps, so the write in
 progress always completes and nothing is half-written.
+
+Restarts: each stored interval also stores its later snapshot (same transaction), with the server's
+identity. ``start()`` loads it; ``run()`` then takes a snapshot at once and stores the interval
+since the stored one, a *catch-up* that covers the time the collector was down (or a gap when the
+server restarted, its statistics were reset, or it is another server). So ``collect --once`` from
+cron records what ran between two runs without waiting: only a first run, with nothing stored,
+waits one interval. A collector killed with SIGKILL loses nothing either: the snapshot on disk is
+the one of the last interval stored.
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import activity, collector
+from .durations import clock, human
 from .errors import ConnectError, SourceError
 from .fingerprint import Fingerprinter, normalize
 from .model import ActivitySample, Gap, GapReason, Interval, Snapshot, StatementKey
 from .source.postgres import PostgresSource
 from .source.queries import MARKER
 from .store import Store
+from .store.snapshots import StoredSnapshot
 
 log = logging.getLogger("querywatch.watcher")
 
@@ -68,6 +78,9 @@ class Watcher:
         self._down_since: float | None = None
         self._own: set[str] = set()  # fingerprints of querywatch's own monitoring statements
         self._placeholders: set[StatementKey] = set()  # stored before their text could be read
+        self._system_id: int | None = None  # the server's system identifier, when readable
+        self._stored: StoredSnapshot | None = None  # a previous run's snapshot, to continue from
+        self._saved: Snapshot | None = None  # the snapshot the store holds for this server
 
     # -- control ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -82,17 +95,35 @@ class Watcher:
         return self._stop.is_set()
 
     def start(self) -> None:
-        """Connect and take the first snapshot; errors here are the user's to fix (bad DSN...)."""
+        """Connect, then load the snapshot a previous run stored (the first interval continues
+        from it) or take a first one; errors here are the user's to fix (bad DSN...)."""
         caps = self.source.connect()
         server = self.store.server(self.server_name, version=caps.version)
         self._server_id = server.id
-        self._previous = self.source.snapshot()
+        self._system_id = self.source.system_identifier()
+        self._stored = self._saved = None
+        stored = self.store.last_snapshot(server.id)
+        if stored is not None:
+            self._stored, self._saved = stored, stored.snapshot
+            log.info("continuing from the snapshot of %s", clock(stored.snapshot.taken_at))
+        else:
+            self._previous = self.source.snapshot()
         self._mark_success()
 
+    @property
+    def resuming(self) -> bool:
+        """True until the interval from a previous run's snapshot is stored."""
+        return self._stored is not None
+
     def run(self, *, once: bool = False) -> None:
-        """Collect until stopped; with ``once``, one interval and return."""
+        """Collect until stopped; with ``once``, one interval and return. When ``start()`` found
+        a stored snapshot, the first interval (the catch-up) is collected at once."""
         if self._server_id is None:
             self.start()
+        if self.resuming and not self.stopping:
+            self.collect_once()
+            if once and not self.resuming:
+                return
         next_snapshot = time.monotonic() + self.interval_s
         while not self.stopping:
             self._sample_until(next_snapshot)
@@ -119,9 +150,11 @@ class Watcher:
     def _store_interval(self, snapshot: Snapshot) -> int | None:
         previous, self._previous = self._previous, snapshot
         samples, self._samples = self._samples, []
-        if previous is None:
-            return None
-        interval = collector.delta(previous, snapshot)
+        interval = self._catch_up(snapshot) if self._stored is not None else None
+        if interval is None:
+            if previous is None:
+                return None
+            interval = collector.delta(previous, snapshot)
         self._retry_placeholders()
         fingerprints, texts = self._identify(interval)
         texts.update(self._activity_texts(samples, texts))
@@ -133,7 +166,10 @@ class Watcher:
             texts,
             activity.summarize(samples),
             frozenset(self._own),
+            snapshot=StoredSnapshot(snapshot, self._system_id),
+            snapshot_base=self._saved,
         )
+        self._saved, self._stored = snapshot, None
         usage = self.source.kcache_usage  # pg_stat_kcache's CPU time etc., when the server has it
         if usage is not None and (usage.start, usage.end) == (interval.start, interval.end):
             self.store.record_kcache(self._server_id, interval_id, usage)
@@ -142,6 +178,21 @@ class Watcher:
         if self.on_interval is not None:
             self.on_interval(interval_id, interval)
         return interval_id
+
+    def _catch_up(self, snapshot: Snapshot) -> Interval:
+        """The interval from the stored snapshot: a catch-up, or a gap (restart, reset, another
+        server), never invented figures."""
+        assert self._stored is not None
+        stored = self._stored.snapshot
+        interval = collector.catch_up(
+            stored, snapshot, self._stored.system_identifier, self._system_id
+        )
+        if interval.catch_up:
+            log.info("caught up %s since the last run's snapshot", human(interval.seconds))
+        else:
+            reasons = "; ".join(g.detail for g in interval.gaps if not g.partial)
+            log.warning("no catch-up since the last run's snapshot, a gap: %s", reasons)
+        return interval
 
     def _identify(self, interval: Interval) -> tuple[dict[StatementKey, str], dict[str, str]]:
         assert self._server_id is not None
@@ -231,6 +282,7 @@ class Watcher:
         while not self.stopping:
             try:
                 self.source.connect()
+                self._system_id = self.source.system_identifier()
                 self.status.reconnects += 1
                 self._record_down_gap()
                 log.info("reconnected to %s", self.server_name)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from querywatch.collector import delta
+from querywatch.collector import baseline_worthy, catch_up, delta, typical_seconds
 from querywatch.model import (
     Counters,
     GapReason,
+    IntervalSummary,
     Snapshot,
     StatementKey,
     StatementStats,
@@ -122,3 +123,61 @@ def test_stats_since_is_compared_on_the_server_clock() -> None:
         10.0, 0.0, 0.0, 0, {A: StatementStats(A, Counters(calls=7), 1050.0)}, server_taken_at=1110.0
     )
     assert calls(delta(before, after)) == {111: 2}
+
+
+# -- catch-ups: the interval from a previous run's stored snapshot ---------------------------------
+@pytest.mark.parametrize(
+    ("after_kwargs", "systems", "reason"),
+    [
+        ({}, (7, 7), None),
+        ({}, (None, 7), None),  # identifier not readable then: start times still compared
+        ({"started": 50.0}, (7, 7), GapReason.RESTART),
+        ({"reset": 105.0}, (7, 7), GapReason.RESET),
+        ({}, (7, 8), GapReason.RESTART),  # another server
+    ],
+)
+def test_catch_up_continues_or_is_a_gap(
+    after_kwargs: dict[str, float], systems: tuple[int | None, int | None], reason: GapReason | None
+) -> None:
+    stored = snap(100, {A: (10, 5.0), B: (3, 1.0)})
+    after = snap(700, {A: (1010, 505.0), B: (13, 3.0)}, **after_kwargs)  # type: ignore[arg-type]
+    interval = catch_up(stored, after, *systems)
+    assert (interval.start, interval.end) == (100, 700)
+    if reason is None:
+        assert interval.catch_up and interval.complete
+        assert calls(interval) == {111: 1000, 222: 10}
+    else:
+        assert not interval.catch_up and not interval.complete
+        assert interval.statements == () and [g.reason for g in interval.gaps] == [reason]
+    if systems == (7, 8):
+        assert "another server" in interval.gaps[0].detail
+
+
+def summary(start: float, end: float, *, catch_up: bool = False) -> IntervalSummary:
+    return IntervalSummary(start, end, True, {}, catch_up=catch_up)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "typical", "worthy"),
+    [
+        (10.0, 10.0, True),
+        (30.0, 10.0, True),  # a quick restart: an interval like the others
+        (31.0, 10.0, False),
+        (600.0, 10.0, False),
+        (600.0, None, True),  # nothing to compare with
+    ],
+)
+def test_long_catch_ups_stay_out_of_baselines(
+    seconds: float, typical: float | None, worthy: bool
+) -> None:
+    assert baseline_worthy(summary(0, seconds, catch_up=True), typical) is worthy
+    assert baseline_worthy(summary(0, seconds), typical)  # regular intervals always count
+
+
+def test_typical_seconds_ignores_catch_ups_unless_all_are() -> None:
+    mixed = [summary(0, 10), summary(10, 20), summary(20, 620, catch_up=True), summary(620, 631)]
+    assert typical_seconds(mixed) == 10.0
+    cron = [summary(i * 300.0, (i + 1) * 300.0, catch_up=True) for i in range(4)]
+    assert typical_seconds(cron) == 300.0  # `collect --once` from cron: every one is a catch-up
+    assert all(baseline_worthy(s, typical_seconds(cron)) for s in cron)
+    assert typical_seconds([]) is None

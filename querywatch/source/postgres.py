@@ -258,6 +258,16 @@ class PostgresSource:
             return None
         return {StatementKey(r[0], r[1], r[2], bool(r[3])): KcacheCounters(*r[4:10]) for r in rows}
 
+    def system_identifier(self) -> int | None:
+        """The cluster's system identifier (``pg_control_system()``), or None when the role may
+        not read it: then a swapped server is still told apart by its postmaster start time."""
+        try:
+            row = self._fetch(queries.SYSTEM_IDENTIFIER)[0]
+        except CapabilityError as exc:
+            log.info("system identifier not readable, comparing start times only: %s", exc)
+            return None
+        return int(row["system_identifier"])
+
     def _statement_stats(self, rows: list[tuple[Any, ...]]) -> dict[StatementKey, StatementStats]:
         """Records for the rows, reusing last snapshot's for rows that did not change."""
         previous, current = self._rows, {}

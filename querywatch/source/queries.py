@@ -74,6 +74,10 @@ WHERE queryid = ANY(%(queryids)s)
 
 SERVER_CLOCK = MARKER + "SELECT pg_postmaster_start_time() AS started, clock_timestamp() AS now"
 
+# Which cluster this is (a restarted collector checks that its stored snapshot came from the same
+# one). PUBLIC may run it by default; where it was revoked, the caller falls back without it.
+SYSTEM_IDENTIFIER = MARKER + "SELECT system_identifier FROM pg_control_system()"
+
 DATABASE_TOTALS = (
     MARKER
     + """

@@ -7,6 +7,8 @@ seconds, statement times are integer microseconds.
 
 from __future__ import annotations
 
+from ..model import COUNTER_FIELDS
+
 APPLICATION_ID = 0x51575443  # "QWTC": marks a file as a querywatch store
 
 # Counter columns of `deltas` and `rollups`, in querywatch.model.COUNTER_FIELDS order.
@@ -193,5 +195,33 @@ CREATE TABLE kcache (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, KCACHE)
+# Restart-safe collection (querywatch.store.snapshots): each server's last snapshot, so a restarted
+# collector continues from it, and a mark on the interval that does (it spans the downtime).
+# Entries keep the cumulative counters in querywatch.model units (REAL: integral values take the
+# compact integer encoding on disk).
+_SNAPSHOT_COUNTERS_DDL = ",\n    ".join(f"{c} REAL NOT NULL" for c in COUNTER_FIELDS)
+SNAPSHOTS = f"""
+ALTER TABLE intervals ADD COLUMN catch_up INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE snapshots (
+    server_id INTEGER PRIMARY KEY REFERENCES servers(id),
+    taken_at REAL NOT NULL,
+    server_taken_at REAL,
+    system_identifier INTEGER,
+    server_started REAL NOT NULL,
+    stats_reset REAL,
+    dealloc INTEGER,
+    {_DATABASE_DDL}
+);
+CREATE TABLE snapshot_entries (
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    dbid INTEGER NOT NULL,
+    userid INTEGER NOT NULL,
+    queryid INTEGER NOT NULL,
+    toplevel INTEGER NOT NULL,
+    {_SNAPSHOT_COUNTERS_DDL},
+    PRIMARY KEY (server_id, dbid, userid, queryid, toplevel)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, KCACHE, SNAPSHOTS)
 LATEST = len(MIGRATIONS)

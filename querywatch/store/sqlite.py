@@ -28,11 +28,12 @@ from ..model import (
     IncidentState,
     Interval,
     IntervalSummary,
+    Snapshot,
     Statement,
     StatementKey,
 )
 from ..source.kcache import CpuUsage, KcacheUsage
-from . import kcache, rollup, schema
+from . import kcache, rollup, schema, snapshots
 from .rollup import Retention
 from .schema import COUNTER_COLUMNS, DATABASE_COLUMNS, MICROSECOND_COLUMNS
 from .series import (
@@ -55,6 +56,7 @@ from .series import (
     _Segment,
     _web_params,
 )
+from .snapshots import StoredSnapshot
 
 log = logging.getLogger("querywatch.store")
 
@@ -97,8 +99,8 @@ def row_to_counters(values: Sequence[Any]) -> Counters:
 INSERT_INTERVAL = f"""
 INSERT INTO intervals (server_id, start, end, complete, dealloc, {", ".join(DATABASE_COLUMNS)},
     act_samples, act_sessions_mean, act_active_mean, act_idle_in_transaction_mean,
-    act_lock_waiting_mean, act_sessions_max, act_max_connections)
-VALUES ({", ".join("?" * (5 + len(DATABASE_COLUMNS) + 7))})
+    act_lock_waiting_mean, act_sessions_max, act_max_connections, catch_up)
+VALUES ({", ".join("?" * (5 + len(DATABASE_COLUMNS) + 8))})
 """
 INSERT_DELTA = f"""
 INSERT INTO deltas (interval_id, statement_id, {", ".join(COUNTER_COLUMNS)})
@@ -124,7 +126,7 @@ SELECT id, dbid, userid, queryid, toplevel, fingerprint FROM statements WHERE se
 SELECT_INTERVALS = f"""
 SELECT id, start, end, complete, {", ".join(DATABASE_COLUMNS)}, act_samples, act_sessions_mean,
     act_active_mean, act_idle_in_transaction_mean, act_lock_waiting_mean, act_sessions_max,
-    act_max_connections
+    act_max_connections, catch_up
 FROM intervals WHERE server_id = ? AND end > ? AND start < ? ORDER BY start
 """
 SELECT_INTERVAL_DELTAS = f"""
@@ -345,12 +347,16 @@ class Store:
         texts: Mapping[str, str],
         activity: ActivitySummary | None = None,
         own: frozenset[str] = frozenset(),
+        snapshot: StoredSnapshot | None = None,
+        snapshot_base: Snapshot | None = None,
     ) -> int:
         """Write one interval atomically: its row, its active statements, activity and gaps.
 
         ``fingerprints`` must hold every statement key of the interval not yet known to the store;
         ``texts`` the normalized text of fingerprints not stored yet; ``own`` the fingerprints of
         querywatch's own monitoring statements (kept, but left out of rankings and diagnosis).
+        ``snapshot`` (the interval's later snapshot) becomes the server's last snapshot in the same
+        transaction, written where it differs from ``snapshot_base`` (see ``save_snapshot``).
         """
         with self._errors(), self._transaction() as conn:
             ids = dict(self.known_keys(server_id))
@@ -365,6 +371,8 @@ class Store:
                 conn.executemany(INSERT_ACTIVITY, _activity_rows(interval_id, activity))
             for gap in interval.gaps:
                 conn.execute(INSERT_GAP, _gap_row(server_id, gap))
+            if snapshot is not None:
+                snapshots.save(conn, server_id, snapshot, snapshot_base)
         self._statement_ids[server_id] = ids
         self._known_texts.update(texts)
         return interval_id
@@ -427,7 +435,7 @@ class Store:
                 activity.max_connections,
             ]
         params = [server_id, interval.start, interval.end, int(interval.complete), interval.dealloc]
-        cur = conn.execute(INSERT_INTERVAL, [*params, *db_values, *act])
+        cur = conn.execute(INSERT_INTERVAL, [*params, *db_values, *act, int(interval.catch_up)])
         assert cur.lastrowid is not None
         return cur.lastrowid
 
@@ -435,6 +443,20 @@ class Store:
         """A gap outside any interval (e.g. the server was down)."""
         with self._errors(), self._transaction() as conn:
             conn.execute(INSERT_GAP, _gap_row(server_id, gap))
+
+    # -- the last snapshot of each server (querywatch.store.snapshots) -----------------------------
+    def save_snapshot(
+        self, server_id: int, snapshot: StoredSnapshot, base: Snapshot | None = None
+    ) -> None:
+        """Keep ``snapshot`` as the server's last one; ``base`` is the snapshot the store is
+        believed to hold (only the differences are written), or None to write it all."""
+        with self._errors(), self._transaction() as conn:
+            snapshots.save(conn, server_id, snapshot, base)
+
+    def last_snapshot(self, server_id: int) -> StoredSnapshot | None:
+        """The server's last stored snapshot, for a restarted collector to continue from."""
+        with self._errors():
+            return snapshots.load(self._conn, server_id)
 
     # -- pg_stat_kcache's usage per statement (querywatch.store.kcache) ----------------------------
     def record_kcache(self, server_id: int, interval_id: int, usage: KcacheUsage) -> int:
@@ -762,7 +784,7 @@ def _summary(
     n_db = len(DATABASE_COLUMNS)
     db_values = row[4 : 4 + n_db]
     database = None if db_values[0] is None else DatabaseCounters(*(float(v) for v in db_values))
-    act = row[4 + n_db :]
+    act = row[4 + n_db : 4 + n_db + 7]
     activity = None
     if act[0]:
         activity = ActivitySummary(
@@ -775,7 +797,9 @@ def _summary(
             max_connections=act[6],
             by_fingerprint=tuple(acts),
         )
-    return IntervalSummary(row[1], row[2], bool(row[3]), by_fp, database, activity)
+    return IntervalSummary(
+        row[1], row[2], bool(row[3]), by_fp, database, activity, catch_up=bool(row[4 + n_db + 7])
+    )
 
 
 def _activity_rows(interval_id: int, activity: ActivitySummary) -> list[tuple[Any, ...]]:
