@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from querywatch.durations import clock
+from querywatch.errors import InputError
 from querywatch.model import (
     Culprit,
     CulpritKind,
@@ -232,7 +233,9 @@ def diagnose(
     pg_stat_statements' long-run counters; ``baseline_note`` says it in words (a default is made).
     """
     if baseline_kind not in BASELINE_KINDS:
-        raise ValueError(f"baseline_kind {baseline_kind!r} is not one of {BASELINE_KINDS}")
+        raise InputError(
+            f"diagnose: baseline_kind {baseline_kind!r} is not one of {BASELINE_KINDS}"
+        )
     base, win = workload(baseline), workload(window)
     fallback = requested[0] if requested else _span(baseline, 0.0)[1]
     w_start, w_end = _span(window, fallback)

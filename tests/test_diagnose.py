@@ -23,6 +23,7 @@ from querywatch.diagnose import (
     traffic_factor,
     workload,
 )
+from querywatch.errors import InputError
 from querywatch.model import (
     ActivitySummary,
     Counters,
@@ -569,8 +570,8 @@ def test_text_stays_short_with_many_culprits_and_deploys() -> None:
 
 
 PURE = ("querywatch/diagnose.py", "querywatch/report.py")
-# the pure modules these may import: records, time formatting, text helpers
-PURE_IMPORTS = {"querywatch.model", "querywatch.durations", "querywatch.text"}
+# the pure modules these may import: records, time formatting, text helpers, the error tree
+PURE_IMPORTS = {"querywatch.model", "querywatch.durations", "querywatch.text", "querywatch.errors"}
 
 
 @pytest.mark.parametrize("path", PURE)
@@ -678,5 +679,5 @@ def test_learning_compares_with_nothing() -> None:
     d = diagnose([], series(WINDOW, steady(BASE)), STATEMENTS, [])
     assert (d.learning, d.baseline_note) == (True, "")
     assert "compared with" not in diagnosis_to_text(d)
-    with pytest.raises(ValueError, match="baseline_kind"):
+    with pytest.raises(InputError, match="baseline_kind"):
         diagnose([], [], STATEMENTS, [], baseline_kind="yesterday")
