@@ -121,8 +121,8 @@ class Watcher:
         if self._server_id is None:
             self.start()
         if self.resuming and not self.stopping:
-            self.collect_once()
-            if once and not self.resuming:
+            stored = self.collect_once()
+            if once and stored is not None:
                 return
         next_snapshot = time.monotonic() + self.interval_s
         while not self.stopping:
@@ -179,11 +179,19 @@ class Watcher:
             self.on_interval(interval_id, interval)
         return interval_id
 
-    def _catch_up(self, snapshot: Snapshot) -> Interval:
+    def _catch_up(self, snapshot: Snapshot) -> Interval | None:
         """The interval from the stored snapshot: a catch-up, or a gap (restart, reset, another
-        server), never invented figures."""
+        server), never invented figures; None when the stored one is not older (a clock set
+        back): collection then starts afresh from ``snapshot``."""
         assert self._stored is not None
         stored = self._stored.snapshot
+        if stored.taken_at >= snapshot.taken_at:
+            log.warning(
+                "the stored snapshot is dated %s, not before now: starting afresh",
+                clock(stored.taken_at),
+            )
+            self._stored = None
+            return None
         interval = collector.catch_up(
             stored, snapshot, self._stored.system_identifier, self._system_id
         )

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,25 @@ def test_another_server_is_a_gap_and_a_log_line(
         assert "another server" in gap.detail and not gap.partial
         assert any("another server" in r.getMessage() for r in caplog.records)
         assert store.interval_count(first.server_id) == 2
+
+
+def test_a_stored_snapshot_from_the_future_is_not_continued(items: str, tmp_path: Path) -> None:
+    """A clock set back between runs: no interval of negative length, collection starts afresh."""
+    with Store(tmp_path / "qw.db") as store:
+        first = Watcher(PostgresSource(items), store, "db", interval_s=INTERVAL)
+        first.run(once=True)
+        first.source.close()
+        assert first.server_id is not None
+        stored = store.last_snapshot(first.server_id)
+        assert stored is not None
+        future = replace(stored.snapshot, taken_at=time.time() + 3600)
+        store.save_snapshot(first.server_id, StoredSnapshot(future, stored.system_identifier))
+        again = Watcher(PostgresSource(items), store, "db", interval_s=INTERVAL)
+        again.run(once=True)  # waits one interval instead
+        again.source.close()
+        summaries = store.summaries(first.server_id, 0, time.time() + 7200)
+        assert len(summaries) == 2
+        assert all(s.seconds > 0 and not s.catch_up for s in summaries)
 
 
 def test_system_identifier_falls_back_when_not_permitted(private: LocalPostgres) -> None:
