@@ -7,7 +7,7 @@ Times are POSIX seconds (float, UTC) inside the library; they become ISO 8601 on
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter, sub
 
@@ -57,7 +57,7 @@ class Counters:
     wal_bytes: float = 0
 
     def values(self) -> tuple[float, ...]:
-        return _COUNTER_VALUES(self)  # type: ignore[no-any-return]
+        return _COUNTER_VALUES(self)
 
     @classmethod
     def from_values(cls, values: tuple[float, ...] | list[float]) -> Counters:
@@ -82,7 +82,7 @@ class Counters:
         return self.shared_blks_read + self.local_blks_read + self.temp_blks_read
 
 
-_COUNTER_VALUES = attrgetter(*COUNTER_FIELDS)
+_COUNTER_VALUES: Callable[[Counters], tuple[float, ...]] = attrgetter(*COUNTER_FIELDS)
 ZERO = Counters()
 
 
@@ -135,7 +135,7 @@ class DatabaseCounters:
     deadlocks: float = 0
 
     def values(self) -> tuple[float, ...]:
-        return _DATABASE_VALUES(self)  # type: ignore[no-any-return]
+        return _DATABASE_VALUES(self)
 
     def minus(self, earlier: DatabaseCounters) -> DatabaseCounters | None:
         diff = [a - b for a, b in zip(self.values(), earlier.values(), strict=True)]
@@ -144,7 +144,7 @@ class DatabaseCounters:
         return DatabaseCounters(*diff)
 
 
-_DATABASE_VALUES = attrgetter(*DATABASE_FIELDS)
+_DATABASE_VALUES: Callable[[DatabaseCounters], tuple[float, ...]] = attrgetter(*DATABASE_FIELDS)
 
 
 @dataclass(frozen=True)

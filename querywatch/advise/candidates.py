@@ -161,7 +161,7 @@ def _parts(
     if qual.kind == A_Expr_Kind.AEXPR_IN and op == "=":
         roles = [("equality", qual.lexpr)] if _is_value(qual.rexpr) else []
     elif qual.kind == A_Expr_Kind.AEXPR_BETWEEN:
-        roles = [("range", qual.lexpr)]  # type: ignore[list-item]
+        roles = [("range", qual.lexpr)]
     elif qual.kind == A_Expr_Kind.AEXPR_OP and op in _RANGE_OPS | {"="}:
         role = "equality" if op == "=" else "range"
         if all(isinstance(s, ast.ColumnRef) for s in sides) and op == "=":
@@ -187,11 +187,11 @@ def _order_parts(
     found: list[tuple[str, KeyPart]] = []
     directions = {s.sortby_dir == SortByDir.SORTBY_DESC for s in sort if isinstance(s, ast.SortBy)}
     for item in sort:
-        term = _term(item.node) if isinstance(item, ast.SortBy) else None
-        alias = _resolve(term, scope, columns) if term else None
-        if term is None or alias is None:
+        if not isinstance(item, ast.SortBy) or (term := _term(item.node)) is None:
             return None
-        desc = len(directions) > 1 and item.sortby_dir == SortByDir.SORTBY_DESC  # type: ignore[attr-defined]
+        if (alias := _resolve(term, scope, columns)) is None:
+            return None
+        desc = len(directions) > 1 and item.sortby_dir == SortByDir.SORTBY_DESC
         text = term.text + (" DESC" if desc else "")
         found.append((alias, KeyPart(text, term.column, "order", term.expression)))
     aliases = {a for a, _ in found}
@@ -199,8 +199,10 @@ def _order_parts(
 
 
 def _unique(parts: Sequence[KeyPart]) -> list[KeyPart]:
-    seen: set[str] = set()
-    return [p for p in parts if not (p.text in seen or seen.add(p.text))]  # type: ignore[func-returns-value]
+    first: dict[str, KeyPart] = {}
+    for part in parts:
+        first.setdefault(part.text, part)
+    return list(first.values())
 
 
 def _by_selectivity(

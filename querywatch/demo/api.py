@@ -70,6 +70,13 @@ class Flags:
             return name in self._on
 
 
+def _first(row: tuple[Any, ...] | None, missing: str) -> int:
+    """The first value of a one-row result as an int; 404 when there is no row."""
+    if row is None:
+        raise HTTPException(404, missing)
+    return int(row[0])
+
+
 def create_app(dsn: str, flags: Flags, pool_size: int = 8) -> FastAPI:
     pool = ConnectionPool(
         dsn,
@@ -115,8 +122,11 @@ def create_app(dsn: str, flags: Flags, pool_size: int = 8) -> FastAPI:
     @app.post("/checkout")
     def checkout(order: Checkout) -> dict[str, int]:
         with pool.connection() as conn, conn.transaction():
-            order_id = int(conn.execute(NEXT_ORDER_ID).fetchone()[0])  # type: ignore[index]
-            prices = [int(conn.execute(PRICE, (p,)).fetchone()[0]) for p in order.product_ids]  # type: ignore[index]
+            order_id = _first(conn.execute(NEXT_ORDER_ID).fetchone(), "no order id")
+            prices = [
+                _first(conn.execute(PRICE, (p,)).fetchone(), "no such product")
+                for p in order.product_ids
+            ]
             conn.execute(INSERT_ORDER, (order_id, order.customer_id, sum(prices)))
             for line, (product_id, price) in enumerate(
                 zip(order.product_ids, prices, strict=True), 1

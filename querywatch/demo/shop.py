@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -132,17 +133,19 @@ def load(dsn: str, size: ShopSize = ShopSize()) -> Loaded:
         conn.execute("SET maintenance_work_mem = '256MB'")
         _run_script(conn, SCHEMA)
         for statement in (LOAD_CUSTOMERS, LOAD_PRODUCTS, LOAD_ORDERS, LOAD_ITEMS):
-            conn.execute(statement, params)  # type: ignore[arg-type]
+            conn.execute(statement, params)
         _run_script(conn, INDEXES)
         _run_script(conn, PREWARM)
-        rows = {
-            table: int(conn.execute(COUNT.format(sql.Identifier(table))).fetchone()[0])  # type: ignore[index]
-            for table in ("customers", "products", "orders", "order_items")
-        }
+        rows = {t: _count(conn, t) for t in ("customers", "products", "orders", "order_items")}
     return Loaded(time.monotonic() - started, rows)
+
+
+def _count(conn: psycopg.Connection[tuple[Any, ...]], table: str) -> int:
+    row = conn.execute(COUNT.format(sql.Identifier(table))).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _run_script(conn: psycopg.Connection[tuple[object, ...]], script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)

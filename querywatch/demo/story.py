@@ -345,7 +345,7 @@ class Demo:
     def _fix(self, pg: LocalPostgres, ddl: str) -> tuple[float, float]:
         started = time.time()
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            conn.execute(ddl.rstrip(";"))  # type: ignore[arg-type]
+            conn.execute(ddl.rstrip(";"))
         seconds = time.time() - started
         self.say(f"the fix: {ddl.rstrip(';')} ({seconds:.1f} s)", "bold green")
         return started, seconds

@@ -240,11 +240,10 @@ def _sample_table(
 ) -> list[tuple[Any, ...]]:
     # The expressions are the statement's own, deparsed by pglast from the parsed tree; the table
     # and alias are identifiers. The query only reads (the transaction is read-only).
-    exprs = sql.SQL(", ").join(sql.SQL(s.expression) for s in group)  # type: ignore[arg-type]
+    exprs = sql.SQL(", ").join(sql.SQL(s.expression) for s in group)
     target = sql.SQL(".").join(sql.Identifier(p) for p in table.split("."))
     not_null = sql.SQL(" AND ").join(
-        sql.SQL("({}) IS NOT NULL").format(sql.SQL(s.expression))  # type: ignore[arg-type]
-        for s in group
+        sql.SQL("({}) IS NOT NULL").format(sql.SQL(s.expression)) for s in group
     )
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SET TRANSACTION READ ONLY")

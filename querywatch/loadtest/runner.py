@@ -101,7 +101,7 @@ def _executor(query: str, rows: list[tuple[Any, ...]]) -> Callable[[Conn, int], 
     def execute(conn: Conn, i: int) -> None:
         values = rows[i % len(rows)]
         with conn.cursor() as cur:
-            cur.execute(query, values or None)  # type: ignore[arg-type]
+            cur.execute(query, values or None)
             if cur.description is not None:
                 cur.fetchall()
 

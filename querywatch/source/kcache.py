@@ -60,7 +60,7 @@ class KcacheCounters:
         return self.user_ms + self.system_ms
 
     def values(self) -> tuple[float, ...]:
-        return _VALUES(self)  # type: ignore[no-any-return]
+        return _VALUES(self)
 
     def minus(self, earlier: KcacheCounters) -> KcacheCounters | None:
         """The growth since ``earlier``, or None when a counter went down (reset or eviction)."""

@@ -185,7 +185,7 @@ class PostgresSource:
 
     def _fetch(self, query: str | sql.Composed, params: Any = None) -> list[dict[str, Any]]:
         with self._cursor() as cur:
-            cur.execute(query, params)  # type: ignore[arg-type]
+            cur.execute(query, params)
             return cur.fetchall()
 
     def _fetch_tuples(self, query: sql.Composed, params: Any = None) -> list[tuple[Any, ...]]:
