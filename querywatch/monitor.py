@@ -17,10 +17,15 @@ from . import collector
 from .alerts import Dispatcher, Notification
 from .audit.run import AuditScheduler
 from .detect import Detector, Observation, Transition
-from .diagnose import DiagnoseSettings, diagnose
+from .diagnose import HISTORY, LONG_RUN, DiagnoseSettings, diagnose
+from .errors import SourceError
+from .longrun import LongRun, long_run, min_age
 from .model import Diagnosis, Incident, IncidentState, Interval, IntervalSummary
+from .relations import StatementRelations
 from .report import diagnosis_to_json
+from .source.identify import identify
 from .source.kcache import with_cpu_evidence
+from .source.postgres import PostgresSource
 from .store import Store
 
 log = logging.getLogger("querywatch.monitor")
@@ -46,6 +51,9 @@ class Monitor:
     def __post_init__(self) -> None:
         self._diagnoses: dict[str, dict[str, Any]] = {}
         self._interval_hint = 10.0  # updated from the intervals seen
+        self._learning_reason = ""  # why the detector learns instead of using the long run
+        # the tables each statement touches, parsed from stored texts when an anomaly names it
+        self._relations = StatementRelations(self._text_of)
 
     def warm_up(self, now: float, span_s: float) -> int:
         """Seed the baseline with recent stored history so a restarted watcher need not learn
@@ -57,6 +65,28 @@ class Monitor:
         history = [s for s in history if collector.baseline_worthy(s, typical)]
         self.detector = Detector(self.detector.settings, history)
         return len(history)
+
+    def use_long_run(self, source: PostgresSource, interval_s: float) -> LongRun | None:
+        """Read the long-run baseline pg_stat_statements holds, keep it in the store, and judge
+        against it while the store's own history is too short (unless it is too young)."""
+        try:
+            snapshot = source.snapshot()
+            found = identify(source, snapshot.statements)
+        except SourceError as exc:  # not fatal: the watcher learns as usual
+            log.warning("could not read the long-run baseline, learning instead: %s", exc)
+            return None
+        lr = long_run(
+            snapshot, found.fingerprints, own=frozenset(found.own), min_age_s=min_age(interval_s)
+        )
+        self.store.save_long_run(self.server_id, lr)
+        wait = self.detector.settings.learning_intervals
+        if not lr.trusted:
+            self._learning_reason = f"{lr.reason}: learning for {wait} intervals"
+            log.info("%s", self._learning_reason)
+        elif self.detector.learning:
+            self.detector.use_prior(lr.summary(), min_history_s=max(10.0, 3 * interval_s))
+            log.info("until %d intervals are stored, comparing with %s", wait, lr.note())
+        return lr
 
     def on_interval(self, interval_id: int, interval: Interval) -> None:
         summaries = self.store.summaries(self.server_id, interval.start, interval.end)
@@ -74,8 +104,9 @@ class Monitor:
     def _observe(self, summary: IntervalSummary) -> None:
         if not summary.catch_up:
             self._interval_hint = summary.seconds or self._interval_hint
-        observation = self.detector.observe(summary)
+        observation = self.detector.observe(summary, self._relations)
         self.last = observation
+        self._prior_given_up()
         for transition in observation.transitions:
             self._handle(transition, summary.seconds)
         self._save_status(observation)
@@ -129,11 +160,23 @@ class Monitor:
             a.fingerprint for s in window if s.activity for a in s.activity.by_fingerprint
         }
         statements = self.store.statements(sorted(fingerprints), server_id=self.server_id)
+        baseline, kind, note = self.long_run_baseline(start, baseline)
         deploys = self.store.deploys(start - self.baseline_s, end)
         found = diagnose(
-            baseline, window, statements, deploys, self.diagnose_settings, requested=(start, end)
+            baseline,
+            window,
+            statements,
+            deploys,
+            self.diagnose_settings,
+            requested=(start, end),
+            baseline_kind=kind,
+            baseline_note=note,
         )
         return self._with_cpu(found)
+
+    def _text_of(self, fingerprint: str) -> str | None:
+        found = self.store.statements([fingerprint], server_id=self.server_id).get(fingerprint)
+        return found.query if found is not None else None
 
     def _with_cpu(self, found: Diagnosis) -> Diagnosis:
         """Each culprit's share of the server's CPU time as evidence, when pg_stat_kcache
@@ -143,6 +186,25 @@ class Monitor:
             return found
         baseline = self.store.cpu_usage(self.server_id, found.baseline_start, found.baseline_end)
         return with_cpu_evidence(found, window, baseline)
+
+    def _prior_given_up(self) -> None:
+        prior = self.detector.prior
+        if prior is not None and prior.reason and not self._learning_reason:
+            wait = self.detector.settings.learning_intervals
+            self._learning_reason = f"{prior.reason}: learning for {wait} intervals"
+            log.info("%s", self._learning_reason)
+
+    def long_run_baseline(
+        self, start: float, history: list[IntervalSummary]
+    ) -> tuple[list[IntervalSummary], str, str]:
+        """The stored long run, when fewer than ``learning_intervals`` of history precede
+        ``start`` (a watch started during an incident), as (baseline, kind, note)."""
+        known = sum(1 for s in history if s.complete)
+        enough = known >= self.detector.settings.learning_intervals
+        lr = None if enough else self.store.long_run(self.server_id, start)
+        if lr is None or not lr.trusted or lr.seconds <= 0 or not lr.by_fingerprint:
+            return history, HISTORY, ""
+        return [lr.summary()], LONG_RUN, lr.note()
 
     def _incident_spans(self, before: float) -> list[tuple[float, float]]:
         """Time spans of earlier incidents: they are not the normal to compare with."""
@@ -169,6 +231,8 @@ class Monitor:
             f"detector:{self.server_name}",
             {
                 "learning": observation.learning,
+                "baseline": observation.baseline_kind,
+                "learning_reason": self._learning_reason if observation.learning else "",
                 "baseline_intervals": observation.baseline_intervals,
                 "traffic_factor": round(observation.traffic_factor, 3),
                 "open_incidents": [

@@ -360,3 +360,35 @@ class RollingBaseline:
                 continue
             self._cache[fp] = s.baseline(fp)
             self._round.append(fp)
+
+
+def long_run_baseline(interval: IntervalSummary, settings: DetectSettings) -> Baseline:
+    """A prior from one long interval (pg_stat_statements' counters since its reset).
+
+    Each fingerprint's medians are its long-run rates; a long-run mean has no MAD, so the spread
+    comes from the floors alone. It counts as ``learning_intervals`` samples (at least
+    ``min_samples``) so the rules judge against it until the store holds history of its own.
+    """
+    samples = max(settings.min_samples, settings.learning_intervals)
+    observed = interval_rates(interval) if interval.seconds > 0 else {}
+    by_fp = {fp: _prior(fp, r, samples) for fp, r in observed.items()}
+    total = totals(interval, observed)
+    return Baseline(
+        intervals=samples,
+        learning=False,
+        traffic_calls_per_s=Robust(total.calls_per_s),
+        db_ms_per_s=Robust(total.db_ms_per_s),
+        by_fingerprint=MappingProxyType(by_fp),
+    )
+
+
+def _prior(fp: str, r: Rates, samples: int) -> FingerprintBaseline:
+    return FingerprintBaseline(
+        fingerprint=fp,
+        samples=samples,
+        calls_per_s=Robust(r.calls_per_s),
+        mean_ms=Robust(r.mean_ms),
+        db_ms_per_s=Robust(r.db_ms_per_s),
+        rows_per_call=Robust(r.rows_per_call),
+        temp_blks_per_s=Robust(r.temp_blks_per_s),
+    )

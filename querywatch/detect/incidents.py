@@ -22,7 +22,8 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from querywatch.detect.baseline import Rates, RollingBaseline, interval_rates
+from querywatch.detect.baseline import Baseline, Rates, RollingBaseline, interval_rates
+from querywatch.detect.prior import Prior
 from querywatch.detect.rules import SYMPTOM_RULES, make_context, run_rules
 from querywatch.detect.settings import DetectSettings
 from querywatch.model import Anomaly, Incident, IncidentEvent, IncidentState, IntervalSummary
@@ -207,6 +208,7 @@ class Observation:
     incidents: tuple[Incident, ...]  # after this interval; RESOLVED ones appear this once
     traffic_factor: float = 1.0
     baseline_intervals: int = 0
+    baseline_kind: str = "history"  # "learning", "long_run" (a prior) or "history"
 
 
 class Detector:
@@ -227,6 +229,7 @@ class Detector:
         self._rolling = RollingBaseline(settings)
         self._incidents: list[Incident] = []
         self._excluded = 0
+        self.prior: Prior | None = None
         for interval in history:
             if interval.complete and interval.seconds > 0:
                 self._rolling.add(interval, interval_rates(interval), refresh=False)
@@ -241,21 +244,35 @@ class Detector:
         """Open incidents (pending and firing)."""
         return tuple(self._incidents)
 
+    def use_prior(self, long_run: IntervalSummary, min_history_s: float) -> None:
+        """Judge against this long-run baseline while the own history is still learning."""
+        self.prior = Prior(long_run, self.settings, min_history_s=min_history_s)
+
+    def _baseline(self, observed: Mapping[str, Rates]) -> tuple[Baseline, Prior | None]:
+        baseline = self._rolling.baseline()
+        if not baseline.learning or self.prior is None:
+            return baseline, None
+        prior = self.prior.baseline(observed)
+        return (baseline, None) if prior is None else (prior, self.prior)
+
     def observe(self, interval: IntervalSummary) -> Observation:
         if not interval.complete or interval.seconds <= 0:
             return self._observation(interval.end, self.learning, (), (), tuple(self._incidents))
         observed = interval_rates(interval)
-        baseline = self._rolling.baseline()
+        baseline, prior = self._baseline(observed)
         anomalies: list[Anomaly] = []
         k = 1.0
         if not baseline.learning:
             ctx = make_context(interval, baseline, self.settings, observed)
             anomalies, k = run_rules(ctx), ctx.traffic_factor
+            if prior is not None:
+                anomalies = [a for a in anomalies if prior.judges(a)]
         incidents, transitions = step(self._incidents, anomalies, interval.end, self.settings)
         self._incidents = [i for i in incidents if i.state is not IncidentState.RESOLVED]
         self._accept(interval, observed)
+        kind = "long_run" if prior is not None else "learning" if baseline.learning else "history"
         return self._observation(
-            interval.end, baseline.learning, anomalies, transitions, tuple(incidents), k
+            interval.end, baseline.learning, anomalies, transitions, tuple(incidents), k, kind
         )
 
     def _accept(self, interval: IntervalSummary, observed: Mapping[str, Rates]) -> None:
@@ -274,6 +291,7 @@ class Detector:
         transitions: Sequence[Transition],
         incidents: tuple[Incident, ...],
         k: float = 1.0,
+        kind: str = "history",
     ) -> Observation:
         return Observation(
             at=at,
@@ -283,4 +301,5 @@ class Detector:
             incidents=incidents,
             traffic_factor=k,
             baseline_intervals=len(self._rolling),
+            baseline_kind=kind,
         )

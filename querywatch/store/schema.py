@@ -223,5 +223,27 @@ CREATE TABLE snapshot_entries (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, KCACHE, SNAPSHOTS)
+# Long-run baselines (querywatch.longrun): pg_stat_statements' cumulative counters per fingerprint
+# since its reset, read on first contact; diagnosis compares with them when no history precedes.
+_LONG_RUN_COUNTERS_DDL = ",\n    ".join(f"{c} REAL NOT NULL" for c in COUNTER_FIELDS)
+LONG_RUN = f"""
+CREATE TABLE long_runs (
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    taken_at REAL NOT NULL,
+    since REAL NOT NULL,
+    trusted INTEGER NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (server_id, taken_at)
+) WITHOUT ROWID;
+CREATE TABLE long_run_statements (
+    server_id INTEGER NOT NULL,
+    taken_at REAL NOT NULL,
+    fingerprint TEXT NOT NULL,
+    {_LONG_RUN_COUNTERS_DDL},
+    PRIMARY KEY (server_id, taken_at, fingerprint),
+    FOREIGN KEY (server_id, taken_at) REFERENCES long_runs (server_id, taken_at) ON DELETE CASCADE
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, KCACHE, SNAPSHOTS, LONG_RUN)
 LATEST = len(MIGRATIONS)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreCorrupt, StoreError, StoreUnwritable
+from ..longrun import LongRun
 from ..model import (
     ActivitySummary,
     Counters,
@@ -33,7 +34,7 @@ from ..model import (
     StatementKey,
 )
 from ..source.kcache import CpuUsage, KcacheUsage
-from . import kcache, rollup, schema, snapshots
+from . import kcache, longrun, rollup, schema, snapshots
 from .rollup import Retention
 from .schema import COUNTER_COLUMNS, DATABASE_COLUMNS, MICROSECOND_COLUMNS
 from .series import (
@@ -457,6 +458,17 @@ class Store:
         """The server's last stored snapshot, for a restarted collector to continue from."""
         with self._errors():
             return snapshots.load(self._conn, server_id)
+
+    # -- long-run baselines (querywatch.store.longrun) ----------------------------------------------
+    def save_long_run(self, server_id: int, long_run: LongRun) -> None:
+        """Keep the long-run baseline read from pg_stat_statements on first contact."""
+        with self._errors(), self._transaction() as conn:
+            longrun.save(conn, server_id, long_run)
+
+    def long_run(self, server_id: int, at: float) -> LongRun | None:
+        """The long-run baseline taken last at or before ``at`` (else the first after it)."""
+        with self._errors():
+            return longrun.load(self._conn, server_id, at)
 
     # -- pg_stat_kcache's usage per statement (querywatch.store.kcache) ----------------------------
     def record_kcache(self, server_id: int, interval_id: int, usage: KcacheUsage) -> int:
