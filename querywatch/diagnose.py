@@ -17,8 +17,9 @@ started within ``suspect_window_s`` after it. Times are POSIX seconds; text says
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from querywatch.durations import clock
@@ -41,6 +42,12 @@ HISTORY = "history"  # the intervals before the window
 PRE_ONSET = "pre_onset"  # the window's own intervals before the onset it holds
 LONG_RUN = "long_run"  # pg_stat_statements' cumulative counters since they started counting
 BASELINE_KINDS = (HISTORY, PRE_ONSET, LONG_RUN)
+
+
+MIN_SEGMENT = 3  # complete intervals on each side of a change point, at least
+ENOUGH_HISTORY = 12  # intervals of history that are a baseline even when the window holds more
+TOP_SERIES = 25  # fingerprints (by DB time) whose series a change point is searched in
+CHANGE_T = 5.0  # a change point's mean shift in pooled standard errors, at least
 
 
 @dataclass(frozen=True)
@@ -292,6 +299,163 @@ def _baseline_note(kind: str, start: float, end: float) -> str:
 
 def _day_clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One step of a DB time series: execution ms per fingerprint over ``seconds`` of complete
+    data starting at ``start`` (an interval, or a rollup bucket)."""
+
+    start: float
+    seconds: float
+    ms: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class ChangePoint:
+    """Where one fingerprint's DB time per second rose the most: ``index`` is the first point
+    after the change, ``at`` its start."""
+
+    index: int
+    at: float
+    fingerprint: str
+    before_ms_per_s: float
+    after_ms_per_s: float
+    score: float
+
+
+def points_of(intervals: Iterable[IntervalSummary], top: int = TOP_SERIES) -> list[Point]:
+    """The complete intervals as points of the ``top`` fingerprints by DB time."""
+    used = _complete(intervals)
+    totals: dict[str, float] = {}
+    for interval in used:
+        for fp, counters in interval.by_fingerprint.items():
+            totals[fp] = totals.get(fp, 0.0) + counters.exec_ms
+    picked = sorted(totals, key=lambda fp: (-totals[fp], fp))[:top]
+    return [
+        Point(
+            i.start,
+            i.seconds,
+            {fp: i.by_fingerprint[fp].exec_ms for fp in picked if fp in i.by_fingerprint},
+        )
+        for i in used
+    ]
+
+
+def change_point(
+    points: Sequence[Point],
+    settings: DiagnoseSettings = DiagnoseSettings(),
+    min_segment: int = MIN_SEGMENT,
+) -> ChangePoint | None:
+    """The split of ``points`` in two where one fingerprint's DB time per second rose the most.
+
+    For each fingerprint, every split with at least ``min_segment`` points on each side is scored
+    by its mean shift times sqrt(n1 n2 / n) (prefix sums: linear in the points); the best split
+    counts when the shift is at least ``min_excess_ms_per_s`` and ``min_excess_ratio`` of the
+    mean before, and at least ``CHANGE_T`` pooled standard errors. The best such fingerprint wins.
+    Only rises count: a fall (an incident ending, traffic easing) is no onset.
+    """
+    pts = sorted((p for p in points if p.seconds > 0), key=lambda p: p.start)
+    n = len(pts)
+    if n < 2 * min_segment:
+        return None
+    best: ChangePoint | None = None
+    for fp in sorted({fp for p in pts for fp in p.ms}):
+        found = _best_split([p.ms.get(fp, 0.0) / p.seconds for p in pts], min_segment, settings)
+        if found is not None and (best is None or found[0] > best.score):
+            score, j, before, after = found
+            best = ChangePoint(j, pts[j].start, fp, before, after, score)
+    return best
+
+
+def _best_split(
+    xs: Sequence[float], min_segment: int, s: DiagnoseSettings
+) -> tuple[float, int, float, float] | None:
+    n = len(xs)
+    sums, squares = [0.0], [0.0]
+    for x in xs:
+        sums.append(sums[-1] + x)
+        squares.append(squares[-1] + x * x)
+    total, total_sq = sums[-1], squares[-1]
+    best: tuple[float, int, float, float] | None = None
+    for j in range(min_segment, n - min_segment + 1):
+        before = sums[j] / j
+        after = (total - sums[j]) / (n - j)
+        score = (after - before) * math.sqrt(j * (n - j) / n)
+        if score > 0 and (best is None or score > best[0]):
+            best = (score, j, before, after)
+    if best is None:
+        return None
+    score, j, before, after = best
+    shift = after - before
+    if shift < s.min_excess_ms_per_s or shift < s.min_excess_ratio * before:
+        return None
+    ss1 = squares[j] - sums[j] ** 2 / j
+    ss2 = (total_sq - squares[j]) - (total - sums[j]) ** 2 / (n - j)
+    sd = math.sqrt(max(ss1 + ss2, 0.0) / max(n - 2, 1))
+    if sd > 0 and shift / (sd * math.sqrt(1 / j + 1 / (n - j))) < CHANGE_T:
+        return None
+    return best
+
+
+def diagnose_any(
+    window: Sequence[IntervalSummary],
+    statements: Mapping[str, Statement],
+    deploys: Sequence[Deploy],
+    settings: DiagnoseSettings = DiagnoseSettings(),
+    requested: tuple[float, float] | None = None,
+    *,
+    history: Sequence[IntervalSummary] = (),
+    long_run: IntervalSummary | None = None,
+    long_run_note: str = "",
+    onset: float | None = None,
+) -> Diagnosis:
+    """Diagnose any window, with the best baseline there is.
+
+    The onset inside the window is ``onset`` (e.g. the start of the first interval of an incident
+    recorded in it) or else the :func:`change_point` of its intervals. The baseline is then the
+    clean ``history`` before the window when it holds at least as much as the window before the
+    onset (or ``ENOUGH_HISTORY`` intervals); else the window's own intervals before the onset
+    (``pre_onset``: the interval right before it is left out, it may hold the change's start);
+    else the ``long_run`` interval (pg_stat_statements' counters); else nothing: still learning.
+    """
+    used = _complete(window)
+    step = _resolution(used)
+    split = _split(used, onset, settings)
+    pre = used[: split - 1] if split is not None else []
+    pre_s = sum(i.seconds for i in pre)
+    history_s = workload(history).seconds
+    if history_s > 0 and history_s >= min(pre_s, ENOUGH_HISTORY * step):
+        return diagnose(history, window, statements, deploys, settings, requested)
+    if pre and split is not None:
+        after = [i for i in window if i.start >= used[split - 1].start]
+        d = diagnose(pre, after, statements, deploys, settings, requested, baseline_kind=PRE_ONSET)
+        w_start, w_end = _span(window, d.window_start)
+        return replace(d, window_start=w_start, window_end=w_end)
+    if long_run is not None:
+        return diagnose(
+            [long_run],
+            window,
+            statements,
+            deploys,
+            settings,
+            requested,
+            baseline_kind=LONG_RUN,
+            baseline_note=long_run_note,
+        )
+    return diagnose(history, window, statements, deploys, settings, requested)
+
+
+def _split(
+    used: Sequence[IntervalSummary], onset: float | None, settings: DiagnoseSettings
+) -> int | None:
+    """Index of the first complete interval after the onset, when enough intervals precede it."""
+    if onset is not None:
+        index = next((n for n, i in enumerate(used) if i.end > onset), len(used))
+        if index >= MIN_SEGMENT and index < len(used):
+            return index
+    found = change_point(points_of(used), settings)
+    return found.index if found is not None else None
 
 
 def _context(

@@ -19,7 +19,10 @@ from querywatch.diagnose import (
     DiagnoseSettings,
     Workload,
     attribute,
+    change_point,
     diagnose,
+    diagnose_any,
+    points_of,
     traffic_factor,
     workload,
 )
@@ -681,3 +684,139 @@ def test_learning_compares_with_nothing() -> None:
     assert "compared with" not in diagnosis_to_text(d)
     with pytest.raises(InputError, match="baseline_kind"):
         diagnose([], [], STATEMENTS, [], baseline_kind="yesterday")
+
+
+# -- any window: the onset found inside it ---------------------------------------------------------
+WHOLE = (at("10:00:00"), at("10:30:00"), 10.0)  # the store's whole history: 180 intervals of 10 s
+LATE = at("10:21:20")  # in its last third
+
+
+def whole(loads: Callable[[float], Loads], jitter: int | None = None) -> list[IntervalSummary]:
+    """The whole history, optionally jittered +-30% (seeded) around ``loads``."""
+    rng = random.Random(jitter)
+    if jitter is None:
+        return series(WHOLE, loads)
+
+    def draw(t: float) -> Loads:
+        return jittered(loads(t), rng)(t)
+
+    return series(WHOLE, draw)
+
+
+ANY_CASES = [
+    ("frequency x10", {"orders": (20.0, 40.0)}, "orders", CulpritKind.FREQUENCY),
+    ("latency x5", {"orders": (2.0, 200.0)}, "orders", CulpritKind.LATENCY),
+    ("new query", {"export": (5.0, 30.0)}, "export", CulpritKind.NEW_QUERY),
+    ("cart latency x4", {"cart": (50.0, 8.0)}, "cart", CulpritKind.LATENCY),
+]
+
+
+@pytest.mark.parametrize("jitter", [None, 1, 2, 3])
+@pytest.mark.parametrize(("name", "changes", "culprit", "kind"), ANY_CASES)
+def test_a_window_over_the_whole_history_finds_the_onset_inside_it(
+    name: str, changes: Loads, culprit: str, kind: CulpritKind, jitter: int | None
+) -> None:
+    window = whole(switch(LATE, changes), jitter)
+    deploy = Deploy("v3", LATE - 20)
+    d = diagnose_any(window, STATEMENTS, [deploy], requested=(WHOLE[0], WHOLE[1]))
+    assert (d.verdict, d.learning, d.baseline_kind) == (
+        Verdict.QUERY_REGRESSION,
+        False,
+        "pre_onset",
+    ), d.summary
+    top = d.culprits[0]
+    assert (top.fingerprint, top.kind) == (culprit, kind)
+    assert top.onset is not None and abs(top.onset - LATE) <= WHOLE[2]
+    assert [(v.version, v.suspect) for v in d.deploys] == [("v3", True)]
+    assert (d.window_start, d.window_end) == (WHOLE[0], WHOLE[1])
+    assert d.baseline_start == WHOLE[0] and d.baseline_end <= LATE
+    assert "Compared with this window before its onset, 10:00:00-" in d.summary
+    assert diagnosis_to_json(d)["baseline"]["kind"] == "pre_onset"  # type: ignore[index]
+
+
+def test_without_a_deploy_marker_none_is_suspect() -> None:
+    d = diagnose_any(whole(switch(LATE, {"orders": (20.0, 40.0)})), STATEMENTS, [])
+    assert (d.verdict, d.culprits[0].fingerprint, d.deploys) == (
+        Verdict.QUERY_REGRESSION,
+        "orders",
+        (),
+    )
+
+
+def test_a_uniform_surge_inside_the_window_is_a_surge() -> None:
+    surge = {fp: (c * 3, m) for fp, (c, m) in BASE.items()}
+    d = diagnose_any(whole(switch(LATE, surge), 4), STATEMENTS, [])
+    assert (d.verdict, d.baseline_kind) == (Verdict.TRAFFIC_SURGE, "pre_onset")
+    assert d.traffic_factor == pytest.approx(3.0, rel=0.15)
+
+
+@pytest.mark.parametrize("jitter", range(6))
+def test_a_steady_window_has_no_change_point(jitter: int) -> None:
+    window = whole(steady(BASE), jitter)
+    assert change_point(points_of(window)) is None
+    d = diagnose_any(window, STATEMENTS, [])
+    assert (d.verdict, d.learning) == (Verdict.HEALTHY, True)  # no baseline of any kind
+    assert d.summary.startswith("Still learning")
+
+
+def test_change_point_is_a_rise_of_the_fingerprint_that_changed_most() -> None:
+    window = whole(switch(LATE, {"orders": (20.0, 40.0), "cart": (60.0, 2.0)}), 5)
+    found = change_point(points_of(window))
+    assert found is not None
+    assert (found.fingerprint, found.at) == ("orders", LATE)
+    assert found.before_ms_per_s == pytest.approx(80.0, rel=0.2)
+    assert found.after_ms_per_s == pytest.approx(800.0, rel=0.2)
+    falls = whole(switch(LATE, {"orders": (0.2, 40.0)}))
+    assert change_point(points_of(falls)) is None  # only rises are onsets
+
+
+def test_an_incident_that_ended_inside_the_window_is_still_found() -> None:
+    def bump(t: float) -> Loads:
+        return {**BASE, "orders": (20.0, 40.0)} if LATE <= t < LATE + 120 else BASE
+
+    d = diagnose_any(whole(bump, 6), STATEMENTS, [Deploy("v3", LATE - 20)])
+    assert (d.verdict, d.culprits[0].fingerprint) == (Verdict.QUERY_REGRESSION, "orders")
+    assert d.culprits[0].onset == LATE
+    assert d.deploys[0].suspect
+
+
+def test_the_onset_of_an_incident_recorded_in_the_window_splits_it() -> None:
+    # a latency rise of 30% is no change point, but the detector saw an incident start there
+    window = whole(switch(LATE, {"orders": (2.0, 52.0)}))
+    assert change_point(points_of(window)) is None
+    strict = DiagnoseSettings(min_excess_ratio=0.2, min_excess_ms_per_s=1.0)
+    d = diagnose_any(window, STATEMENTS, [], strict, onset=LATE)
+    assert (d.verdict, d.baseline_kind) == (Verdict.QUERY_REGRESSION, "pre_onset")
+    assert (d.culprits[0].fingerprint, d.culprits[0].onset) == ("orders", LATE)
+    # an onset with fewer than 3 intervals before it is not used: the change point is
+    assert diagnose_any(window, STATEMENTS, [], onset=WHOLE[0] + 10).learning  # none found
+    found = diagnose_any(window, STATEMENTS, [], strict, onset=WHOLE[0] + 10)
+    assert (found.baseline_kind, found.culprits[0].onset) == ("pre_onset", LATE)
+
+
+def test_enough_clean_history_is_the_baseline() -> None:
+    window = whole(switch(LATE, {"orders": (20.0, 40.0)}))
+    history = series((at("09:30:00"), at("10:00:00"), 10.0), steady(BASE))
+    d = diagnose_any(window, STATEMENTS, [], history=history)
+    assert (d.verdict, d.baseline_kind, d.baseline_start) == (
+        Verdict.QUERY_REGRESSION,
+        "history",
+        at("09:30:00"),
+    )
+    assert d.culprits[0].onset == LATE
+    short = history[-2:]  # 20 s of history, 20 min of window before the onset: pre_onset
+    d = diagnose_any(window, STATEMENTS, [], history=short)
+    assert (d.baseline_kind, d.culprits[0].onset) == ("pre_onset", LATE)
+
+
+def test_the_long_run_when_nothing_precedes_the_change() -> None:
+    window = series(WINDOW, steady({**BASE, "orders": (20.0, 40.0)}))  # already going at start
+    note = "the long-run average since 2026-11-19 10:30 UTC"
+    d = diagnose_any(window, STATEMENTS, [], long_run=long_run_interval(7.0), long_run_note=note)
+    assert (d.verdict, d.baseline_kind, d.baseline_note) == (
+        Verdict.QUERY_REGRESSION,
+        "long_run",
+        note,
+    )
+    assert d.culprits[0].fingerprint == "orders"
+    assert diagnose_any(window, STATEMENTS, []).learning  # no baseline of any kind
