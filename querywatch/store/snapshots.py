@@ -7,7 +7,8 @@ and the cumulative counters a delta needs, nothing else (no texts, no ``stats_si
 snapshot's ``stats_since`` is what the collector compares).
 
 Writes are incremental: against the snapshot the store already holds (``base``), only entries
-whose counters changed are written and vanished ones deleted, so a server with 5,000 entries costs
+whose counters changed are written (an UPDATE, about half the cost of a REPLACE), new ones
+inserted and vanished ones deleted, so a server with 5,000 entries costs
 what its active statements cost. When the stored row is not ``base`` (first save, another process
 wrote in between), the whole snapshot is written again. Called inside the interval's transaction.
 """
@@ -44,9 +45,13 @@ SELECT taken_at, server_taken_at, system_identifier, server_started, stats_reset
 FROM snapshots WHERE server_id = ?
 """
 SELECT_SNAPSHOT_TAKEN_AT = "SELECT taken_at FROM snapshots WHERE server_id = ?"
-UPSERT_ENTRY = f"""
-INSERT OR REPLACE INTO snapshot_entries (server_id, {_KEY}, {_COUNTERS})
+INSERT_ENTRY = f"""
+INSERT INTO snapshot_entries (server_id, {_KEY}, {_COUNTERS})
 VALUES ({", ".join("?" * (5 + len(COUNTER_FIELDS)))})
+"""
+UPDATE_ENTRY = f"""
+UPDATE snapshot_entries SET {", ".join(f"{c} = ?" for c in COUNTER_FIELDS)}
+WHERE server_id = ? AND dbid = ? AND userid = ? AND queryid = ? AND toplevel = ?
 """
 DELETE_ENTRY = """
 DELETE FROM snapshot_entries
@@ -77,11 +82,12 @@ def save(
     row = conn.execute(SELECT_SNAPSHOT_TAKEN_AT, (server_id,)).fetchone()
     if base is None or row is None or row[0] != base.taken_at:
         conn.execute(DELETE_ENTRIES, (server_id,))
-        conn.executemany(UPSERT_ENTRY, _entry_rows(server_id, snap.statements.values()))
+        conn.executemany(INSERT_ENTRY, _entry_rows(server_id, snap.statements.values()))
     else:
         changed, added = _changes(base, snap)
-        conn.executemany(UPSERT_ENTRY, _entry_rows(server_id, changed))
-        if len(base.statements) + added > len(snap.statements):  # some entries are gone
+        conn.executemany(UPDATE_ENTRY, _update_rows(server_id, changed))
+        conn.executemany(INSERT_ENTRY, _entry_rows(server_id, added))
+        if len(base.statements) + len(added) > len(snap.statements):  # some entries are gone
             gone = [k for k in base.statements if k not in snap.statements]
             conn.executemany(DELETE_ENTRY, [(server_id, *_key_row(k)) for k in gone])
     conn.execute(UPSERT_SNAPSHOT, _snapshot_row(server_id, stored))
@@ -114,21 +120,20 @@ def load(conn: sqlite3.Connection, server_id: int) -> StoredSnapshot | None:
     return StoredSnapshot(snapshot, row[2])
 
 
-def _changes(base: Snapshot, snap: Snapshot) -> tuple[list[StatementStats], int]:
-    """Entries of ``snap`` new or changed since ``base``, and how many are new. The live source
-    hands back the same record for an entry that did not change, so most entries cost one
-    identity test; a record loaded from the store is compared by value."""
+def _changes(base: Snapshot, snap: Snapshot) -> tuple[list[StatementStats], list[StatementStats]]:
+    """Entries of ``snap`` changed since ``base``, and those new since. The live source hands
+    back the same record for an entry that did not change, so most entries cost one identity
+    test; a record loaded from the store is compared by value."""
     unchanged = {id(s) for s in base.statements.values()}
     earlier = base.statements
     changed: list[StatementStats] = []
-    added = 0
+    added: list[StatementStats] = []
     for stats in snap.statements.values():
         if id(stats) in unchanged:
             continue
         old = earlier.get(stats.key)
         if old is None:
-            added += 1
-            changed.append(stats)
+            added.append(stats)
         elif old.counters.calls != stats.counters.calls or old.counters != stats.counters:
             changed.append(stats)
     return changed, added
@@ -140,6 +145,10 @@ def _key_row(key: StatementKey) -> tuple[int, int, int, int]:
 
 def _entry_rows(server_id: int, entries: Iterable[StatementStats]) -> list[Sequence[Any]]:
     return [(server_id, *_key_row(s.key), *s.counters.values()) for s in entries]
+
+
+def _update_rows(server_id: int, entries: Iterable[StatementStats]) -> list[Sequence[Any]]:
+    return [(*s.counters.values(), server_id, *_key_row(s.key)) for s in entries]
 
 
 def _snapshot_row(server_id: int, stored: StoredSnapshot) -> tuple[Any, ...]:
