@@ -349,6 +349,9 @@ class Incident:
     timeline: tuple[IncidentEvent, ...] = ()
     clean_intervals: int = 0
     marginal_intervals: int = 0
+    # what its causes are about (fingerprints, or server-wide names), the key's first: statements
+    # that regressed together on one table join one incident (querywatch.detect.incidents)
+    subjects: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

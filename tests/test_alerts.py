@@ -396,6 +396,7 @@ def test_every_format_carries_summary_and_culprit(render: Callable[[Notification
     text = json.dumps(render(note("firing")))
     assert SUMMARY in text
     assert "lower(email) = $1" in text
+    assert "SELECT 1" in text  # every culprit: one incident may hold several statements
 
 
 def test_healthy_diagnosis_without_culprits_still_formats() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import doctest
 import random
 from collections.abc import Mapping, Sequence
 
 import pytest
 
+import querywatch.relations as relations_module
 from querywatch.detect import (
     Detector,
     DetectSettings,
@@ -25,6 +27,7 @@ from querywatch.model import (
     IncidentState,
     IntervalSummary,
 )
+from querywatch.relations import StatementRelations, relations
 
 S = DetectSettings()
 FIRING, RESOLVED, PENDING = IncidentState.FIRING, IncidentState.RESOLVED, IncidentState.PENDING
@@ -314,3 +317,134 @@ def test_small_window_evicts_and_keeps_working() -> None:
     assert d.observe(summary(40)).baseline_intervals == 15
     o = d.observe(summary(41, {**WORKLOAD, "old": (20.0, 10.0)}))  # 200 ms/s, new again
     assert [t.incident.key for t in o.transitions] == ["old"]
+
+
+# -- one cause, one page: statements of one table with one onset ------------------------------
+
+ACCOUNTS = frozenset({"pgbench_accounts"})
+TABLES: dict[str, frozenset[str]] = {
+    "upd": ACCOUNTS,  # UPDATE pgbench_accounts ... WHERE aid = $2
+    "sel": ACCOUNTS,  # SELECT abalance FROM pgbench_accounts WHERE aid = $1
+    "join": frozenset({"pgbench_accounts", "pgbench_branches"}),
+    "tellers": frozenset({"pgbench_tellers"}),
+}
+
+
+def latency(severity: float, subject: str) -> Anomaly:
+    return anomaly(severity, subject, "latency_regression")
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (
+            "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+            {"pgbench_accounts"},
+        ),
+        ("SELECT abalance FROM pgbench_accounts WHERE aid = $1", {"pgbench_accounts"}),
+        ("INSERT INTO pgbench_history (tid, bid) VALUES ($1, $2)", {"pgbench_history"}),
+        ("DELETE FROM a USING b WHERE a.id = b.id", {"a", "b"}),
+        ("SELECT * FROM shop.orders o JOIN Users u ON u.id = o.user_id", {"orders", "users"}),
+        ('SELECT * FROM "Orders"', {"Orders"}),
+        ("WITH r AS (SELECT id FROM t) SELECT * FROM r", {"t"}),
+        ("WITH r AS (SELECT 1) SELECT * FROM other.r", {"r"}),  # qualified: a table, not the CTE
+        ("SELECT * FROM t WHERE id IN (SELECT tid FROM u WHERE x = $1)", {"t", "u"}),
+        ("SELECT $1", set()),
+        ("SELEC broken", set()),  # not parsed: no relations, no error
+        ("", set()),
+    ],
+)
+def test_relations(sql: str, expected: set[str]) -> None:
+    assert relations(sql) == expected
+
+
+def test_relations_doctests() -> None:
+    assert doctest.testmod(relations_module).failed == 0
+
+
+def test_statement_relations_parses_once_and_retries_unknown_texts() -> None:
+    asked: list[str] = []
+    texts = {"upd": "UPDATE pgbench_accounts SET abalance = $1 WHERE aid = $2"}
+
+    def text_of(fp: str) -> str | None:
+        asked.append(fp)
+        return texts.get(fp)
+
+    known = StatementRelations(text_of)
+    assert known.get("upd") == ACCOUNTS and known.get("upd") == ACCOUNTS
+    assert known.get("new") is None
+    texts["new"] = "SELECT * FROM orders"
+    assert known.get("new") == {"orders"}  # a text stored later is found
+    assert asked == ["upd", "new", "new"] and dict(known) == {"upd": ACCOUNTS, "new": {"orders"}}
+
+
+def test_one_table_one_onset_is_one_incident_listing_every_statement() -> None:
+    found = [latency(FAR, "sel"), latency(FAR * 2, "upd")]
+    incidents, ts = step([], found, 0.0, S, TABLES)
+    (incident,) = incidents
+    assert incident.key == "upd" and incident.subjects == ("upd", "sel")  # most severe first
+    assert [t.incident.id for t in ts] == [incident.id]
+    assert set(ts[0].anomalies) == set(found)
+    # without relations each statement is its own root cause, as before
+    incidents, ts = step([], found, 0.0, S)
+    assert sorted(i.key for i in incidents) == ["sel", "upd"] and len(ts) == 2
+
+
+def test_a_statement_of_the_table_regressing_one_interval_later_joins() -> None:
+    incidents, ts = step([], [latency(FAR, "upd")], 1.0, S, TABLES, adjacent_since=0.0)
+    assert len(ts) == 1
+    incidents, ts = step(incidents, [latency(FAR, "upd"), latency(FAR, "sel")], 2.0, S, TABLES, 0.5)
+    (incident,) = incidents
+    assert ts == [] and incident.subjects == ("upd", "sel")
+    assert "latency_regression" in incident.timeline[-1].detail  # the join is on the timeline
+    assert incident.timeline[-1].detail.count("x5.0") == 1  # only the statement that joined
+    # once joined, it stays in the incident even without the one that opened it
+    incidents, ts = step(incidents, [latency(FAR, "sel")], 3.0, S, TABLES, 1.5)
+    assert [i.key for i in incidents] == ["upd"] and ts == []
+
+
+@pytest.mark.parametrize(
+    ("later", "at", "since", "keys"),
+    [
+        ("sel", 4.0, 2.5, ["sel", "upd"]),  # same table, onset 3 intervals later: its own cause
+        ("tellers", 2.0, 0.5, ["tellers", "upd"]),  # adjacent onset, another table
+        ("join", 2.0, 0.5, ["upd"]),  # adjacent onset, shares pgbench_accounts
+    ],
+    ids=["late", "other-table", "shared-table"],
+)
+def test_grouping_needs_a_shared_onset_and_table(
+    later: str, at: float, since: float, keys: list[str]
+) -> None:
+    incidents, _ = step([], [latency(FAR, "upd")], 1.0, S, TABLES)
+    incidents, _ = step(incidents, [latency(FAR, "upd"), latency(FAR, later)], at, S, TABLES, since)
+    assert sorted(i.key for i in incidents) == keys
+
+
+def test_tables_chain_within_one_interval_and_symptoms_follow_the_group() -> None:
+    found = [
+        latency(FAR, "sel"),
+        latency(FAR * 3, "join"),  # accounts and branches: links "sel" and "branches_upd"
+        latency(FAR, "branches_upd"),
+        latency(FAR, "tellers"),
+        anomaly(MARGINAL, "server:cpu", "cpu_saturation"),
+    ]
+    tables = {**TABLES, "branches_upd": frozenset({"pgbench_branches"})}
+    incidents, ts = step([], found, 0.0, S, tables)
+    by_key = {i.key: i for i in incidents}
+    assert set(by_key) == {"join", "tellers"}
+    assert by_key["join"].subjects[0] == "join"
+    assert set(by_key["join"].subjects) == {"join", "branches_upd", "sel"}
+    assert "cpu_saturation" in by_key["join"].rules and "server:cpu" not in by_key["join"].subjects
+    assert len(ts) == 2
+
+
+def test_detector_pages_once_for_two_statements_of_one_table() -> None:
+    workload = {**WORKLOAD, "upd": (50.0, 0.05), "sel": (50.0, 0.02)}
+    d = Detector(history=[summary(i, workload) for i in range(20)])
+    slow = {**workload, "upd": (30.0, 5.0), "sel": (30.0, 4.0)}  # both scan the table now
+    observations = [d.observe(summary(20 + i, slow), TABLES) for i in range(3)]
+    assert fired(observations) == [(0, "firing", "upd")]
+    (incident,) = d.incidents
+    assert set(incident.subjects) == {"upd", "sel"}
+    apart = Detector(history=[summary(i, workload) for i in range(20)])
+    assert len(fired([apart.observe(summary(20, slow))])) == 2  # no relations known: two pages

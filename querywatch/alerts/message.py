@@ -2,7 +2,8 @@
 
 A :class:`Notification` carries the contract diagnosis object (the JSON dict that
 ``querywatch diagnose --format json`` prints). Channels only read it through the helpers below, so
-Slack, PagerDuty and Alertmanager all carry the same summary and culprit.
+Slack, PagerDuty and Alertmanager all carry the same summary and culprits: every statement the
+diagnosis names (one incident may hold several, e.g. all statements on a table that lost its index).
 
 >>> n = Notification("firing", "42", {"verdict": "query_regression", "summary": "x is slow"}, 0.0)
 >>> title(n)
@@ -75,14 +76,18 @@ def title(n: Notification) -> str:
     return f"[{n.status.upper()}] querywatch incident {n.incident}: {verdict(n)}"
 
 
+def culprits(n: Notification) -> list[Mapping[str, object]]:
+    """Every culprit of the diagnosis, largest excess DB time first (the contract's order)."""
+    items = n.diagnosis.get("culprits")
+    if isinstance(items, Sequence) and not isinstance(items, str):
+        return [c for c in items if isinstance(c, Mapping)]
+    return []
+
+
 def top_culprit(n: Notification) -> Mapping[str, object] | None:
-    """The culprit holding the most excess DB time (the contract orders them largest first)."""
-    culprits = n.diagnosis.get("culprits")
-    if isinstance(culprits, Sequence) and not isinstance(culprits, str) and culprits:
-        first = culprits[0]
-        if isinstance(first, Mapping):
-            return first
-    return None
+    """The culprit holding the most excess DB time."""
+    found = culprits(n)
+    return found[0] if found else None
 
 
 def culprit_line(culprit: Mapping[str, object]) -> str:
@@ -102,9 +107,14 @@ def evidence(culprit: Mapping[str, object]) -> list[str]:
 
 
 def culprit_text(n: Notification) -> str:
-    """The top culprit's line, or an empty string when the diagnosis names none."""
-    culprit = top_culprit(n)
-    return culprit_line(culprit) if culprit is not None else ""
+    """One line per culprit, largest first, or an empty string when the diagnosis names none.
+
+    >>> two = [{"kind": "latency", "query": "UPDATE t SET x = $1"}, {"query": "SELECT x FROM t"}]
+    >>> print(culprit_text(Notification("firing", "7", {"culprits": two}, 0.0)))
+    latency: UPDATE t SET x = $1
+    culprit: SELECT x FROM t
+    """
+    return "\n".join(culprit_line(c) for c in culprits(n))
 
 
 def _text(m: Mapping[str, object], key: str) -> str:

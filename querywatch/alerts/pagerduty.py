@@ -13,6 +13,7 @@ from querywatch.alerts.message import (
     Notification,
     clip,
     culprit_text,
+    culprits,
     iso,
     severity,
     summary,
@@ -39,6 +40,8 @@ def _details(n: Notification) -> dict[str, object]:
     culprit = top_culprit(n)
     if culprit is not None:
         details["culprit_detail"] = dict(culprit)
+    if len(culprits(n)) > 1:  # every statement of the incident, largest excess first
+        details["culprits"] = [dict(c) for c in culprits(n)]
     return details
 
 

@@ -6,16 +6,17 @@ mrkdwn, and treats ``&``, ``<`` and ``>`` as markup, so text is escaped and clip
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from querywatch.alerts.channel import checked_url, redact
 from querywatch.alerts.message import (
     Notification,
     clip,
+    culprits,
     evidence,
     summary,
     title,
-    top_culprit,
     verdict,
 )
 
@@ -23,6 +24,7 @@ HEADER_LIMIT = 150
 SECTION_LIMIT = 3000
 QUERY_LIMIT = 1500
 EVIDENCE_LIMIT = 8
+CULPRIT_LIMIT = 5  # a section each (Slack allows 50 blocks); more are counted, not shown
 ICON = {"firing": ":rotating_light:", "resolved": ":white_check_mark:"}
 
 
@@ -36,15 +38,25 @@ def _section(markdown: str) -> dict[str, object]:
     return {"type": "section", "text": text}
 
 
-def _culprit_block(n: Notification) -> dict[str, object] | None:
-    culprit = top_culprit(n)
-    if culprit is None:
-        return None
+def _culprit_blocks(n: Notification) -> list[dict[str, object]]:
+    """A section per culprit: every statement of the incident, largest excess first."""
+    found = culprits(n)
+    blocks = [
+        _culprit_block(c, "*Culprit*" if len(found) == 1 else f"*Culprit {i} of {len(found)}*")
+        for i, c in enumerate(found[:CULPRIT_LIMIT], start=1)
+    ]
+    if len(found) > CULPRIT_LIMIT:
+        more = f"and {len(found) - CULPRIT_LIMIT} more culprits in querywatch"
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": more}]})
+    return blocks
+
+
+def _culprit_block(culprit: Mapping[str, object], label: str) -> dict[str, object]:
     kind = escape(str(culprit.get("kind", "culprit")))
     share = culprit.get("excess_share")
     share_text = f" — {share:.0%} of the excess DB time" if isinstance(share, int | float) else ""
     query = clip(" ".join(str(culprit.get("query", "?")).split()), QUERY_LIMIT)
-    lines = [f"*Culprit* ({kind}){share_text}", f"```{escape(query).replace('```', 'ʼʼʼ')}```"]
+    lines = [f"{label} ({kind}){share_text}", f"```{escape(query).replace('```', 'ʼʼʼ')}```"]
     lines += [f"• {escape(item)}" for item in evidence(culprit)[:EVIDENCE_LIMIT]]
     return _section("\n".join(lines))
 
@@ -65,9 +77,7 @@ def payload(n: Notification) -> dict[str, object]:
         {"type": "header", "text": header},
         _section(escape(summary(n))),
     ]
-    culprit = _culprit_block(n)
-    if culprit is not None:
-        blocks.append(culprit)
+    blocks += _culprit_blocks(n)
     blocks.append(_context(n))
     return {"text": f"{title(n)}: {summary(n)}", "blocks": blocks}
 

@@ -10,7 +10,9 @@ transitions that notify.
 
 Root causes: anomalies about one fingerprint share its key; lock waits are keyed by the blocking
 session's fingerprint (the rule names it as subject); server-wide anomalies by their subject, except
-symptoms (CPU, connections) that join the incident of the cause seen with them.
+symptoms (CPU, connections) that join the incident of the cause seen with them. Statements that
+regress together on one table (their onsets in the same or adjacent intervals, a relation in
+common) are one cause: one incident, which lists every statement among its ``subjects``.
 
 :class:`Detector` ties baseline, rules and incidents together for a watcher fed one interval at a
 time.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from querywatch.detect.baseline import Baseline, Rates, RollingBaseline, interval_rates
 from querywatch.detect.prior import Prior
@@ -30,6 +33,10 @@ from querywatch.model import Anomaly, Incident, IncidentEvent, IncidentState, In
 
 IncidentSettings = DetectSettings
 """Incidents read ``far_factor``, ``marginal_intervals`` and ``resolve_intervals``."""
+
+Relations = Mapping[str, frozenset[str]]
+"""Fingerprint -> the tables its statement reads or writes (querywatch.relations)."""
+NO_RELATIONS: Relations = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -53,24 +60,72 @@ def incident_id(key: str, opened_at: float) -> str:
     return hashlib.sha256(f"{key}@{opened_at!r}".encode()).hexdigest()[:12]
 
 
-def group(anomalies: Sequence[Anomaly], incidents: Sequence[Incident]) -> dict[str, list[Anomaly]]:
-    """Anomalies by incident key; symptoms join the most severe cause of this interval or, when
-    there is none, the most recently fired open incident that is not itself a symptom."""
+def group(
+    anomalies: Sequence[Anomaly],
+    incidents: Sequence[Incident],
+    relations: Relations = NO_RELATIONS,
+    adjacent_since: float | None = None,
+) -> dict[str, list[Anomaly]]:
+    """Anomalies by incident key.
+
+    A cause joins the open incident that already lists its subject; else the incident of a cause
+    that shares a relation with it and began with it: in this interval, or in an incident opened
+    at or after ``adjacent_since`` (the previous interval's end); else its subject is its key.
+    Symptoms join the most severe cause of this interval or, when there is none, the most
+    recently fired open incident that is not itself a symptom.
+    """
     causes = [a for a in anomalies if a.rule not in SYMPTOM_RULES]
+    keys = _cause_keys(causes, incidents, relations, adjacent_since)
     symptom_keys = {root_cause_key(a) for a in anomalies if a.rule in SYMPTOM_RULES}
-    cause = _cause_key(causes, incidents, symptom_keys)
+    cause = _cause_key(causes, incidents, symptom_keys, keys)
     grouped: dict[str, list[Anomaly]] = {}
     for a in anomalies:
-        key = cause if cause is not None and a.rule in SYMPTOM_RULES else root_cause_key(a)
+        if a.rule in SYMPTOM_RULES:
+            key = cause if cause is not None else root_cause_key(a)
+        else:
+            key = keys[root_cause_key(a)]
         grouped.setdefault(key, []).append(a)
     return grouped
 
 
+def _cause_keys(
+    causes: Sequence[Anomaly],
+    incidents: Sequence[Incident],
+    relations: Relations,
+    adjacent_since: float | None,
+) -> dict[str, str]:
+    """Each cause's subject -> the key of its incident; the most severe new cause names a group."""
+    live = [i for i in incidents if i.state is not IncidentState.RESOLVED]
+    keys = {subject: i.key for i in live for subject in _members(i)}
+    tables: dict[str, set[str]] = {  # incidents new causes may join -> the relations they touch
+        i.key: {t for s in _members(i) for t in relations.get(s, ())}
+        for i in live
+        if adjacent_since is not None and i.opened_at >= adjacent_since
+    }
+    for a in sorted(causes, key=lambda a: (-a.severity, root_cause_key(a))):
+        subject = root_cause_key(a)
+        if subject in keys:
+            continue
+        mine = relations.get(subject, frozenset())
+        key = next((k for k, touched in tables.items() if mine & touched), subject)
+        keys[subject] = key
+        if mine:
+            tables.setdefault(key, set()).update(mine)
+    return keys
+
+
+def _members(incident: Incident) -> tuple[str, ...]:
+    return incident.subjects or (incident.key,)
+
+
 def _cause_key(
-    causes: Sequence[Anomaly], incidents: Sequence[Incident], symptom_keys: set[str]
+    causes: Sequence[Anomaly],
+    incidents: Sequence[Incident],
+    symptom_keys: set[str],
+    keys: Mapping[str, str],
 ) -> str | None:
     if causes:
-        return root_cause_key(max(causes, key=lambda a: a.severity))
+        return keys[root_cause_key(max(causes, key=lambda a: a.severity))]
     firing = [i for i in incidents if i.state is IncidentState.FIRING and i.key not in symptom_keys]
     return max(firing, key=lambda i: i.fired_at or 0.0).key if firing else None
 
@@ -80,13 +135,17 @@ def step(
     anomalies: Sequence[Anomaly],
     at: float,
     settings: DetectSettings,
+    relations: Relations = NO_RELATIONS,
+    adjacent_since: float | None = None,
 ) -> tuple[list[Incident], list[Transition]]:
     """Advance open incidents by one interval ending at ``at``.
 
     Returns the incidents after the interval (those resolved now included once, in state
     RESOLVED; the caller drops them next time) and the transitions that should notify.
+    ``relations`` and ``adjacent_since`` group statements of one table with one onset
+    (:func:`group`).
     """
-    grouped = group(anomalies, incidents)
+    grouped = group(anomalies, incidents, relations, adjacent_since)
     out: list[Incident] = []
     transitions: list[Transition] = []
     seen: set[str] = set()
@@ -122,6 +181,7 @@ def _open(
         rules=_rules((), found),
         timeline=(IncidentEvent(at, IncidentState.PENDING, _detail(found)),),
         marginal_intervals=1,
+        subjects=_subjects((key,), found),
     )
     if _severity(found) >= s.far_factor or s.marginal_intervals <= 1:
         return _fire(pending, found, at)
@@ -138,6 +198,7 @@ def _advance(
             incident,
             rules=_rules(incident.rules, found),
             marginal_intervals=incident.marginal_intervals + 1,
+            subjects=_subjects(_members(incident), found),
         )
         if _severity(found) >= s.far_factor or held.marginal_intervals >= s.marginal_intervals:
             return _fire(held, found, at)
@@ -159,11 +220,13 @@ def _advance(
 
 def _still_firing(incident: Incident, found: Sequence[Anomaly], at: float) -> Incident:
     rules = _rules(incident.rules, found)
+    subjects = _subjects(_members(incident), found)
+    joined = set(subjects) - set(_members(incident))
     timeline = incident.timeline
-    added = [a for a in found if a.rule not in incident.rules]
+    added = [a for a in found if a.rule not in incident.rules or root_cause_key(a) in joined]
     if added:
         timeline = (*timeline, IncidentEvent(at, IncidentState.FIRING, _detail(added)))
-    return replace(incident, rules=rules, timeline=timeline, clean_intervals=0)
+    return replace(incident, rules=rules, subjects=subjects, timeline=timeline, clean_intervals=0)
 
 
 def _fire(incident: Incident, found: Sequence[Anomaly], at: float) -> tuple[Incident, Transition]:
@@ -187,6 +250,14 @@ def _rules(known: tuple[str, ...], found: Iterable[Anomaly]) -> tuple[str, ...]:
         if a.rule not in rules:
             rules.append(a.rule)
     return tuple(rules)
+
+
+def _subjects(known: tuple[str, ...], found: Iterable[Anomaly]) -> tuple[str, ...]:
+    subjects = list(known)
+    for a in found:
+        if a.rule not in SYMPTOM_RULES and root_cause_key(a) not in subjects:
+            subjects.append(root_cause_key(a))
+    return tuple(subjects)
 
 
 def _detail(found: Sequence[Anomaly]) -> str:
@@ -255,7 +326,11 @@ class Detector:
         prior = self.prior.baseline(observed)
         return (baseline, None) if prior is None else (prior, self.prior)
 
-    def observe(self, interval: IntervalSummary) -> Observation:
+    def observe(
+        self, interval: IntervalSummary, relations: Relations = NO_RELATIONS
+    ) -> Observation:
+        """Judge one interval; ``relations`` (fingerprint -> tables) lets statements that
+        regress together on one table share one incident."""
         if not interval.complete or interval.seconds <= 0:
             return self._observation(interval.end, self.learning, (), (), tuple(self._incidents))
         observed = interval_rates(interval)
@@ -267,7 +342,10 @@ class Detector:
             anomalies, k = run_rules(ctx), ctx.traffic_factor
             if prior is not None:
                 anomalies = [a for a in anomalies if prior.judges(a)]
-        incidents, transitions = step(self._incidents, anomalies, interval.end, self.settings)
+        adjacent = interval.start - interval.seconds / 2  # opened at the previous interval's end
+        incidents, transitions = step(
+            self._incidents, anomalies, interval.end, self.settings, relations, adjacent
+        )
         self._incidents = [i for i in incidents if i.state is not IncidentState.RESOLVED]
         self._accept(interval, observed)
         kind = "long_run" if prior is not None else "learning" if baseline.learning else "history"
