@@ -1,36 +1,58 @@
-"""The command line: each command parses, calls the library, prints. Errors become one line."""
+"""The command line: each command parses, calls the library, prints. Errors become one line.
+
+The shared options, consoles and openers are in :mod:`querywatch.clikit`; commands that belong to
+a feature live in its ``commands.py`` and are added to ``app`` from :data:`FEATURES`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from enum import StrEnum
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from . import __version__, check, settings, top
-from .alerts import Dispatcher, channels_from_settings
+from . import __version__, check, top
+from .advise import commands as advise_commands
+from .alerts import channels_from_settings
 from .alerts.pagerduty import EVENTS_URL
-from .audit.run import AuditScheduler
-from .detect import Detector, settings_from_mapping
+from .audit import commands as audit_commands
+from .clikit import (
+    DsnOpt,
+    Format,
+    ServerOpt,
+    SortBy,
+    StoreOpt,
+    err,
+    load_settings,
+    open_source,
+    open_store,
+    out,
+    pick_server,
+    server_name,
+    setup_logging,
+    stop_on_signals,
+)
+from .demo import commands as demo_commands
+from .detect import Detector
 from .durations import human, iso, parse_duration, parse_time
 from .errors import InputError, QuerywatchError
+from .gate import commands as gate_commands
+from .loadtest import commands as loadtest_commands
 from .model import Diagnosis
 from .monitor import Monitor
 from .oneshot import diagnose_now
 from .report import diagnosis_to_json, diagnosis_to_text
-from .source.postgres import PostgresSource, describe_dsn, server_label
-from .store import Retention, Store
+from .service import WatchOptions, run_watch
+from .source.postgres import PostgresSource, describe_dsn
 from .text import one_line
 from .watcher import Watcher
+from .web import commands as web_commands
 
 app = typer.Typer(
     help="Find the SQL query that is taking PostgreSQL down, say why, prove the fix.",
@@ -38,78 +60,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
-
-DsnOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dsn", help="libpq conninfo or URI [env QUERYWATCH_DSN, or libpq PG* variables]"
-    ),
-]
-StoreOpt = Annotated[
-    str | None, typer.Option("--store", help="history store file [env QUERYWATCH_STORE]")
-]
-ServerOpt = Annotated[
-    str | None, typer.Option("--server", help="server name in the store (default: from the DSN)")
-]
-
-
-class Format(StrEnum):
-    text = "text"
-    json = "json"
-
-
-class SortBy(StrEnum):
-    time = "time"
-    calls = "calls"
-    mean = "mean"
-    rows = "rows"
-    io = "io"
-
-
-def _settings(**flags: Any) -> settings.Settings:
-    return settings.load(flags)
-
-
-def _server_name(cfg: settings.Settings) -> str:
-    if cfg.server_name:
-        return cfg.server_name
-    return server_label(cfg.dsn)
-
-
-def _source(cfg: settings.Settings) -> PostgresSource:
-    return PostgresSource(
-        cfg.dsn, statement_timeout_ms=cfg.statement_timeout_ms, lock_timeout_ms=cfg.lock_timeout_ms
-    )
-
-
-def _store(cfg: settings.Settings, create: bool = True) -> Store:
-    retention = Retention(cfg.retention_raw, cfg.retention_minute, cfg.retention_hour)
-    return Store(cfg.store, retention=retention, create=create)
-
-
-@contextmanager
-def _stop_on_signals(watcher: Watcher) -> Iterator[None]:
-    def handler(signum: int, frame: object) -> None:
-        logging.getLogger("querywatch").info("stopping (signal %d)", signum)
-        watcher.stop()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s querywatch: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
 
 
 @app.command()
@@ -130,16 +80,15 @@ def collect(
     ] = False,
 ) -> None:
     """Collect pg_stat_statements deltas into the store (no detection, no alerts)."""
-    cfg = _settings(dsn=dsn, store=store, server_name=server, interval=interval)
-    _logging()
-    with _store(cfg) as st:
-        watcher = Watcher(_source(cfg), st, _server_name(cfg), cfg.interval, cfg.activity_interval)
-        with _stop_on_signals(watcher):
+    cfg = load_settings(dsn=dsn, store=store, server_name=server, interval=interval)
+    setup_logging()
+    log = logging.getLogger("querywatch")
+    with open_store(cfg) as st:
+        name = server_name(cfg)
+        watcher = Watcher(open_source(cfg), st, name, cfg.interval, cfg.activity_interval)
+        with stop_on_signals(watcher.stop):
             watcher.start()
-            log = logging.getLogger("querywatch")
-            log.info(
-                "collecting %s every %s into %s", _server_name(cfg), human(cfg.interval), cfg.store
-            )
+            log.info("collecting %s every %s into %s", name, human(cfg.interval), cfg.store)
             watcher.run(once=once)
         watcher.source.close()
         log.info("stopped after %d intervals", watcher.status.intervals)
@@ -148,17 +97,17 @@ def collect(
 @app.command("top")
 def top_command(
     since: Annotated[str, typer.Option(help="window length back from now, e.g. 15m, 2h")] = "15m",
-    by: Annotated[SortBy, typer.Option(help="rank by")] = SortBy.time,
+    by: Annotated[SortBy, typer.Option(help="rank by")] = SortBy("time"),
     limit: Annotated[int, typer.Option(min=1, help="how many statements")] = 20,
     fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
     store: StoreOpt = None,
     server: ServerOpt = None,
 ) -> None:
     """Rank statements by database time (or calls, mean, rows, io) over a recent window."""
-    cfg = _settings(store=store, server_name=server)
+    cfg = load_settings(store=store, server_name=server)
     seconds = parse_duration(since, "--since")
-    with _store(cfg, create=False) as st:
-        srv = _pick_server(st, cfg)
+    with open_store(cfg, create=False) as st:
+        srv = pick_server(st, cfg)
         end = time.time()
         rows, covered = st.totals(srv.id, end - seconds, end)
     entries = [top.Entry(r.fingerprint, r.queryids, r.query, r.counters) for r in rows]
@@ -174,21 +123,6 @@ def top_command(
         out.print_json(json.dumps(doc))
         return
     _print_top(ranked, srv.name, since, covered)
-
-
-def _pick_server(st: Store, cfg: settings.Settings) -> Any:
-    servers = st.servers()
-    if not servers:
-        raise QuerywatchError(
-            f"store {cfg.store!r} holds no data yet (fix: run `querywatch collect`)"
-        )
-    if cfg.server_name:
-        for s in servers:
-            if s.name == cfg.server_name:
-                return s
-        names = ", ".join(repr(s.name) for s in servers)
-        raise QuerywatchError(f"server {cfg.server_name!r} is not in the store (known: {names})")
-    return servers[0]
 
 
 def _print_top(ranked: list[top.RankedStatement], server: str, since: str, covered: float) -> None:
@@ -223,8 +157,8 @@ def check_command(
     fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
 ) -> None:
     """Preflight: version, pg_stat_statements, privileges and capacity, with the fix for each."""
-    cfg = _settings(dsn=dsn)
-    source = _source(cfg)
+    cfg = load_settings(dsn=dsn)
+    source = open_source(cfg)
     caps = source.connect()
     usage = _usage(source)
     source.close()
@@ -311,14 +245,10 @@ def watch(
     ] = "15m",
 ) -> None:
     """Collect, detect and alert until SIGINT/SIGTERM (then exit 0)."""
-    cfg = _settings(
+    cfg = load_settings(
         dsn=dsn, store=store, server_name=server, interval=interval, host=host, port=port
     )
-    _logging()
-    detect_cfg = dict(cfg.sections.get("detect", {}))
-    if cpu_cores is not None:
-        detect_cfg["cpu_cores"] = cpu_cores
-    detect_settings = settings_from_mapping(detect_cfg)
+    setup_logging()
     channels = channels_from_settings(
         alert_webhook or [],
         slack_webhook or [],
@@ -326,51 +256,16 @@ def watch(
         pagerduty_url,
         alertmanager_url or [],
     )
-    log = logging.getLogger("querywatch")
-    with _store(cfg) as st, Dispatcher(channels) as dispatcher:
-        name = _server_name(cfg)
-        watcher = Watcher(_source(cfg), st, name, cfg.interval, cfg.activity_interval)
-        with _stop_on_signals(watcher):
-            watcher.start()
-            assert watcher.server_id is not None
-            monitor = Monitor(st, watcher.server_id, name, Detector(detect_settings), dispatcher)
-            monitor.audits = AuditScheduler(
-                st,
-                watcher.server_id,
-                name,
-                dispatcher,
-                before_s=parse_duration(audit_before, "--audit-before"),
-                after_s=parse_duration(audit_after, "--audit-after"),
-            )
-            warmed = monitor.warm_up(
-                time.time(), detect_settings.learning_intervals * cfg.interval * 30
-            )
-            monitor.use_long_run(watcher.source, cfg.interval)
-            watcher.on_interval = monitor.on_interval
-            dashboard = _dashboard(cfg) if web else None
-            if dashboard is not None:
-                log.info("dashboard on %s", dashboard.url)
-            log.info(
-                "watching %s every %s (%d alert channels, %d stored intervals reused)",
-                name,
-                human(cfg.interval),
-                len(channels),
-                warmed,
-            )
-            try:
-                watcher.run()
-            finally:
-                if dashboard is not None:
-                    dashboard.stop()
-        watcher.source.close()
-        dispatcher.flush(10.0)
-    log.info("stopped after %d intervals", watcher.status.intervals)
-
-
-def _dashboard(cfg: settings.Settings) -> Any:
-    from .web import start_in_thread  # the web stack loads only when asked for
-
-    return start_in_thread(cfg.store, cfg.host, cfg.port, cfg.token)
+    options = WatchOptions(
+        channels=channels,
+        cpu_cores=cpu_cores,
+        web=web,
+        audit_before_s=parse_duration(audit_before, "--audit-before"),
+        audit_after_s=parse_duration(audit_after, "--audit-after"),
+    )
+    stop = threading.Event()
+    with stop_on_signals(stop.set):
+        run_watch(cfg, options, stop)
 
 
 @app.command()
@@ -405,7 +300,7 @@ def diagnose(
         return
     if dsn is not None:
         raise InputError("diagnose: --dsn goes with --now (without it, diagnose reads the store)")
-    cfg = _settings(store=store, server_name=server)
+    cfg = load_settings(store=store, server_name=server)
     if since is not None and start is not None:
         raise InputError("diagnose: give either --since or --start/--end, not both")
     window_end = parse_time(end, "--end") if end else time.time()
@@ -416,8 +311,8 @@ def diagnose(
     )
     if window_start >= window_end:
         raise InputError("diagnose: the window must start before it ends")
-    with _store(cfg, create=False) as st:
-        srv = _pick_server(st, cfg)
+    with open_store(cfg, create=False) as st:
+        srv = pick_server(st, cfg)
         monitor = Monitor(
             st, srv.id, srv.name, Detector(), baseline_s=parse_duration(baseline, "--baseline")
         )
@@ -427,11 +322,11 @@ def diagnose(
 
 def _diagnose_now(dsn: str | None, sample_s: float) -> Diagnosis:
     """One-shot: no store, no watcher; one connection for ``sample_s`` seconds."""
-    cfg = _settings(dsn=dsn)
+    cfg = load_settings(dsn=dsn)
     err.print(
         f"sampling {describe_dsn(cfg.dsn)} for {human(sample_s)}...", markup=False, soft_wrap=True
     )
-    return diagnose_now(_source(cfg), sample_s)
+    return diagnose_now(open_source(cfg), sample_s)
 
 
 def _print_diagnosis(result: Diagnosis, fmt: Format) -> None:
@@ -455,11 +350,11 @@ def mark_deploy(
     store: StoreOpt = None,
 ) -> None:
     """Record a deploy marker."""
-    cfg = _settings(store=store)
+    cfg = load_settings(store=store)
     if not version.strip():
         raise InputError("mark deploy: VERSION must not be empty")
     when = parse_time(at, "--at") if at else time.time()
-    with _store(cfg) as st:
+    with open_store(cfg) as st:
         deploy = st.add_deploy(version.strip(), when, note)
     out.print(f"deploy {deploy.version} recorded at {iso(deploy.at)}", markup=False)
 
@@ -470,8 +365,8 @@ def status(
     fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
 ) -> None:
     """Collector health, open incidents and alert channel delivery, from the store."""
-    cfg = _settings(store=store)
-    with _store(cfg, create=False) as st:
+    cfg = load_settings(store=store)
+    with open_store(cfg, create=False) as st:
         state = st.status()
         incidents = [i for i in st.incidents(limit=20)]
     listed: list[dict[str, Any]] = [
@@ -557,22 +452,14 @@ def main() -> None:
         sys.exit(130)
 
 
-# Commands defined next to their concept; each module adds its commands to `app` (one line each).
-from .demo.commands import register as _register_demo  # noqa: E402
-
-_register_demo(app)
-from .audit.commands import register as _register_audit  # noqa: E402
-
-_register_audit(app)
-from .loadtest.commands import register as _register_loadtest  # noqa: E402
-
-_register_loadtest(app)
-from .gate.commands import register as _register_gate  # noqa: E402
-
-_register_gate(app)
-from .advise.commands import register as _register_advise  # noqa: E402
-
-_register_advise(app)
-from .web.commands import register as _register_web  # noqa: E402
-
-_register_web(app)
+# Commands defined next to their concept: each feature's module adds its commands to `app`.
+FEATURES: tuple[Callable[[typer.Typer], None], ...] = (
+    demo_commands.register,
+    audit_commands.register,
+    loadtest_commands.register,
+    gate_commands.register,
+    advise_commands.register,
+    web_commands.register,
+)
+for register in FEATURES:
+    register(app)

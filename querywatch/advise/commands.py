@@ -1,30 +1,38 @@
 """`querywatch advise` and `querywatch explain`: parse, call the advisor, print (Rich text,
-Markdown or JSON). Registered on the CLI's app by :func:`register`.
+Markdown or JSON). Added to the CLI's app by :func:`register`."""
 
-No ``from __future__ import annotations`` here: Typer reads the annotations of the commands
-defined inside :func:`register`, which name the lazily imported ``cli`` module."""
+from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..clikit import (
+    DsnOpt,
+    Format,
+    ServerOpt,
+    StoreOpt,
+    load_settings,
+    open_store,
+    out,
+    server_name,
+)
 from ..durations import iso, parse_duration
 from ..errors import InputError
 from ..fingerprint import display
 from ..model import Statement
+from ..settings import Settings
+from ..store import Store
 from . import advisor, nodes, report
 from .records import Advice, QueryStats, Review
 from .session import Session
-
-if TYPE_CHECKING:
-    from ..settings import Settings
-    from ..store import Store
 
 
 class ReportFormat(StrEnum):
@@ -33,67 +41,67 @@ class ReportFormat(StrEnum):
     json = "json"
 
 
+def advise_command(
+    dsn: DsnOpt = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="how many statements")] = 10,
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", help="text, markdown or json")
+    ] = ReportFormat.text,
+    since: Annotated[
+        str, typer.Option(help="window back from now, from the store when it has data")
+    ] = "1h",
+    store: StoreOpt = None,
+    server: ServerOpt = None,
+) -> None:
+    """Review the most resource-intensive statements: findings, plans, verified index fixes."""
+    cfg = load_settings(dsn=dsn, store=store, server_name=server)
+    seconds = parse_duration(since, "--since")
+    with Session.open(cfg.dsn, timeout_ms=cfg.statement_timeout_ms) as session:
+        review = _review(cfg, session, top, seconds)
+    _print_review(out, review, fmt)
+
+
+def explain_command(
+    statement: Annotated[str, typer.Argument(help="a fingerprint or a queryid")],
+    dsn: DsnOpt = None,
+    analyze: Annotated[
+        bool, typer.Option("--analyze", help="EXPLAIN ANALYZE (SELECT without parameters)")
+    ] = False,
+    fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+    store: StoreOpt = None,
+    server: ServerOpt = None,
+) -> None:
+    """The plan, findings and index advice of one statement, and its plan history."""
+    cfg = load_settings(dsn=dsn, store=store, server_name=server)
+    with Session.open(cfg.dsn, timeout_ms=cfg.statement_timeout_ms) as session:
+        found = _lookup(cfg, session, statement)
+        advice = advisor.advise_with(session, found, None, 0.0, analyze)
+    history = _remember(cfg, [advice], found.fingerprint)
+    if fmt is Format.json:
+        doc = report.advice_to_json(advice)
+        doc["plan_document"] = advice.plan
+        doc["plan_history"] = history
+        out.print_json(json.dumps(doc))
+        return
+    _print_advice(out, 1, advice)
+    _print_history(out, history)
+
+
 def register(app: typer.Typer) -> None:
     """Add `advise` and `explain` to the CLI."""
-    from .. import cli
-
-    @app.command("advise")
-    def advise_command(
-        dsn: cli.DsnOpt = None,
-        top: Annotated[int, typer.Option("--top", min=1, help="how many statements")] = 10,
-        fmt: Annotated[
-            ReportFormat, typer.Option("--format", help="text, markdown or json")
-        ] = ReportFormat.text,
-        since: Annotated[
-            str, typer.Option(help="window back from now, from the store when it has data")
-        ] = "1h",
-        store: cli.StoreOpt = None,
-        server: cli.ServerOpt = None,
-    ) -> None:
-        """Review the most resource-intensive statements: findings, plans, verified index fixes."""
-        cfg = cli._settings(dsn=dsn, store=store, server_name=server)
-        seconds = parse_duration(since, "--since")
-        with Session.open(cfg.dsn, timeout_ms=cfg.statement_timeout_ms) as session:
-            review = _review(cli, cfg, session, top, seconds)
-        _print_review(cli.out, review, fmt)
-
-    @app.command("explain")
-    def explain_command(
-        statement: Annotated[str, typer.Argument(help="a fingerprint or a queryid")],
-        dsn: cli.DsnOpt = None,
-        analyze: Annotated[
-            bool, typer.Option("--analyze", help="EXPLAIN ANALYZE (SELECT without parameters)")
-        ] = False,
-        fmt: Annotated[cli.Format, typer.Option("--format", help="text or json")] = cli.Format.text,
-        store: cli.StoreOpt = None,
-        server: cli.ServerOpt = None,
-    ) -> None:
-        """The plan, findings and index advice of one statement, and its plan history."""
-        cfg = cli._settings(dsn=dsn, store=store, server_name=server)
-        with Session.open(cfg.dsn, timeout_ms=cfg.statement_timeout_ms) as session:
-            found = _lookup(cfg, session, statement)
-            advice = advisor.advise_with(session, found, None, 0.0, analyze)
-        history = _remember(cli, cfg, [advice], found.fingerprint)
-        if fmt is cli.Format.json:
-            doc = report.advice_to_json(advice)
-            doc["plan_document"] = advice.plan
-            doc["plan_history"] = history
-            cli.out.print_json(json.dumps(doc))
-            return
-        _print_advice(cli.out, 1, advice)
-        _print_history(cli.out, history)
+    app.command("advise")(advise_command)
+    app.command("explain")(explain_command)
 
 
-def _open_store(cfg: "Settings") -> "Store | None":
-    from ..store import Store
+def _open_store(cfg: Settings) -> Store | None:
+    """The configured store when its file exists (advise works without one)."""
+    return open_store(cfg, create=False) if Path(cfg.store).exists() else None
 
-    return Store(cfg.store, create=False) if Path(cfg.store).exists() else None
 
-
-def _review(cli: Any, cfg: "Settings", session: Session, top: int, seconds: float) -> Review:
+def _review(cfg: Settings, session: Session, top: int, seconds: float) -> Review:
     """From the store when it holds the window for this server, else from pg_stat_statements."""
     end = time.time()
-    name = cli._server_name(cfg)
+    name = server_name(cfg)
     st = _open_store(cfg)
     workload: list[advisor.Workload] = []
     if st is not None:
@@ -108,19 +116,19 @@ def _review(cli: Any, cfg: "Settings", session: Session, top: int, seconds: floa
         workload, since, end = advisor.server_workload(session, top)
         window, source = (since, end), "pg_stat_statements"
     result = advisor.review(session, workload, server=name, window=window, stats_source=source)
-    _remember(cli, cfg, result.statements, None)
+    _remember(cfg, result.statements, None)
     return result
 
 
 def _remember(
-    cli: Any, cfg: "Settings", advice: Any, fingerprint: str | None
+    cfg: Settings, advice: Sequence[Advice], fingerprint: str | None
 ) -> list[dict[str, Any]]:
     """Store the plans when a store exists; the plan history of ``fingerprint``."""
     st = _open_store(cfg)
     if st is None:
         return []
     with st:
-        srv = st.server(cli._server_name(cfg))
+        srv = st.server(server_name(cfg))
         advisor.remember(st, srv.id, advice)
         if fingerprint is None:
             return []
@@ -141,7 +149,7 @@ WHERE queryid = %(queryid)s LIMIT 1
 """
 
 
-def _lookup(cfg: "Settings", session: Session, wanted: str) -> Statement:
+def _lookup(cfg: Settings, session: Session, wanted: str) -> Statement:
     """The statement of a fingerprint (from the store) or a queryid (store, then the server)."""
     queryid = int(wanted) if wanted.lstrip("-").isdigit() else None
     st = _open_store(cfg)

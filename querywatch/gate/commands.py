@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from ..clikit import out
 from ..errors import InputError
 from .baseline import Capture, load, save
 from .rules import check
@@ -56,40 +57,39 @@ def captured(args: list[str], keep: Path | None = None) -> tuple[Capture, int]:
     return capture, code
 
 
+@gate_app.command("record")
+def record(baseline: BaselineOpt = Path(DEFAULT_BASELINE), args: ArgsArg = None) -> None:
+    """Run the suite and write the baseline (the current statements are accepted)."""
+    budget = load(baseline).budget if baseline.exists() else None
+    capture, code = captured(args or [])
+    if code != 0:
+        raise InputError(f"gate record: the test suite failed (pytest exit {code})")
+    if budget is not None:
+        capture = Capture(capture.statements, budget)
+    save(capture, baseline)
+    tests = len(capture.tests())
+    out.print(
+        f"gate: baseline {baseline} written: {len(capture.statements)} statements in {tests} tests",
+        markup=False,
+    )
+
+
+@gate_app.command("check")
+def check_command(baseline: BaselineOpt = Path(DEFAULT_BASELINE), args: ArgsArg = None) -> None:
+    """Run the suite and fail on statements over the baseline's budget."""
+    known = load(baseline)
+    capture, code = captured(args or [])
+    violations = check(known, capture)
+    for v in violations:
+        out.print(v.line(), markup=False)
+    if code != 0:
+        out.print(f"gate: the test suite failed (pytest exit {code})", markup=False)
+        raise typer.Exit(2)
+    if violations:
+        out.print(f"gate: {len(violations)} violations against {baseline}", markup=False)
+        raise typer.Exit(1)
+    out.print(f"gate: pass ({len(capture.tests())} tests within {baseline})", markup=False)
+
+
 def register(app: typer.Typer) -> None:
-    from ..cli import out
-
     app.add_typer(gate_app, name="gate")
-
-    @gate_app.command("record")
-    def record(baseline: BaselineOpt = Path(DEFAULT_BASELINE), args: ArgsArg = None) -> None:
-        """Run the suite and write the baseline (the current statements are accepted)."""
-        budget = load(baseline).budget if baseline.exists() else None
-        capture, code = captured(args or [])
-        if code != 0:
-            raise InputError(f"gate record: the test suite failed (pytest exit {code})")
-        if budget is not None:
-            capture = Capture(capture.statements, budget)
-        save(capture, baseline)
-        tests = len(capture.tests())
-        out.print(
-            f"gate: baseline {baseline} written: {len(capture.statements)} statements "
-            f"in {tests} tests",
-            markup=False,
-        )
-
-    @gate_app.command("check")
-    def check_command(baseline: BaselineOpt = Path(DEFAULT_BASELINE), args: ArgsArg = None) -> None:
-        """Run the suite and fail on statements over the baseline's budget."""
-        known = load(baseline)
-        capture, code = captured(args or [])
-        violations = check(known, capture)
-        for v in violations:
-            out.print(v.line(), markup=False)
-        if code != 0:
-            out.print(f"gate: the test suite failed (pytest exit {code})", markup=False)
-            raise typer.Exit(2)
-        if violations:
-            out.print(f"gate: {len(violations)} violations against {baseline}", markup=False)
-            raise typer.Exit(1)
-        out.print(f"gate: pass ({len(capture.tests())} tests within {baseline})", markup=False)

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..clikit import err, load_settings, open_store, out
 from ..durations import parse_duration
 from ..errors import InputError
 from ..store import Store
@@ -62,68 +63,66 @@ def _with_progress(console: Console, run: Any) -> LoadResult:
         return result
 
 
-def register(app: typer.Typer) -> None:
-    from ..cli import _settings, _store, err, out
-
-    @app.command("loadtest")
-    def loadtest_command(
-        rate: Annotated[float, typer.Option(help="arrivals per second (open model)")],
-        duration: Annotated[str, typer.Option(help="how long, e.g. 10s, 2m")],
-        dsn: Annotated[
-            str | None, typer.Option("--dsn", help="libpq conninfo or URI [env QUERYWATCH_DSN]")
-        ] = None,
-        fingerprint: Annotated[
-            str | None, typer.Option("--fingerprint", help="a statement recorded in the store")
-        ] = None,
-        sql_file: Annotated[
-            Path | None, typer.Option("--sql", help="file with one statement ($n placeholders)")
-        ] = None,
-        concurrency: Annotated[int, typer.Option(min=1, help="connections")] = 4,
-        params: Annotated[
-            Path | None, typer.Option("--params", help="parameter rows: .json, .jsonl or .csv")
-        ] = None,
-        sample_params: Annotated[
-            bool, typer.Option("--sample-params", help="sample parameters from the tables")
-        ] = False,
-        compare: Annotated[
-            Path | None, typer.Option("--compare", help="a saved result to compare with")
-        ] = None,
-        output: Annotated[
-            Path | None, typer.Option("--output", "-o", help="save the result as JSON")
-        ] = None,
-        fmt: Annotated[LoadFormat, typer.Option("--format", help="text or json")] = (
-            LoadFormat.text
+def loadtest_command(
+    rate: Annotated[float, typer.Option(help="arrivals per second (open model)")],
+    duration: Annotated[str, typer.Option(help="how long, e.g. 10s, 2m")],
+    dsn: Annotated[
+        str | None, typer.Option("--dsn", help="libpq conninfo or URI [env QUERYWATCH_DSN]")
+    ] = None,
+    fingerprint: Annotated[
+        str | None, typer.Option("--fingerprint", help="a statement recorded in the store")
+    ] = None,
+    sql_file: Annotated[
+        Path | None, typer.Option("--sql", help="file with one statement ($n placeholders)")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="connections")] = 4,
+    params: Annotated[
+        Path | None, typer.Option("--params", help="parameter rows: .json, .jsonl or .csv")
+    ] = None,
+    sample_params: Annotated[
+        bool, typer.Option("--sample-params", help="sample parameters from the tables")
+    ] = False,
+    compare: Annotated[
+        Path | None, typer.Option("--compare", help="a saved result to compare with")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="save the result as JSON")
+    ] = None,
+    fmt: Annotated[LoadFormat, typer.Option("--format", help="text or json")] = (LoadFormat.text),
+    store: Annotated[str | None, typer.Option("--store", help="history store file")] = None,
+) -> None:
+    """Open-model load test of one statement: latency percentiles, rate, errors, DB time."""
+    cfg = load_settings(dsn=dsn, store=store)
+    if (fingerprint is None) == (sql_file is None):
+        raise InputError("loadtest: give exactly one of --fingerprint or --sql")
+    if params is not None and sample_params:
+        raise InputError("loadtest: give --params or --sample-params, not both")
+    seconds = parse_duration(duration, "--duration")
+    before = load_file(str(compare)) if compare is not None else None
+    if sql_file is not None:
+        query = read_sql(sql_file)
+    else:
+        with open_store(cfg, create=False) as st:
+            query = statement_text(st, fingerprint or "")
+    rows = read_params(params) if params is not None else None
+    result = _with_progress(
+        err,
+        lambda cb: run_loadtest(
+            cfg.dsn, query, rate, seconds, concurrency, rows, sample_params, progress=cb
         ),
-        store: Annotated[str | None, typer.Option("--store", help="history store file")] = None,
-    ) -> None:
-        """Open-model load test of one statement: latency percentiles, rate, errors, DB time."""
-        cfg = _settings(dsn=dsn, store=store)
-        if (fingerprint is None) == (sql_file is None):
-            raise InputError("loadtest: give exactly one of --fingerprint or --sql")
-        if params is not None and sample_params:
-            raise InputError("loadtest: give --params or --sample-params, not both")
-        seconds = parse_duration(duration, "--duration")
-        before = load_file(str(compare)) if compare is not None else None
-        if sql_file is not None:
-            query = read_sql(sql_file)
-        else:
-            with _store(cfg, create=False) as st:
-                query = statement_text(st, fingerprint or "")
-        rows = read_params(params) if params is not None else None
-        result = _with_progress(
-            err,
-            lambda cb: run_loadtest(
-                cfg.dsn, query, rate, seconds, concurrency, rows, sample_params, progress=cb
-            ),
-        )
-        if output is not None:
-            output.write_text(json.dumps(to_json(result), indent=2) + "\n", encoding="utf-8")
-        if fmt is LoadFormat.json:
-            doc = to_json(result)
-            if before is not None:
-                doc = {"before": to_json(before), "after": doc}
-            out.print_json(json.dumps(doc))
-            return
-        out.print(to_text(result), markup=False)
+    )
+    if output is not None:
+        output.write_text(json.dumps(to_json(result), indent=2) + "\n", encoding="utf-8")
+    if fmt is LoadFormat.json:
+        doc = to_json(result)
         if before is not None:
-            out.print(compare_text(before, result), markup=False)
+            doc = {"before": to_json(before), "after": doc}
+        out.print_json(json.dumps(doc))
+        return
+    out.print(to_text(result), markup=False)
+    if before is not None:
+        out.print(compare_text(before, result), markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("loadtest")(loadtest_command)

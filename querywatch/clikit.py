@@ -1,0 +1,124 @@
+"""What every command shares: option types, the two consoles, settings/store/source openers,
+server choice, logging and signal handling.
+
+``cli.py`` and each feature's ``commands.py`` import from here at the top; nothing here imports
+a command module, so there is no cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
+import typer
+from rich.console import Console
+
+from . import top
+from .errors import QuerywatchError
+from .settings import Settings, load
+from .source.postgres import PostgresSource, server_label
+from .store import Retention, Store
+
+if TYPE_CHECKING:
+    from .store.sqlite import Server
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+DsnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn", help="libpq conninfo or URI [env QUERYWATCH_DSN, or libpq PG* variables]"
+    ),
+]
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="history store file [env QUERYWATCH_STORE]")
+]
+ServerOpt = Annotated[
+    str | None, typer.Option("--server", help="server name in the store (default: from the DSN)")
+]
+
+
+class Format(StrEnum):
+    text = "text"
+    json = "json"
+
+
+def _choices(name: str, values: Iterable[str]) -> type[StrEnum]:
+    """A str enum named ``name`` whose members are ``values`` (Typer lists them as choices)."""
+    # cast: typeshed reads StrEnum(...) as a member lookup, not the functional API
+    return cast(type[StrEnum], StrEnum(name, [(value, value) for value in values]))
+
+
+if TYPE_CHECKING:  # members are only known at run time: statically, any str enum
+    SortBy = StrEnum
+else:
+    SortBy = _choices("SortBy", top.SORT_KEYS)
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Settings from flags (None: not given), environment, querywatch.toml and defaults."""
+    return load(flags)
+
+
+def server_name(cfg: Settings) -> str:
+    """The name the store files this server under: the setting, else one from the DSN."""
+    return cfg.server_name or server_label(cfg.dsn)
+
+
+def open_source(cfg: Settings) -> PostgresSource:
+    return PostgresSource(
+        cfg.dsn, statement_timeout_ms=cfg.statement_timeout_ms, lock_timeout_ms=cfg.lock_timeout_ms
+    )
+
+
+def open_store(cfg: Settings, create: bool = True) -> Store:
+    """The store at ``cfg.store`` with the configured retention."""
+    retention = Retention(cfg.retention_raw, cfg.retention_minute, cfg.retention_hour)
+    return Store(cfg.store, retention=retention, create=create)
+
+
+def pick_server(st: Store, cfg: Settings) -> Server:
+    """The server named in the settings, else the store's first; an error when there is none."""
+    servers = st.servers()
+    if not servers:
+        raise QuerywatchError(
+            f"store {cfg.store!r} holds no data yet (fix: run `querywatch collect`)"
+        )
+    if cfg.server_name:
+        for s in servers:
+            if s.name == cfg.server_name:
+                return s
+        names = ", ".join(repr(s.name) for s in servers)
+        raise QuerywatchError(f"server {cfg.server_name!r} is not in the store (known: {names})")
+    return servers[0]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s querywatch: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call ``stop`` on SIGINT/SIGTERM inside the block; the previous handlers come back after."""
+
+    def handler(signum: int, frame: object) -> None:
+        logging.getLogger("querywatch").info("stopping (signal %d)", signum)
+        stop()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
