@@ -170,7 +170,7 @@ def test_prior_pages_a_mid_incident_start_in_the_first_interval() -> None:
     detector = Detector(SETTINGS)
     detector.use_prior(prior(), min_history_s=10.0)
     first = detector.observe(interval(100.0, {"x": 8.0}))
-    assert first.baseline_kind == "long_run" and not first.learning
+    assert first.baseline_kind == "long_run" and first.learning  # own history: learning
     assert [t.incident.key for t in first.transitions] == ["x"]
 
 

@@ -348,9 +348,11 @@ class Detector:
         )
         self._incidents = [i for i in incidents if i.state is not IncidentState.RESOLVED]
         self._accept(interval, observed)
-        kind = "long_run" if prior is not None else "learning" if baseline.learning else "history"
+        # ``learning`` is about the own history: a prior judges meanwhile, it does not end learning
+        learning = prior is not None or baseline.learning
+        kind = "long_run" if prior is not None else "learning" if learning else "history"
         return self._observation(
-            interval.end, baseline.learning, anomalies, transitions, tuple(incidents), k, kind
+            interval.end, learning, anomalies, transitions, tuple(incidents), k, kind
         )
 
     def _accept(self, interval: IntervalSummary, observed: Mapping[str, Rates]) -> None:
