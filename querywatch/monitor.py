@@ -102,7 +102,7 @@ class Monitor:
             self.audits.on_interval(interval.end)
 
     def _observe(self, summary: IntervalSummary) -> None:
-        if not summary.catch_up:
+        if summary.complete and not summary.catch_up:  # a typical interval
             self._interval_hint = summary.seconds or self._interval_hint
         observation = self.detector.observe(summary, self._relations)
         self.last = observation
