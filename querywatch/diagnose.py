@@ -18,6 +18,7 @@ started within ``suspect_window_s`` after it. Times are POSIX seconds; text says
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -146,6 +147,7 @@ class _Context:
     positive_excess: float
     statements: Mapping[str, Statement]
     settings: DiagnoseSettings
+    resolution: float  # how precisely an onset is known (see judge_deploys)
 
 
 def workload(intervals: Iterable[IntervalSummary]) -> Workload:
@@ -231,6 +233,7 @@ def diagnose(
     *,
     baseline_kind: str = HISTORY,
     baseline_note: str = "",
+    resolution: float | None = None,
 ) -> Diagnosis:
     """Attribute the window's DB time, pick a verdict, name culprits and judge deploys.
 
@@ -238,6 +241,8 @@ def diagnose(
     ``baseline_kind`` says what ``baseline`` is (:data:`BASELINE_KINDS`): the history before the
     window, the window's own intervals before an onset, or one synthetic interval holding
     pg_stat_statements' long-run counters; ``baseline_note`` says it in words (a default is made).
+    ``resolution`` is how precisely the window's intervals place an onset (by default the median
+    interval length): a window of rolled-up pieces knows it to the minute.
     """
     if baseline_kind not in BASELINE_KINDS:
         raise InputError(
@@ -255,12 +260,13 @@ def diagnose(
     )
     listed = sorted((d for d in deploys if since <= d.at <= w_end), key=lambda d: d.at)
     k, culprits = 1.0, tuple[Culprit, ...]()
+    step = _resolution(window) if resolution is None else resolution
     if base.seconds == 0:
         verdict, summary = Verdict.HEALTHY, _learning_summary(w_start)
     elif win.seconds == 0:
         verdict, summary = Verdict.HEALTHY, _no_data_summary(w_start, w_end)
     else:
-        ctx = _context(window, base, win, statements, settings)
+        ctx = _context(window, base, win, statements, settings, step)
         verdict, culprits = _choose(ctx)
         summary = _summary(verdict, culprits, ctx, listed, (w_start, w_end))
         k = ctx.factor
@@ -268,7 +274,6 @@ def diagnose(
     note = "" if learning else baseline_note or _baseline_note(baseline_kind, b_start, b_end)
     if note and baseline_kind != HISTORY and win.seconds > 0:  # the usual comparison goes unsaid
         summary = f"{summary} Compared with {note}."
-    step = _resolution(window)
     judged = (
         _learning_deploys(listed) if learning else judge_deploys(listed, culprits, settings, step)
     )
@@ -359,13 +364,29 @@ def change_point(
     n = len(pts)
     if n < 2 * min_segment:
         return None
-    best: ChangePoint | None = None
+    best: tuple[float, int, float, float] | None = None
+    winner, series = "", list[float]()
     for fp in sorted({fp for p in pts for fp in p.ms}):
-        found = _best_split([p.ms.get(fp, 0.0) / p.seconds for p in pts], min_segment, settings)
-        if found is not None and (best is None or found[0] > best.score):
-            score, j, before, after = found
-            best = ChangePoint(j, pts[j].start, fp, before, after, score)
-    return best
+        xs = [p.ms.get(fp, 0.0) / p.seconds for p in pts]
+        found = _best_split(xs, min_segment, settings)
+        if found is not None and (best is None or found[0] > best[0]):
+            best, winner, series = found, fp, xs
+    if best is None:
+        return None
+    score, j, before, after = best
+    j = _step_back(series, j, min_segment)
+    return ChangePoint(j, pts[j].start, winner, before, after, score)
+
+
+def _step_back(xs: Sequence[float], j: int, min_segment: int) -> int:
+    """A change that keeps growing pulls the best split late: step back over the points that
+    are already more than halfway from the level before (its median) to the next point, and
+    beyond that level's noise (3 median absolute deviations)."""
+    level = statistics.median(xs[:j])
+    noise = 3 * statistics.median(abs(x - level) for x in xs[:j])
+    while j > min_segment and xs[j - 1] - level > max(0.5 * (xs[j] - level), noise):
+        j -= 1
+    return j
 
 
 def _best_split(
@@ -409,15 +430,17 @@ def diagnose_any(
     long_run: IntervalSummary | None = None,
     long_run_note: str = "",
     onset: float | None = None,
+    enough_intervals: int = ENOUGH_HISTORY,
 ) -> Diagnosis:
     """Diagnose any window, with the best baseline there is.
 
     The onset inside the window is ``onset`` (e.g. the start of the first interval of an incident
-    recorded in it) or else the :func:`change_point` of its intervals. The baseline is then the
-    clean ``history`` before the window when it holds at least as much as the window before the
-    onset (or ``ENOUGH_HISTORY`` intervals); else the window's own intervals before the onset
-    (``pre_onset``: the interval right before it is left out, it may hold the change's start);
-    else the ``long_run`` interval (pg_stat_statements' counters); else nothing: still learning.
+    recorded in it) or else the :func:`change_point` of its intervals; the window's intervals
+    before it are ``pre_onset`` (less the interval right before it, which may hold the change's
+    start). With ``enough`` = ``enough_intervals`` intervals, the baseline is, in this order:
+    the clean ``history`` before the window when it holds enough; the pre-onset intervals when
+    they hold enough; the ``long_run`` interval (pg_stat_statements' counters); the longer of a
+    short history and a short pre-onset; else nothing: still learning.
     """
     used = _complete(window)
     step = _resolution(used)
@@ -425,9 +448,10 @@ def diagnose_any(
     pre = used[: split - 1] if split is not None else []
     pre_s = sum(i.seconds for i in pre)
     history_s = workload(history).seconds
-    if history_s > 0 and history_s >= min(pre_s, ENOUGH_HISTORY * step):
+    enough = enough_intervals * step
+    if history_s >= enough or (long_run is None and history_s >= max(pre_s, 1e-9)):
         return diagnose(history, window, statements, deploys, settings, requested)
-    if pre and split is not None:
+    if split is not None and pre and (pre_s >= enough or long_run is None):
         after = [i for i in window if i.start >= used[split - 1].start]
         d = diagnose(pre, after, statements, deploys, settings, requested, baseline_kind=PRE_ONSET)
         w_start, w_end = _span(window, d.window_start)
@@ -464,11 +488,12 @@ def _context(
     win: Workload,
     statements: Mapping[str, Statement],
     settings: DiagnoseSettings,
+    step: float,
 ) -> _Context:
     attributions = attribute(base, win)
     positive = sum(max(a.excess_ms_per_s, 0.0) for a in attributions.values())
     k = traffic_factor(base, win)
-    return _Context(window, base, win, k, attributions, positive, statements, settings)
+    return _Context(window, base, win, k, attributions, positive, statements, settings, step)
 
 
 def _resolution(window: Sequence[IntervalSummary]) -> float:
@@ -737,7 +762,7 @@ def _regression_summary(
 ) -> str:
     when = clock(top.onset if top.onset is not None else start)
     what = _what_changed(top)
-    judged = judge_deploys(deploys, (top,), ctx.settings, _resolution(ctx.window))
+    judged = judge_deploys(deploys, (top,), ctx.settings, ctx.resolution)
     suspects = [v for v in judged if v.suspect]
     if suspects:
         seen = ", first seen" if top.kind is CulpritKind.NEW_QUERY else ""

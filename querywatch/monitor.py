@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from . import collector
+from . import anywindow, collector
 from .alerts import Dispatcher, Notification
 from .audit.run import AuditScheduler
 from .detect import Detector, Observation, Transition
-from .diagnose import HISTORY, LONG_RUN, DiagnoseSettings, diagnose
+from .diagnose import HISTORY, LONG_RUN, DiagnoseSettings
 from .errors import SourceError
 from .longrun import LongRun, long_run, min_age
 from .model import Diagnosis, Incident, IncidentState, Interval, IntervalSummary
@@ -143,34 +143,19 @@ class Monitor:
         return self.diagnose_window(start, now)
 
     def diagnose_window(self, start: float, end: float) -> Diagnosis:
-        """Diagnose [start, end) against the history before it, minus earlier incidents."""
-        spans = self._incident_spans(start)
-        history = self.store.summaries(self.server_id, start - self.baseline_s, start)
-        typical = collector.typical_seconds(history)
-        baseline = [
-            s
-            for s in history
-            if s.end <= start
-            and not any(a < s.end and s.start < b for a, b in spans)
-            and collector.baseline_worthy(s, typical)
-        ]
-        window = [s for s in self.store.summaries(self.server_id, start, end) if s.start >= start]
-        fingerprints = {fp for s in window for fp in s.by_fingerprint}
-        fingerprints |= {
-            a.fingerprint for s in window if s.activity for a in s.activity.by_fingerprint
-        }
-        statements = self.store.statements(sorted(fingerprints), server_id=self.server_id)
-        baseline, kind, note = self.long_run_baseline(start, baseline)
-        deploys = self.store.deploys(start - self.baseline_s, end)
-        found = diagnose(
-            baseline,
-            window,
-            statements,
-            deploys,
+        """Diagnose [start, end): the onset inside it (an incident recorded in it, else a change
+        point) against the clean history before it, the window before the onset or the long run
+        (querywatch.anywindow); earlier incidents are not a normal to compare with."""
+        found = anywindow.diagnose_stored(
+            self.store,
+            self.server_id,
+            start,
+            end,
             self.diagnose_settings,
-            requested=(start, end),
-            baseline_kind=kind,
-            baseline_note=note,
+            baseline_s=self.baseline_s,
+            spans=self._incident_spans(start),
+            interval_s=self._interval_hint,
+            enough_intervals=self.detector.settings.learning_intervals,
         )
         return self._with_cpu(found)
 

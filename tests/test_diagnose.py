@@ -820,3 +820,43 @@ def test_the_long_run_when_nothing_precedes_the_change() -> None:
     )
     assert d.culprits[0].fingerprint == "orders"
     assert diagnose_any(window, STATEMENTS, []).learning  # no baseline of any kind
+
+
+@pytest.mark.parametrize(
+    ("history", "change", "long_run", "kind"),
+    [
+        (12, None, True, "history"),  # enough history beats the long run
+        (11, None, True, "long_run"),  # a short history does not
+        (11, None, False, "history"),  # ... unless nothing else exists
+        (4, LATE, True, "pre_onset"),  # enough of the window before its onset
+        (130, LATE, True, "history"),
+        (0, at("10:00:40"), True, "long_run"),  # 3 intervals before the onset: not enough
+        (0, at("10:00:40"), False, "pre_onset"),
+        (2, at("10:00:40"), False, "pre_onset"),  # the longer of the two short ones
+        (4, at("10:00:40"), False, "history"),
+        (0, None, False, "learning"),
+    ],
+)
+def test_which_baseline(history: int, change: float | None, long_run: bool, kind: str) -> None:
+    loads = switch(change, {"orders": (20.0, 40.0)}) if change else steady(BASE)
+    before = series((WHOLE[0] - history * 10, WHOLE[0], 10.0), steady(BASE))
+    lr = long_run_interval(7.0) if long_run else None
+    d = diagnose_any(whole(loads), STATEMENTS, [], history=before, long_run=lr)
+    assert (d.baseline_kind if not d.learning else "learning") == kind
+    if change is not None and kind != "learning":
+        assert (d.verdict, d.culprits[0].onset) == (Verdict.QUERY_REGRESSION, change)
+
+
+def test_a_change_that_keeps_growing_starts_where_it_began() -> None:
+    # after LATE the statement's mean keeps growing (contention builds up): the best two-segment
+    # split alone would fall a few intervals late
+    def growing(t: float) -> Loads:
+        if t < LATE:
+            return BASE
+        return {**BASE, "hot": (40.0, 3.0 + 0.5 * (t - LATE) / 10)}
+
+    statements = {**STATEMENTS, "hot": Statement("hot", "SELECT count(*) FROM t WHERE c = $1")}
+    found = change_point(points_of(whole(growing)))
+    assert found is not None and (found.fingerprint, found.at) == ("hot", LATE)
+    d = diagnose_any(whole(growing), statements, [])
+    assert (d.culprits[0].fingerprint, d.culprits[0].onset) == ("hot", LATE)

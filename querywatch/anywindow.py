@@ -1,0 +1,228 @@
+"""Diagnose any stored window: what to read from the store, then :func:`diagnose_any`.
+
+The onset inside the window is the start of the first incident recorded in it, else the change
+point of its top fingerprints' DB time. The baseline is the clean history before the window, the
+window's own intervals before the onset, or the long run pg_stat_statements held when querywatch
+first met the server (see :func:`querywatch.diagnose.diagnose_any` for the order).
+
+Short windows are read as raw intervals. A long one (more raw statement rows than ``RAW_ROWS``, e.g.
+24 hours of 1,000 fingerprints: 8.6 million) is read from the rollups instead: per-fingerprint
+sums of whole hours and of the minutes around them, and the per-minute series of the top
+fingerprints for the change point. The window is then three pieces, the minute before the onset,
+the minute of the onset and the rest, so an onset is known to within a minute; the sampled sessions
+(lock waits) are not read for long windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from itertools import pairwise
+
+from . import collector
+from .diagnose import (
+    HISTORY,
+    LONG_RUN,
+    PRE_ONSET,
+    TOP_SERIES,
+    DiagnoseSettings,
+    Point,
+    change_point,
+    diagnose,
+    diagnose_any,
+)
+from .model import Counters, Diagnosis, IntervalSummary
+from .store import Store
+
+RAW_ROWS = 100_000  # raw statement rows (intervals x statements) a diagnosis reads at most
+MIN_PRE_MINUTES = 3  # minutes of a long window before its onset that can be its baseline
+MINUTE = 60.0
+HOUR = 3600.0
+
+Spans = Sequence[tuple[float, float]]
+
+
+def diagnose_stored(
+    store: Store,
+    server_id: int,
+    start: float,
+    end: float,
+    settings: DiagnoseSettings,
+    *,
+    baseline_s: float,
+    spans: Spans,
+    interval_s: float,
+    enough_intervals: int,
+) -> Diagnosis:
+    """Diagnose [start, end) of one server. ``spans`` are earlier incidents (not a normal to
+    compare with); ``interval_s`` the collection interval, as far as the caller knows it."""
+    rows = (end - start + baseline_s) / max(interval_s, 1.0) * len(store.known_keys(server_id))
+    if rows > RAW_ROWS:
+        return _diagnose_rollups(
+            store, server_id, start, end, settings, baseline_s, spans, interval_s, enough_intervals
+        )
+    history = store.summaries(server_id, start - baseline_s, start)
+    typical = collector.typical_seconds(history) or interval_s
+    baseline = [
+        s
+        for s in history
+        if s.end <= start
+        and not _overlaps(s.start, s.end, spans)
+        and collector.baseline_worthy(s, typical)
+    ]
+    window = [s for s in store.summaries(server_id, start, end) if s.start >= start]
+    step = collector.typical_seconds(window) or typical
+    fingerprints = {fp for s in window for fp in s.by_fingerprint}
+    fingerprints |= {a.fingerprint for s in window if s.activity for a in s.activity.by_fingerprint}
+    statements = store.statements(sorted(fingerprints), server_id=server_id)
+    deploys = store.deploys(start - baseline_s, end)
+    long_run, note = _long_run(store, server_id, start)
+    return diagnose_any(
+        window,
+        statements,
+        deploys,
+        settings,
+        requested=(start, end),
+        history=baseline,
+        long_run=long_run,
+        long_run_note=note,
+        onset=_incident_onset(store, server_id, start, end, step),
+        enough_intervals=enough_intervals,
+    )
+
+
+def _overlaps(start: float, end: float, spans: Spans) -> bool:
+    return any(a < end and start < b for a, b in spans)
+
+
+def _long_run(store: Store, server_id: int, at: float) -> tuple[IntervalSummary | None, str]:
+    """The stored long run, when there is one worth comparing with."""
+    lr = store.long_run(server_id, at)
+    if lr is None or not lr.trusted or lr.seconds <= 0 or not lr.by_fingerprint:
+        return None, ""
+    return lr.summary(), lr.note()
+
+
+def _incident_onset(
+    store: Store, server_id: int, start: float, end: float, interval_s: float
+) -> float | None:
+    """The start of the first interval of the earliest incident that fired inside the window
+    (an incident opens at the end of its first anomalous interval)."""
+    onsets = [
+        i.opened_at - interval_s
+        for i in (s.incident for s in store.incidents(server_id))
+        if i.fired_at is not None and start < i.opened_at - interval_s < end
+    ]
+    return min(onsets, default=None)
+
+
+# -- long windows, from the rollups -------------------------------------------------------------
+def _diagnose_rollups(
+    store: Store,
+    server_id: int,
+    start: float,
+    end: float,
+    settings: DiagnoseSettings,
+    baseline_s: float,
+    spans: Spans,
+    interval_s: float,
+    enough_intervals: int,
+) -> Diagnosis:
+    a, b = _floor(start, MINUTE), math.ceil(end / MINUTE) * MINUTE
+    totals, _ = _totals(store, server_id, a, b)
+    onset = _incident_onset(store, server_id, a, b, interval_s)
+    if onset is None:
+        found = change_point(_points(store, server_id, a, b, totals), settings)
+        onset = found.at if found is not None else None
+    pieces: list[IntervalSummary] = []
+    if onset is not None and _floor(onset, MINUTE) - MINUTE >= a + MIN_PRE_MINUTES * MINUTE:
+        onset = _floor(onset, MINUTE)
+        cuts = (a, onset - MINUTE, onset, onset + MINUTE, b)
+        pieces = [_piece(store, server_id, lo, hi) for lo, hi in pairwise(cuts)]
+    pre = pieces[0] if pieces else None
+    whole = pieces or [_piece(store, server_id, a, b)]
+    history = _history(store, server_id, a, baseline_s, spans)
+    long_run, note = _long_run(store, server_id, start)
+    enough = enough_intervals * interval_s
+    pre_s = pre.seconds if pre is not None else 0.0
+    history_s = history.seconds if history is not None else 0.0
+    kind, baseline, window, words = HISTORY, [], whole, ""
+    if history is not None and (history_s >= enough or (long_run is None and history_s >= pre_s)):
+        baseline = [history]
+    elif pre is not None and (pre_s >= enough or long_run is None):
+        kind, baseline, window = PRE_ONSET, [pre], pieces[1:]
+    elif long_run is not None:
+        kind, baseline, words = LONG_RUN, [long_run], note
+    found_d = diagnose(
+        baseline,
+        [w for w in window if w.seconds > 0],
+        store.statements(sorted(totals), server_id=server_id),
+        store.deploys(start - baseline_s, end),
+        settings,
+        requested=(start, end),
+        baseline_kind=kind,
+        baseline_note=words,
+        resolution=MINUTE,
+    )
+    if kind == PRE_ONSET:
+        return replace(found_d, window_start=a, window_end=b)
+    return found_d
+
+
+def _points(
+    store: Store, server_id: int, start: float, end: float, totals: Mapping[str, Counters]
+) -> list[Point]:
+    """The per-minute DB time of the top fingerprints (the change point's input)."""
+    top = sorted(totals, key=lambda fp: (-totals[fp].exec_ms, fp))[:TOP_SERIES]
+    series = store.series(server_id, start, end, MINUTE, top)
+    return [
+        Point(t, series.seconds.get(t, 0.0), {fp: c.exec_ms for fp, c in by_fp.items() if fp})
+        for t, by_fp in sorted(series.points.items())
+    ]
+
+
+def _history(
+    store: Store, server_id: int, before: float, baseline_s: float, spans: Spans
+) -> IntervalSummary | None:
+    """The history before a long window as one piece, unless an earlier incident falls in it."""
+    start = _floor(before - baseline_s, MINUTE)
+    if _overlaps(start, before, spans):
+        return None
+    piece = _piece(store, server_id, start, before)
+    return piece if piece.seconds > 0 else None
+
+
+def _piece(store: Store, server_id: int, start: float, end: float) -> IntervalSummary:
+    """[start, end) (minute-aligned) as one complete interval holding its complete seconds:
+    it starts where they must so that its rates are right."""
+    totals, seconds = _totals(store, server_id, start, end)
+    return IntervalSummary(end - seconds, end, True, totals)
+
+
+def _totals(
+    store: Store, server_id: int, start: float, end: float
+) -> tuple[dict[str, Counters], float]:
+    """Per-fingerprint sums and complete seconds over [start, end) (minute-aligned): whole hours
+    from the hour rollups, the minutes around them from the minute rollups (and the raw
+    intervals not rolled up yet)."""
+    h0, h1 = math.ceil(start / HOUR) * HOUR, _floor(end, HOUR)
+    parts = (
+        [(start, end, MINUTE)]
+        if h1 <= h0
+        else [(start, h0, MINUTE), (h0, h1, HOUR), (h1, end, MINUTE)]
+    )
+    totals: dict[str, Counters] = {}
+    seconds = 0.0
+    for lo, hi, step in parts:
+        if hi <= lo:
+            continue
+        for fp, counters in store.fingerprint_totals(server_id, lo, hi, step).items():
+            known = totals.get(fp)
+            totals[fp] = counters if known is None else known.plus(counters)
+        seconds += sum(store.seconds_covered(server_id, lo, hi, step).values())
+    return totals, seconds
+
+
+def _floor(t: float, step: float) -> float:
+    return math.floor(t / step) * step
