@@ -49,6 +49,7 @@ from .monitor import Monitor
 from .oneshot import diagnose_now
 from .report import diagnosis_to_json, diagnosis_to_text
 from .service import WatchOptions, run_watch
+from .settings import help_text
 from .source.postgres import PostgresSource, describe_dsn
 from .text import one_line
 from .watcher import Watcher
@@ -68,7 +69,8 @@ def collect(
     store: StoreOpt = None,
     server: ServerOpt = None,
     interval: Annotated[
-        str | None, typer.Option(help="seconds between snapshots, e.g. 10 or 10s [default 10s]")
+        str | None,
+        typer.Option(help=help_text("interval", "seconds between snapshots, e.g. 10 or 10s")),
     ] = None,
     once: Annotated[
         bool,
@@ -127,15 +129,9 @@ def top_command(
 
 def _print_top(ranked: list[top.RankedStatement], server: str, since: str, covered: float) -> None:
     table = Table(title=f"top statements on {server}, last {since} ({human(covered)} of data)")
-    for name, justify in (
-        ("#", "right"),
-        ("share", "right"),
-        ("calls/s", "right"),
-        ("mean ms", "right"),
-        ("rows/call", "right"),
-        ("query", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for name in ("#", "share", "calls/s", "mean ms", "rows/call"):
+        table.add_column(name, justify="right")
+    table.add_column("query", justify="left")
     for r in ranked:
         table.add_row(
             str(r.rank),
@@ -204,7 +200,7 @@ def watch(
     store: StoreOpt = None,
     server: ServerOpt = None,
     interval: Annotated[
-        str | None, typer.Option(help="seconds between snapshots [default 10s]")
+        str | None, typer.Option(help=help_text("interval", "seconds between snapshots"))
     ] = None,
     alert_webhook: Annotated[
         list[str] | None,
@@ -235,8 +231,8 @@ def watch(
         bool,
         typer.Option("--web", help="also serve the dashboard, API and /metrics (--host, --port)"),
     ] = False,
-    host: Annotated[str | None, typer.Option(help="web server address [default 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="web server port [default 8080]")] = None,
+    host: Annotated[str | None, typer.Option(help=help_text("host", "web server address"))] = None,
+    port: Annotated[int | None, typer.Option(help=help_text("port", "web server port"))] = None,
     audit_before: Annotated[
         str, typer.Option("--audit-before", help="deploy audits: window before a deploy")
     ] = "30m",
@@ -271,10 +267,10 @@ def watch(
 @app.command()
 def diagnose(
     since: Annotated[
-        str | None, typer.Option(help="window back from now, e.g. 10m [default]")
+        str | None, typer.Option(help="window back from now, e.g. 10m (default: 10m)")
     ] = None,
     start: Annotated[str | None, typer.Option(help="window start, ISO 8601")] = None,
-    end: Annotated[str | None, typer.Option(help="window end, ISO 8601 [default now]")] = None,
+    end: Annotated[str | None, typer.Option(help="window end, ISO 8601 (default: now)")] = None,
     baseline: Annotated[
         str, typer.Option(help="history before the window to compare with")
     ] = "30m",
@@ -345,7 +341,7 @@ app.add_typer(mark_app, name="mark")
 @mark_app.command("deploy")
 def mark_deploy(
     version: Annotated[str, typer.Argument(help="the version or commit deployed")],
-    at: Annotated[str | None, typer.Option(help="when, ISO 8601 [default now]")] = None,
+    at: Annotated[str | None, typer.Option(help="when, ISO 8601 (default: now)")] = None,
     note: Annotated[str, typer.Option(help="what changed, e.g. a feature flag")] = "",
     store: StoreOpt = None,
 ) -> None:
@@ -402,6 +398,10 @@ def _print_status(state: dict[str, dict[str, Any]], incidents: list[dict[str, An
             )
         elif key.startswith("detector:"):
             learning = "learning" if value.get("learning") else "detecting"
+            if value.get("learning_reason"):  # e.g. the statistics were reset minutes ago
+                learning += f" ({value['learning_reason']})"
+            elif value.get("baseline") == "long_run":
+                learning += " (judging against pg_stat_statements' long-run averages meanwhile)"
             out.print(
                 f"detector {key.split(':', 1)[1]}: {learning}, "
                 f"{len(value.get('open_incidents', []))} open incidents",

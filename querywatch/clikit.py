@@ -20,7 +20,7 @@ from rich.console import Console
 
 from . import top
 from .errors import QuerywatchError
-from .settings import Settings, load
+from .settings import Settings, help_text, load
 from .source.postgres import PostgresSource, server_label
 from .store import Retention, Store
 
@@ -30,17 +30,16 @@ if TYPE_CHECKING:
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
+# help texts (environment variable, default) come from the settings' declaration
 DsnOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dsn", help="libpq conninfo or URI [env QUERYWATCH_DSN, or libpq PG* variables]"
-    ),
+    str | None, typer.Option("--dsn", help=help_text("dsn", "libpq conninfo or URI"))
 ]
 StoreOpt = Annotated[
-    str | None, typer.Option("--store", help="history store file [env QUERYWATCH_STORE]")
+    str | None, typer.Option("--store", help=help_text("store", "history store file"))
 ]
 ServerOpt = Annotated[
-    str | None, typer.Option("--server", help="server name in the store (default: from the DSN)")
+    str | None,
+    typer.Option("--server", help=help_text("server_name", "server name in the store")),
 ]
 
 

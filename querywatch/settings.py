@@ -6,123 +6,153 @@ service files apply.
 
 The TOML file is ``./querywatch.toml`` or the path in ``QUERYWATCH_CONFIG``. Top-level keys are the
 settings below; tables such as ``[detect]`` configure their own module.
+
+Each setting is one field of :class:`Settings`, declared with :func:`setting`: its name, default,
+kind (how a value is read and shown), environment variable and meaning. From that one declaration
+come the dataclass defaults, the TOML/environment validation, the defaults that ``--help`` shows
+and the README's table (``python -m querywatch.settings --readme README.md`` rewrites it).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from .durations import parse_duration
+from .durations import human, parse_duration
 from .errors import ConfigError, InputError
 
 CONFIG_FILE = "querywatch.toml"
 ENV_PREFIX = "QUERYWATCH_"
+README_MARKER = "<!-- settings table: python -m querywatch.settings --readme README.md -->"
+
+T = TypeVar("T")
 
 
-def _positive_seconds(name: str) -> Callable[[Any], float]:
-    def parse(value: Any) -> float:
-        try:
-            return parse_duration(value, name)
-        except InputError as exc:
-            raise ConfigError(str(exc)) from None
+@dataclass(frozen=True)
+class Kind(Generic[T]):
+    """How a setting's value is read (from TOML, the environment or a flag) and shown."""
 
-    return parse
-
-
-def _positive_int(name: str) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: {value!r} is not a whole number") from None
-        if number <= 0:
-            raise ConfigError(f"{name}: {value!r} must be more than zero")
-        return number
-
-    return parse
+    label: str
+    parse: Callable[[str, Any], T]  # (setting name, raw value) -> value; ConfigError if bad
+    show: Callable[[T], str]
 
 
-def _text(name: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}: {value!r} is not text")
-        return value
-
-    return parse
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: {value!r} is not text")
+    return value
 
 
-def _port(name: str) -> Callable[[Any], int]:
-    def parse(value: Any) -> int:
-        number = _positive_int(name)(value)
-        if number > 65535:
-            raise ConfigError(f"{name}: {value!r} is not a TCP port (1-65535)")
-        return number
+def _duration(name: str, value: Any) -> float:
+    try:
+        return parse_duration(value, name)
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
 
-    return parse
+
+def _count(name: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a whole number") from None
+    if number <= 0:
+        raise ConfigError(f"{name}: {value!r} must be more than zero")
+    return number
+
+
+def _port(name: str, value: Any) -> int:
+    number = _count(name, value)
+    if number > 65535:
+        raise ConfigError(f"{name}: {value!r} is not a TCP port (1-65535)")
+    return number
+
+
+TEXT = Kind("text", _text, str)
+DURATION = Kind("duration", _duration, human)
+COUNT = Kind("whole number", _count, str)
+PORT = Kind("TCP port", _port, str)
+
+_DECLARED = "querywatch.setting"  # the key of a setting's declaration in its field's metadata
 
 
 @dataclass(frozen=True)
 class Setting:
+    """One declared setting, as read back from its :class:`Settings` field."""
+
     name: str
     default: Any
-    parse: Callable[[Any], Any]
-    help: str
+    kind: Kind[Any]
+    meaning: str
+    shown: str  # the default as people read it ("10s", "libpq's PG* variables")
+    literal: bool  # True when ``shown`` is the value itself (typeset as code in the docs)
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def parse(self, value: Any) -> Any:
+        return self.kind.parse(self.name, value)
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("dsn", "", _text("dsn"), "libpq conninfo or URI of the monitored server"),
-    Setting("store", "querywatch.db", _text("store"), "path of the SQLite history store"),
-    Setting("server_name", "", _text("server_name"), "name of the server in the store"),
-    Setting("interval", 10.0, _positive_seconds("interval"), "seconds between snapshots"),
-    Setting(
-        "activity_interval",
-        1.0,
-        _positive_seconds("activity_interval"),
-        "seconds between pg_stat_activity samples",
-    ),
-    Setting(
-        "statement_timeout_ms",
-        2000,
-        _positive_int("statement_timeout_ms"),
-        "statement_timeout of the monitoring session",
-    ),
-    Setting(
-        "lock_timeout_ms", 1000, _positive_int("lock_timeout_ms"), "lock_timeout of the session"
-    ),
-    Setting("retention_raw", 48 * 3600.0, _positive_seconds("retention_raw"), "raw intervals"),
-    Setting(
-        "retention_minute", 14 * 86400.0, _positive_seconds("retention_minute"), "1-minute rollups"
-    ),
-    Setting("retention_hour", 90 * 86400.0, _positive_seconds("retention_hour"), "1-hour rollups"),
-    Setting("host", "127.0.0.1", _text("host"), "address the web server binds"),
-    Setting("port", 8080, _port("port"), "port of the web server"),
-    Setting("token", "", _text("token"), "token required by a non-loopback web server"),
-)
-_BY_NAME = {s.name: s for s in SETTINGS}
+def setting(default: T, kind: Kind[T], meaning: str, *, shown: str | None = None) -> T:
+    """Declare a field of :class:`Settings` (typed as its value, like ``dataclasses.field``)."""
+    declared = {
+        "kind": kind,
+        "meaning": meaning,
+        "shown": shown or kind.show(default),
+        "literal": shown is None,
+    }
+    return field(default=default, metadata={_DECLARED: declared})
 
 
 @dataclass(frozen=True)
 class Settings:
-    dsn: str = ""
-    store: str = "querywatch.db"
-    server_name: str = ""
-    interval: float = 10.0
-    activity_interval: float = 1.0
-    statement_timeout_ms: int = 2000
-    lock_timeout_ms: int = 1000
-    retention_raw: float = 48 * 3600.0
-    retention_minute: float = 14 * 86400.0
-    retention_hour: float = 90 * 86400.0
-    host: str = "127.0.0.1"
-    port: int = 8080
-    token: str = ""
+    dsn: str = setting(
+        "", TEXT, "the monitored server (libpq conninfo or URI)", shown="libpq's PG* variables"
+    )
+    store: str = setting("querywatch.db", TEXT, "the SQLite history store (WAL mode)")
+    server_name: str = setting("", TEXT, "the server's name in the store", shown="from the DSN")
+    interval: float = setting(10.0, DURATION, "time between snapshots")
+    activity_interval: float = setting(1.0, DURATION, "time between pg_stat_activity samples")
+    statement_timeout_ms: int = setting(
+        2000, COUNT, "statement_timeout of the monitoring session, in ms"
+    )
+    lock_timeout_ms: int = setting(1000, COUNT, "lock_timeout of the monitoring session, in ms")
+    retention_raw: float = setting(48 * 3600.0, DURATION, "how long raw intervals are kept")
+    retention_minute: float = setting(14 * 86400.0, DURATION, "how long 1-minute rollups are kept")
+    retention_hour: float = setting(90 * 86400.0, DURATION, "how long 1-hour rollups are kept")
+    host: str = setting("127.0.0.1", TEXT, "address the web server binds")
+    port: int = setting(8080, PORT, "port of the web server")
+    token: str = setting(
+        "",
+        TEXT,
+        "token the web server requires for POSTs, and for everything on a non-loopback address",
+        shown="none",
+    )
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def _declared(f: Field[Any]) -> Setting:
+    declared = f.metadata[_DECLARED]
+    return Setting(
+        f.name,
+        f.default,
+        declared["kind"],
+        declared["meaning"],
+        declared["shown"],
+        declared["literal"],
+    )
+
+
+SETTINGS: tuple[Setting, ...] = tuple(
+    _declared(f) for f in fields(Settings) if _DECLARED in f.metadata
+)
+BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 
 
 def load(
@@ -135,22 +165,22 @@ def load(
     path = config or Path(env.get(ENV_PREFIX + "CONFIG", CONFIG_FILE))
     file_values, sections = _read_toml(path, required=config is not None)
     values: dict[str, Any] = {}
-    for setting in SETTINGS:
-        raw = _pick(setting.name, flags or {}, env, file_values)
+    for s in SETTINGS:
+        raw = _pick(s, flags or {}, env, file_values)
         if raw is not None:
-            values[setting.name] = setting.parse(raw)
+            values[s.name] = s.parse(raw)
     return Settings(**values, sections=sections)
 
 
 def _pick(
-    name: str, flags: Mapping[str, Any], env: Mapping[str, str], file_values: Mapping[str, Any]
+    s: Setting, flags: Mapping[str, Any], env: Mapping[str, str], file_values: Mapping[str, Any]
 ) -> Any:
-    if flags.get(name) is not None:
-        return flags[name]
-    env_value = env.get(ENV_PREFIX + name.upper())
+    if flags.get(s.name) is not None:
+        return flags[s.name]
+    env_value = env.get(s.env)
     if env_value not in (None, ""):
         return env_value
-    return file_values.get(name)
+    return file_values.get(s.name)
 
 
 def _read_toml(path: Path, required: bool) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -164,18 +194,63 @@ def _read_toml(path: Path, required: bool) -> tuple[dict[str, Any], dict[str, di
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
     values = {k: v for k, v in data.items() if not isinstance(v, dict)}
     sections = {k: v for k, v in data.items() if isinstance(v, dict)}
-    unknown = sorted(set(values) - set(_BY_NAME))
+    unknown = sorted(set(values) - set(BY_NAME))
     if unknown:
-        known = ", ".join(sorted(_BY_NAME))
+        known = ", ".join(sorted(BY_NAME))
         raise ConfigError(
             f"config file {str(path)!r}: unknown setting {unknown[0]!r} (known: {known})"
         )
     return values, sections
 
 
-def defaults_table() -> list[tuple[str, str, str]]:
-    """(name, default, help) of every setting, for docs and --help."""
-    return [(s.name, repr(s.default), s.help) for s in SETTINGS]
+# -- generated text: --help and the README ---------------------------------------------------------
+def help_text(name: str, what: str | None = None) -> str:
+    """The ``--help`` text of the flag that sets ``name``: what it is, its variable and default."""
+    s = BY_NAME[name]
+    return f"{what or s.meaning} (env {s.env}, default {s.shown})"
 
 
-assert {f.name for f in dataclasses.fields(Settings)} - {"sections"} == set(_BY_NAME)
+def markdown_table() -> str:
+    """The README's table of settings."""
+    rows = [
+        "| setting | default | kind | environment | meaning |",
+        "|---|---|---|---|---|",
+        *(
+            f"| `{s.name}` | {f'`{s.shown}`' if s.literal else s.shown} | {s.kind.label} "
+            f"| `{s.env}` | {s.meaning} |"
+            for s in SETTINGS
+        ),
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def with_table(readme: str) -> str:
+    """``readme`` with the table after :data:`README_MARKER` replaced by :func:`markdown_table`."""
+    lines = readme.splitlines(keepends=True)
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == README_MARKER) + 1
+    except StopIteration:
+        raise ConfigError(f"the README has no line {README_MARKER!r}") from None
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "".join([*lines[:start], markdown_table(), *lines[end:]])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m querywatch.settings", description="the settings table, for the docs"
+    )
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the Markdown table")
+    group.add_argument("--readme", type=Path, help="rewrite the table in this README")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(), end="")
+    else:
+        path: Path = args.readme
+        path.write_text(with_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

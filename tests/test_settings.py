@@ -66,3 +66,79 @@ def test_bad_values_name_the_setting(tmp_path: Path, text: str, needle: str) -> 
 def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         settings.load({}, {}, config=tmp_path / "absent.toml")
+
+
+# -- the one declaration ----------------------------------------------------------------------------
+README = Path(__file__).resolve().parent.parent / "README.md"
+SAMPLES = {
+    "text": ("x", "x"),
+    "duration": ("7s", 7.0),
+    "whole number": ("7", 7),
+    "TCP port": ("7", 7),
+}
+BAD = {"text": 5, "duration": "soon", "whole number": "many", "TCP port": 70000}
+
+
+def test_readme_table_is_the_generated_one() -> None:
+    readme = README.read_text(encoding="utf-8")
+    assert settings.README_MARKER in readme
+    assert settings.with_table(readme) == readme, (
+        "the README's settings table is stale: python -m querywatch.settings --readme README.md"
+    )
+
+
+def test_table_lists_every_setting_once(capsys: pytest.CaptureFixture[str]) -> None:
+    settings.main(["--markdown"])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split("|")[1].strip(" `") for row in rows] == [s.name for s in settings.SETTINGS]
+    assert len(rows) == 13
+
+
+def test_regenerating_replaces_only_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "README.md"
+    path.write_text(f"# x\n\n{settings.README_MARKER}\n| old | table |\n|---|---|\n\nafter\n")
+    settings.main(["--readme", str(path)])
+    text = path.read_text()
+    assert text.startswith(f"# x\n\n{settings.README_MARKER}\n| setting |")
+    assert text.endswith("|\n\nafter\n") and "| old |" not in text
+    with pytest.raises(ConfigError, match="settings table"):
+        settings.with_table("# no marker\n")
+
+
+@pytest.mark.parametrize("declared", settings.SETTINGS, ids=lambda s: s.name)
+def test_declared_default_is_valid_and_shown_as_itself(declared: settings.Setting) -> None:
+    assert declared.parse(declared.default) == declared.default
+    assert getattr(settings.Settings(), declared.name) == declared.default
+    if declared.literal:  # "10s" in --help and the README reads back as the default
+        assert declared.parse(declared.shown) == declared.default
+
+
+@pytest.mark.parametrize("declared", settings.SETTINGS, ids=lambda s: s.name)
+def test_every_setting_reads_its_environment_variable(
+    declared: settings.Setting, tmp_path: Path
+) -> None:
+    raw, expected = SAMPLES[declared.kind.label]
+    environ = {"QUERYWATCH_CONFIG": str(tmp_path / "none.toml"), declared.env: raw}
+    assert declared.env == "QUERYWATCH_" + declared.name.upper()
+    assert getattr(settings.load({}, environ), declared.name) == expected
+
+
+@pytest.mark.parametrize("declared", settings.SETTINGS, ids=lambda s: s.name)
+def test_every_setting_is_validated_from_toml(declared: settings.Setting, tmp_path: Path) -> None:
+    bad = BAD[declared.kind.label]
+    text = f"{declared.name} = {bad!r}\n".replace("'", '"')
+    with pytest.raises(ConfigError, match=declared.name):
+        settings.load({}, {"QUERYWATCH_CONFIG": str(write(tmp_path, text))})
+
+
+def test_help_shows_the_declared_default_and_variable() -> None:
+    from typer.testing import CliRunner
+
+    from querywatch.cli import app
+
+    result = CliRunner().invoke(app, ["collect", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "(env QUERYWATCH_INTERVAL, default 10s)" in result.output
+    assert "(env QUERYWATCH_STORE, default querywatch.db)" in result.output
+    served = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert "(env QUERYWATCH_PORT, default 8080)" in served.output

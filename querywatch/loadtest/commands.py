@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..clikit import err, load_settings, open_store, out
+from ..clikit import DsnOpt, StoreOpt, err, load_settings, open_store, out
 from ..durations import parse_duration
 from ..errors import InputError
 from ..store import Store
@@ -66,9 +66,7 @@ def _with_progress(console: Console, run: Any) -> LoadResult:
 def loadtest_command(
     rate: Annotated[float, typer.Option(help="arrivals per second (open model)")],
     duration: Annotated[str, typer.Option(help="how long, e.g. 10s, 2m")],
-    dsn: Annotated[
-        str | None, typer.Option("--dsn", help="libpq conninfo or URI [env QUERYWATCH_DSN]")
-    ] = None,
+    dsn: DsnOpt = None,
     fingerprint: Annotated[
         str | None, typer.Option("--fingerprint", help="a statement recorded in the store")
     ] = None,
@@ -89,7 +87,7 @@ def loadtest_command(
         Path | None, typer.Option("--output", "-o", help="save the result as JSON")
     ] = None,
     fmt: Annotated[LoadFormat, typer.Option("--format", help="text or json")] = (LoadFormat.text),
-    store: Annotated[str | None, typer.Option("--store", help="history store file")] = None,
+    store: StoreOpt = None,
 ) -> None:
     """Open-model load test of one statement: latency percentiles, rate, errors, DB time."""
     cfg = load_settings(dsn=dsn, store=store)

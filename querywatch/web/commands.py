@@ -7,21 +7,20 @@ from typing import Annotated
 import typer
 
 from ..clikit import StoreOpt, load_settings, setup_logging
+from ..settings import help_text
 
 
 def serve(
-    host: Annotated[
-        str | None,
-        typer.Option(help="address to bind (env QUERYWATCH_HOST, default 127.0.0.1)"),
-    ] = None,
-    port: Annotated[
-        int | None, typer.Option(help="TCP port (env QUERYWATCH_PORT, default 8080)")
-    ] = None,
+    host: Annotated[str | None, typer.Option(help=help_text("host", "address to bind"))] = None,
+    port: Annotated[int | None, typer.Option(help=help_text("port", "TCP port"))] = None,
     token: Annotated[
         str | None,
         typer.Option(
-            help="token for POSTs, and for everything on a non-loopback address "
-            "(env QUERYWATCH_TOKEN, preferred: a flag shows in `ps`)"
+            help=help_text(
+                "token",
+                "token for POSTs, and for everything on a non-loopback address "
+                "(prefer the environment: a flag shows in `ps`)",
+            )
         ),
     ] = None,
     store: StoreOpt = None,
