@@ -54,6 +54,7 @@ class Monitor:
         self._learning_reason = ""  # why the detector learns instead of using the long run
         # the tables each statement touches, parsed from stored texts when an anomaly names it
         self._relations = StatementRelations(self._text_of)
+        self._subjects: dict[str, tuple[str, ...]] = {}  # open incident -> its statements
 
     def warm_up(self, now: float, span_s: float) -> int:
         """Seed the baseline with recent stored history so a restarted watcher need not learn
@@ -109,6 +110,7 @@ class Monitor:
         self._prior_given_up()
         for transition in observation.transitions:
             self._handle(transition, summary.seconds)
+        self._update_joined(observation, summary.seconds)
         self._save_status(observation)
 
     def _handle(self, transition: Transition, interval_s: float) -> None:
@@ -137,6 +139,41 @@ class Monitor:
             )
         if self.on_transition is not None:
             self.on_transition(transition, doc)
+
+    def _update_joined(self, observation: Observation, interval_s: float) -> None:
+        """A statement that regressed on the same table an interval after its incident fired
+        joins it (querywatch.detect.incidents): the incident is diagnosed again and, when the
+        diagnosis now names it, stored and sent again under the same id, an update of the page
+        (PagerDuty's dedup key and Alertmanager's labels keep one alert)."""
+        fired = {t.incident.id for t in observation.transitions}
+        before, self._subjects = self._subjects, {i.id: i.subjects for i in observation.incidents}
+        for incident in observation.incidents:
+            known, paged = before.get(incident.id), self._diagnoses.get(incident.id)
+            if known is None or paged is None or incident.id in fired:
+                continue
+            joined = set(incident.subjects) - set(known)
+            if not joined or incident.state is not IncidentState.FIRING:
+                continue
+            found = self.diagnose_incident(incident, interval_s, observation.at)
+            doc = diagnosis_to_json(found)
+            if joined & (_named(doc) - _named(paged)):
+                self._diagnoses[incident.id] = doc
+                self._send_update(incident, doc, observation.at)
+
+    def _send_update(self, incident: Incident, doc: dict[str, Any], at: float) -> None:
+        self.store.save_incident(self.server_id, incident, doc)
+        log.warning("incident %s updated: %s", incident.id, doc.get("summary", ""))
+        if self.dispatcher is not None:
+            self.dispatcher.notify(
+                Notification(
+                    status="firing",
+                    incident=incident.id,
+                    diagnosis=doc,
+                    at=at,
+                    source=self.server_name,
+                    started_at=incident.fired_at,
+                )
+            )
 
     def diagnose_incident(self, incident: Incident, interval_s: float, now: float) -> Diagnosis:
         start = incident.opened_at - interval_s
@@ -239,3 +276,8 @@ class Monitor:
                 for c in self.dispatcher.status()
             ]
             self.store.set_status("alerts", {"channels": channels})
+
+
+def _named(doc: Mapping[str, Any]) -> set[str]:
+    """The fingerprints a diagnosis document names as culprits."""
+    return {str(c.get("fingerprint")) for c in doc.get("culprits") or () if isinstance(c, dict)}

@@ -5,10 +5,13 @@ from __future__ import annotations
 import doctest
 import random
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
+from workload import Receiver
 
 import querywatch.relations as relations_module
+from querywatch.alerts import Dispatcher, WebhookChannel
 from querywatch.detect import (
     Detector,
     DetectSettings,
@@ -18,6 +21,7 @@ from querywatch.detect import (
     root_cause_key,
     step,
 )
+from querywatch.fingerprint import fingerprint
 from querywatch.model import (
     ActivitySummary,
     Anomaly,
@@ -25,9 +29,14 @@ from querywatch.model import (
     FingerprintActivity,
     Incident,
     IncidentState,
+    Interval,
     IntervalSummary,
+    StatementDelta,
+    StatementKey,
 )
+from querywatch.monitor import Monitor
 from querywatch.relations import StatementRelations, relations
+from querywatch.store import Store
 
 S = DetectSettings()
 FIRING, RESOLVED, PENDING = IncidentState.FIRING, IncidentState.RESOLVED, IncidentState.PENDING
@@ -448,3 +457,57 @@ def test_detector_pages_once_for_two_statements_of_one_table() -> None:
     assert set(incident.subjects) == {"upd", "sel"}
     apart = Detector(history=[summary(i, workload) for i in range(20)])
     assert len(fired([apart.observe(summary(20, slow))])) == 2  # no relations known: two pages
+
+
+# -- the watcher's Monitor: a statement that joins a firing incident updates its page ---------
+
+UPDATE_SQL = "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"
+SELECT_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+TPCB = (  # every statement of a TPC-B transaction: three of them keep their speed
+    UPDATE_SQL,
+    SELECT_SQL,
+    "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2",
+    "UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2",
+    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, now())",
+)
+KEYS = {sql: StatementKey(1, 10, n) for n, sql in enumerate(TPCB)}
+
+
+def record_tpcb(
+    store: Store, server: int, i: int, slow: Sequence[str] = ()
+) -> tuple[int, Interval]:
+    """One 1 s interval of 50 TPC-B transactions; the ``slow`` statements scan (4 ms a call)."""
+    deltas = tuple(
+        StatementDelta(
+            key, Counters(calls=50, exec_ms=50 * (4.0 if sql in slow else 0.02), rows=50)
+        )
+        for sql, key in KEYS.items()
+    )
+    interval = Interval(float(i), float(i + 1), deltas, None)
+    fps = {key: fingerprint(sql) for sql, key in KEYS.items()}
+    return store.record_interval(server, interval, fps, {fingerprint(s): s for s in KEYS}), interval
+
+
+def test_monitor_updates_the_page_when_a_statement_of_the_table_joins(tmp_path: Path) -> None:
+    receiver = Receiver()
+    try:
+        with (
+            Store(tmp_path / "qw.db") as store,
+            Dispatcher([WebhookChannel(f"{receiver.url}/hook")], retries=0) as dispatcher,
+        ):
+            server = store.server("db").id
+            monitor = Monitor(store, server, "db", Detector(), dispatcher)
+            for i in range(20):
+                monitor.on_interval(*record_tpcb(store, server, i))
+            monitor.on_interval(*record_tpcb(store, server, 20, [UPDATE_SQL]))  # pages
+            monitor.on_interval(*record_tpcb(store, server, 21, [UPDATE_SQL, SELECT_SQL]))
+            monitor.on_interval(*record_tpcb(store, server, 22, [UPDATE_SQL, SELECT_SQL]))
+            assert dispatcher.flush(10)
+            [stored] = store.incidents(server)
+    finally:
+        receiver.close()
+    pages = receiver.bodies("/hook")
+    assert [(p["status"], p["incident"]) for p in pages] == [("firing", stored.incident.id)] * 2
+    named = [{c["query"] for c in p["diagnosis"]["culprits"]} for p in pages]
+    assert named == [{UPDATE_SQL}, {UPDATE_SQL, SELECT_SQL}]  # the page, then its update
+    assert stored.diagnosis == pages[1]["diagnosis"]
