@@ -121,22 +121,23 @@ class Monitor:
         else:
             kept = self._diagnoses.pop(incident.id, None)
             doc = kept if kept is not None else self._stored_diagnosis(incident, interval_s)
-        self.store.save_incident(self.server_id, incident, doc)
         status: Literal["firing", "resolved"] = (
             "firing" if transition.status is IncidentState.FIRING else "resolved"
         )
+        note = Notification(
+            status=status,
+            incident=incident.id,
+            diagnosis=doc,
+            at=transition.at,
+            source=self.server_name,
+            started_at=incident.fired_at,
+        )
+        # the alert outbox rows go in the incident's transaction: none is lost to a crash
+        outbox = self.dispatcher.entries(note) if self.dispatcher is not None else []
+        self.store.save_incident(self.server_id, incident, doc, notify=outbox)
         log.warning("incident %s %s: %s", incident.id, status, doc.get("summary", ""))
         if self.dispatcher is not None:
-            self.dispatcher.notify(
-                Notification(
-                    status=status,
-                    incident=incident.id,
-                    diagnosis=doc,
-                    at=transition.at,
-                    source=self.server_name,
-                    started_at=incident.fired_at,
-                )
-            )
+            self.dispatcher.notify(note)
         if self.on_transition is not None:
             self.on_transition(transition, doc)
 
@@ -269,6 +270,8 @@ class Monitor:
                     "target": c.target,
                     "sent": c.sent,
                     "failed": c.failed,
+                    "pending": c.pending,
+                    "dropped": c.dropped,
                     "last_error": c.last_error,
                     "last_success_at": c.last_success_at,
                     "last_failure_at": c.last_failure_at,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .alerts import Dispatcher
+from .alerts.dispatcher import outbox_settings
 from .audit.run import AuditScheduler
 from .clikit import open_source, open_store, server_name
 from .detect import Detector, DetectSettings, settings_from_mapping
@@ -61,7 +62,8 @@ def run_watch(
     """Watch ``cfg.dsn`` into ``cfg.store`` until ``stop_event`` is set (or the watcher is
     stopped otherwise); returns the collector's final status."""
     detection = detect_settings(cfg, options)
-    with open_store(cfg) as st, Dispatcher(options.channels) as dispatcher:
+    outbox = outbox_settings(cfg.sections.get("alerts", {}))  # max_age, max_backoff
+    with open_store(cfg) as st, Dispatcher(options.channels, store=st, outbox=outbox) as dispatcher:
         name = server_name(cfg)
         watcher = Watcher(open_source(cfg), st, name, cfg.interval, cfg.activity_interval)
         with _stopped_by(stop_event, watcher):

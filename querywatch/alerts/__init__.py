@@ -7,7 +7,12 @@ sends apart from collection (a thread and a bounded queue per channel, timeouts,
 
 from querywatch.alerts.alertmanager import AlertmanagerChannel
 from querywatch.alerts.channel import Channel
-from querywatch.alerts.dispatcher import ChannelStatus, Dispatcher, channels_from_settings
+from querywatch.alerts.dispatcher import (
+    ChannelStatus,
+    Dispatcher,
+    OutboxSettings,
+    channels_from_settings,
+)
 from querywatch.alerts.message import Notification
 from querywatch.alerts.pagerduty import PagerDutyChannel
 from querywatch.alerts.slack import SlackChannel
@@ -19,6 +24,7 @@ __all__ = [
     "ChannelStatus",
     "Dispatcher",
     "Notification",
+    "OutboxSettings",
     "PagerDutyChannel",
     "SlackChannel",
     "WebhookChannel",

@@ -7,6 +7,11 @@ channels. Every POST has a timeout; a failed one is retried with exponential bac
 408 or 429) and given up at once otherwise (another 4xx: the request itself is wrong). A delivery
 that fails for good logs one WARNING line and shows in :meth:`Dispatcher.status`. Nothing here
 raises into the caller.
+
+Given a store, the dispatcher delivers from the store's outbox instead of memory
+(querywatch.alerts.outbox): retries go on with capped backoff until ``max_age`` (24 h by
+default, ``[alerts] max_age`` in querywatch.toml), across restarts, in order per channel.
+Without one (tests, one-off sends) the in-memory lanes below keep their bounded queue and retries.
 """
 
 from __future__ import annotations
@@ -15,23 +20,38 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
 from querywatch.alerts.alertmanager import AlertmanagerChannel
 from querywatch.alerts.channel import Channel
 from querywatch.alerts.message import Notification, clip
+from querywatch.alerts.outbox import (
+    OutboxLane,
+    OutboxStore,
+    channel_key,
+    entries,
+    idempotency_key,
+    sweep,
+)
 from querywatch.alerts.pagerduty import EVENTS_URL, PagerDutyChannel
 from querywatch.alerts.slack import SlackChannel
 from querywatch.alerts.webhook import WebhookChannel
-from querywatch.errors import ConfigError
+from querywatch.durations import parse_duration
+from querywatch.errors import ConfigError, InputError, StoreError
+
+if TYPE_CHECKING:
+    from querywatch.store.outbox import OutboxEntry
 
 log = logging.getLogger("querywatch.alerts")
 
 USER_AGENT = "querywatch"
 RETRYABLE_STATUS = frozenset({408, 429})
+MAX_AGE_S = 86400.0  # how long an undelivered notification is retried (outbox)
+MAX_BACKOFF_S = 60.0  # the longest wait between two tries (outbox)
 
 
 @dataclass(frozen=True)
@@ -56,10 +76,16 @@ class Attempt:
     retry: bool = False
 
 
-def post(client: httpx.Client, url: str, body: object, timeout: float) -> Attempt:
+def post(
+    client: httpx.Client,
+    url: str,
+    body: object,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+) -> Attempt:
     """One POST of ``body`` as JSON; any failure becomes an :class:`Attempt`, never an exception."""
     try:
-        response = client.post(url, json=body, timeout=timeout)
+        response = client.post(url, json=body, timeout=timeout, headers=headers)
     except httpx.TimeoutException:
         return Attempt(ok=False, error=f"no answer within {timeout:g} s", retry=True)
     except httpx.TransportError as exc:
@@ -71,6 +97,22 @@ def post(client: httpx.Client, url: str, body: object, timeout: float) -> Attemp
     code = response.status_code
     retry = code >= 500 or code in RETRYABLE_STATUS
     return Attempt(ok=False, error=f"HTTP {code}: {clip(response.text.strip(), 200)}", retry=retry)
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    """The ``[alerts]`` table: how long an undelivered notification is retried (``max_age``)
+    and the longest wait between two tries (``max_backoff``), in seconds."""
+
+    max_age: float = MAX_AGE_S
+    max_backoff: float = MAX_BACKOFF_S
+
+    def __post_init__(self) -> None:
+        if self.max_age <= 0 or self.max_backoff <= 0:
+            raise ConfigError(
+                f"[alerts]: max_age {self.max_age!r} and max_backoff {self.max_backoff!r} "
+                "must be more than zero"
+            )
 
 
 @dataclass(frozen=True)
@@ -89,7 +131,7 @@ class _Lane:
     def __init__(
         self,
         channel: Channel,
-        send: Callable[[str, object], Attempt],
+        send: Callable[[str, object, Mapping[str, str]], Attempt],
         policy: Policy,
         stop: threading.Event,
         clock: Callable[[], float],
@@ -194,15 +236,15 @@ class _Lane:
         except Exception as exc:  # a channel bug must not kill the lane
             self._record(n, Attempt(ok=False, error=f"{type(exc).__name__}: {exc}"), 0)
             return
-        attempt, tries = self._try(url, body)
+        attempt, tries = self._try(url, body, {"Idempotency-Key": idempotency_key(n)})
         self._record(n, attempt, tries)
 
-    def _try(self, url: str, body: object) -> tuple[Attempt, int]:
+    def _try(self, url: str, body: object, headers: Mapping[str, str]) -> tuple[Attempt, int]:
         attempt = Attempt(ok=False, error="not sent: shutting down")
         for tries in range(self._policy.retries + 1):
             if tries and self._stop.wait(self._policy.backoff * 2 ** (tries - 1)):
                 return attempt, tries
-            attempt = self._send(url, body)
+            attempt = self._send(url, body, headers)
             if attempt.ok or not attempt.retry:
                 return attempt, tries + 1
             log.debug("alert attempt %d to %s failed: %s", tries + 1, self.channel.target, attempt)
@@ -227,8 +269,25 @@ class _Lane:
         )  # fmt: skip
 
 
+class _AnyLane(Protocol):
+    channel: Channel
+
+    def put(self, n: Notification) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def wait_idle(self, timeout: float) -> bool: ...
+
+    def join(self, timeout: float) -> None: ...
+
+
 class Dispatcher:
-    """Delivers notifications to channels in the background; see the module docstring."""
+    """Delivers notifications to channels in the background; see the module docstring.
+
+    ``store`` turns on the outbox: ``outbox.max_age`` bounds how long a notification is retried
+    and ``outbox.max_backoff`` the wait between tries (``retries`` and ``queue_size`` then do not
+    apply).
+    """
 
     def __init__(
         self,
@@ -240,38 +299,67 @@ class Dispatcher:
         client: httpx.Client | None = None,
         queue_size: int = 100,
         clock: Callable[[], float] = time.time,
+        store: OutboxStore | None = None,
+        outbox: OutboxSettings = OutboxSettings(),
     ) -> None:
         policy = Policy(timeout=timeout, retries=retries, backoff=backoff, queue_size=queue_size)
         _check(policy)
-        self._policy = policy
+        self._policy, self._store, self._clock = policy, store, clock
+        self._channels = list(channels)
         self._owns_client = client is None
         self._client = client or httpx.Client(headers={"User-Agent": USER_AGENT})
         self._stop = threading.Event()
-        self._lanes = [_Lane(c, self._post, policy, self._stop, clock) for c in channels]
+        self._lanes: list[_AnyLane] = []
+        if store is None:
+            self._lanes += [_Lane(c, self._post, policy, self._stop, clock) for c in channels]
+            return
+        _sweep_and_tell(store, channels, outbox.max_age, clock())
+        limits = (backoff, outbox.max_backoff, outbox.max_age)
+        self._lanes += [
+            OutboxLane(c, self._post, store, limits, self._stop, clock) for c in channels
+        ]
 
-    def _post(self, url: str, body: object) -> Attempt:
-        return post(self._client, url, body, self._policy.timeout)
+    def _post(self, url: str, body: object, headers: Mapping[str, str]) -> Attempt:
+        return post(self._client, url, body, self._policy.timeout, headers)
+
+    def entries(self, n: Notification) -> list[OutboxEntry]:
+        """The outbox rows of ``n``, one per channel, for the caller to write in its own
+        transaction (``Store.save_incident(..., notify=...)``); none without a store."""
+        if self._store is None or not self._channels:
+            return []
+        try:
+            return entries(self._channels, n, self._clock())
+        except (TypeError, ValueError) as exc:  # a diagnosis that is not JSON: sent from memory
+            log.warning("alert %s incident %s cannot be stored: %s", n.status, n.incident, exc)
+            return []
 
     def notify(self, n: Notification) -> None:
-        """Queue ``n`` for every channel and return at once."""
+        """Queue ``n`` for every channel (in the outbox when there is a store) and return."""
         if self._stop.is_set():
             log.warning(
                 "alert dropped: %s incident %s after the dispatcher closed", n.status, n.incident
             )
             return
+        if self._store is not None:
+            try:
+                self._store.add_outbox(self.entries(n))  # a repeat of a stored row is ignored
+            except StoreError as exc:
+                log.warning("alert %s incident %s not stored: %s", n.status, n.incident, exc)
         for lane in self._lanes:
             lane.put(n)
 
     def status(self) -> list[ChannelStatus]:
-        return [lane.status() for lane in self._lanes]
+        return [_status(lane) for lane in self._lanes]
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every queue is drained and nothing is in flight; False on timeout."""
+        """Wait until every queue is drained and nothing is in flight; False on timeout.
+        With the outbox, rows waiting for a retry are left for later (or the next run)."""
         deadline = time.monotonic() + timeout
         return all(lane.wait_idle(max(deadline - time.monotonic(), 0.0)) for lane in self._lanes)
 
     def close(self) -> None:
-        """Stop the lanes (queued notifications are dropped; call :meth:`flush` first to send)."""
+        """Stop the lanes (queued notifications are dropped, outbox rows stay for the next run;
+        call :meth:`flush` first to send)."""
         if self._stop.is_set():
             return
         self._stop.set()
@@ -287,6 +375,62 @@ class Dispatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _status(lane: _AnyLane) -> ChannelStatus:
+    if isinstance(lane, _Lane):
+        return lane.status()
+    assert isinstance(lane, OutboxLane)
+    return ChannelStatus(
+        name=lane.channel.name,
+        target=lane.channel.target,
+        sent=lane.sent,
+        failed=lane.failed,  # failed tries: the row stays pending and is tried again
+        dropped=lane.expired,
+        pending=lane.pending(),
+        last_error=lane.last_error,
+        last_success_at=lane.last_success_at,
+        last_failure_at=lane.last_failure_at,
+    )
+
+
+def _sweep_and_tell(
+    store: OutboxStore, channels: Sequence[Channel], max_age: float, now: float
+) -> None:
+    """Expire what is too old, then say what an earlier run left to send."""
+    try:
+        sweep(store, max_age, now)
+        for lane_channel in channels:
+            left = [r for r in store.outbox_rows(channel_key(lane_channel)) if r.state == "pending"]
+            if left:
+                log.info(
+                    "%d alert(s) left pending by an earlier run for channel %s, target %s: "
+                    "sending them", len(left), lane_channel.name, lane_channel.target,
+                )  # fmt: skip
+    except StoreError as exc:
+        log.warning("alert outbox unreadable: %s", exc)
+
+
+def outbox_settings(table: Mapping[str, object]) -> OutboxSettings:
+    """The ``[alerts]`` table of querywatch.toml: ``max_age`` (how long an undelivered
+    notification is retried, default 24h) and ``max_backoff`` (default 60s), as durations.
+
+    >>> outbox_settings({"max_age": "2h"})
+    OutboxSettings(max_age=7200.0, max_backoff=60.0)
+    """
+    unknown = sorted(set(table) - {"max_age", "max_backoff"})
+    if unknown:
+        raise ConfigError(f"[alerts]: unknown setting {unknown[0]!r} (known: max_age, max_backoff)")
+    try:
+        values = {
+            key: parse_duration(
+                value if isinstance(value, int | float) else str(value), f"[alerts] {key}"
+            )
+            for key, value in table.items()
+        }
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+    return OutboxSettings(**values)
 
 
 def _check(policy: Policy) -> None:

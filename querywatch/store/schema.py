@@ -245,5 +245,28 @@ CREATE TABLE long_run_statements (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, KCACHE, SNAPSHOTS, LONG_RUN)
+# The alert outbox (querywatch.store.outbox): one row per notification and channel, written with
+# the incident, delivered by the dispatcher until sent or too old; `key` makes a repeat harmless.
+OUTBOX = """
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    target TEXT NOT NULL,
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    incident TEXT NOT NULL,
+    status TEXT NOT NULL,
+    notification TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_error TEXT,
+    done_at REAL,
+    UNIQUE (channel, source, key)
+);
+CREATE INDEX outbox_pending ON outbox (channel, state, id);
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, KCACHE, SNAPSHOTS, LONG_RUN, OUTBOX)
 LATEST = len(MIGRATIONS)

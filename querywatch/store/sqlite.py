@@ -34,7 +34,8 @@ from ..model import (
     StatementKey,
 )
 from ..source.kcache import CpuUsage, KcacheUsage
-from . import kcache, longrun, rollup, schema, snapshots
+from . import kcache, longrun, outbox, rollup, schema, snapshots
+from .outbox import OutboxEntry, OutboxRow, OutboxSummary
 from .rollup import Retention
 from .schema import COUNTER_COLUMNS, DATABASE_COLUMNS, MICROSECOND_COLUMNS
 from .series import (
@@ -602,9 +603,16 @@ class Store:
 
     # -- incidents --------------------------------------------------------------------------------
     def save_incident(
-        self, server_id: int, incident: Incident, diagnosis: Mapping[str, object] | None = None
+        self,
+        server_id: int,
+        incident: Incident,
+        diagnosis: Mapping[str, object] | None = None,
+        notify: Sequence[OutboxEntry] = (),
     ) -> None:
+        """Keep ``incident``; ``notify`` are its alert outbox rows, written in the same
+        transaction so a crash cannot keep the incident and lose its notification."""
         with self._errors(), self._transaction() as conn:
+            outbox.add(conn, notify)
             conn.execute(
                 "INSERT INTO incidents (id, server_id, key, state, opened_at, fired_at, resolved_at,"
                 " rules, diagnosis) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
@@ -644,6 +652,42 @@ class Store:
             timeline[e[0]].append(IncidentEvent(e[1], IncidentState(e[2]), e[3]))
         return [_stored_incident(r, timeline.get(r[0], [])) for r in rows]
 
+    # -- the alert outbox (querywatch.store.outbox) ---------------------------------------------
+    def add_outbox(self, entries: Sequence[OutboxEntry]) -> int:
+        """Write notifications to deliver; a repeat of a stored one is ignored. Returns new rows."""
+        with self._errors(), self._transaction() as conn:
+            return outbox.add(conn, entries)
+
+    def outbox_head(self, channel: str) -> OutboxRow | None:
+        """The channel's oldest pending notification."""
+        with self._errors():
+            return outbox.head(self._conn, channel)
+
+    def outbox_rows(self, channel: str) -> list[OutboxRow]:
+        with self._errors():
+            return outbox.rows(self._conn, channel)
+
+    def outbox_stale(self, created_before: float) -> list[OutboxRow]:
+        """Pending notifications of any channel written before ``created_before``."""
+        with self._errors():
+            return outbox.stale(self._conn, created_before)
+
+    def outbox_done(
+        self, row_id: int, state: str, at: float, tried: bool = True, error: str | None = None
+    ) -> bool:
+        """Close a pending row (sent, failed or expired); False when it was not pending."""
+        with self._errors(), self._transaction() as conn:
+            return outbox.done(conn, row_id, state, at, tried, error)
+
+    def outbox_retry(self, row_id: int, next_at: float, error: str) -> None:
+        with self._errors(), self._transaction() as conn:
+            outbox.retry(conn, row_id, next_at, error)
+
+    def outbox_summary(self) -> list[OutboxSummary]:
+        """Each channel's notifications by state: what is pending, since when, the last error."""
+        with self._errors():
+            return outbox.summary(self._conn)
+
     # -- status -------------------------------------------------------------------------------------
     def set_status(self, key: str, value: Mapping[str, object]) -> None:
         with self._errors(), self._transaction() as conn:
@@ -666,6 +710,7 @@ class Store:
         with self._errors(), self._transaction() as conn:
             rollup.roll_up(conn, now)
             rollup.apply_retention(conn, now, self.retention)
+            outbox.prune(conn, now)
 
     def size_bytes(self) -> int:
         with self._errors():
