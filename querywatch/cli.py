@@ -402,6 +402,10 @@ def _print_status(state: dict[str, dict[str, Any]], incidents: list[dict[str, An
                 learning += f" ({value['learning_reason']})"
             elif value.get("baseline") == "long_run":
                 learning += " (judging against pg_stat_statements' long-run averages meanwhile)"
+            if value.get("learning_reason"):  # e.g. the statistics were reset minutes ago
+                learning += f" ({value['learning_reason']})"
+            elif value.get("baseline") == "long_run":
+                learning += " (judging against pg_stat_statements' long-run averages meanwhile)"
             out.print(
                 f"detector {key.split(':', 1)[1]}: {learning}, "
                 f"{len(value.get('open_incidents', []))} open incidents",

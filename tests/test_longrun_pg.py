@@ -95,6 +95,18 @@ def first_snapshot_at(store: Path) -> float | None:
     return float(row[0]) if row and row[0] is not None else None
 
 
+def learning_reason(store: Path) -> str:
+    """Why the detector learns, as its status in the store says (what `status` prints)."""
+    if not store.exists():
+        return ""
+    try:
+        with sqlite3.connect(store) as db:
+            rows = db.execute("SELECT value FROM status WHERE key LIKE 'detector:%'").fetchall()
+    except sqlite3.Error:
+        return ""
+    return " ".join(str(json.loads(r[0]).get("learning_reason", "")) for r in rows)
+
+
 def diagnose_now(dsn: str) -> tuple[dict[str, Any], float]:
     """`querywatch diagnose --dsn DSN --now --format json` and how long it took to answer."""
     started = time.monotonic()
@@ -161,6 +173,8 @@ def test_statistics_reset_30_s_before_watch_learn_without_paging_and_say_why(
         load.set_rate("hot", 40)  # an incident a trusted long run would page at once
         time.sleep(10)
         with watch_process(server.dsn, store, "--alert-webhook", f"{receiver.url}/hook"):
+            why = wait_until(lambda: "was reset" in learning_reason(store), 30)
+            assert why, "status never said why it is learning"
             assert learned(store, 60), "the detector never left its learning period"
             learned_at = time.time()
             time.sleep(2)
