@@ -16,7 +16,7 @@ the minute of the onset and the rest, so an onset is known to within a minute; t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from itertools import pairwise
 
@@ -25,18 +25,21 @@ from .diagnose import (
     HISTORY,
     LONG_RUN,
     PRE_ONSET,
-    TOP_SERIES,
     DiagnoseSettings,
     Point,
     change_point,
     diagnose,
     diagnose_any,
+    rises,
 )
 from .model import Counters, Diagnosis, IntervalSummary
 from .store import Store
+from .store.dbtime import Sums
 
 RAW_ROWS = 100_000  # raw statement rows (intervals x statements) a diagnosis reads at most
 MIN_PRE_MINUTES = 3  # minutes of a long window before its onset that can be its baseline
+COARSE = 24  # parts of a long window in which the fingerprints that rose are looked for
+LEAD_S = 600.0  # the per-minute series around a rise starts this long before its part
 MINUTE = 60.0
 HOUR = 3600.0
 
@@ -130,11 +133,9 @@ def _diagnose_rollups(
     enough_intervals: int,
 ) -> Diagnosis:
     a, b = _floor(start, MINUTE), math.ceil(end / MINUTE) * MINUTE
-    totals, _ = _totals(store, server_id, a, b)
     onset = _incident_onset(store, server_id, a, b, interval_s)
     if onset is None:
-        found = change_point(_points(store, server_id, a, b, totals), settings)
-        onset = found.at if found is not None else None
+        onset = _long_onset(store, server_id, a, b, settings)
     pieces: list[IntervalSummary] = []
     if onset is not None and _floor(onset, MINUTE) - MINUTE >= a + MIN_PRE_MINUTES * MINUTE:
         onset = _floor(onset, MINUTE)
@@ -157,7 +158,7 @@ def _diagnose_rollups(
     found_d = diagnose(
         baseline,
         [w for w in window if w.seconds > 0],
-        store.statements(sorted(totals), server_id=server_id),
+        store.statements(_fingerprints(whole), server_id=server_id),
         store.deploys(start - baseline_s, end),
         settings,
         requested=(start, end),
@@ -170,15 +171,33 @@ def _diagnose_rollups(
     return found_d
 
 
-def _points(
-    store: Store, server_id: int, start: float, end: float, totals: Mapping[str, Counters]
-) -> list[Point]:
-    """The per-minute DB time of the top fingerprints (the change point's input)."""
-    top = sorted(totals, key=lambda fp: (-totals[fp].exec_ms, fp))[:TOP_SERIES]
-    series = store.series(server_id, start, end, MINUTE, top)
+def _long_onset(
+    store: Store, server_id: int, start: float, end: float, settings: DiagnoseSettings
+) -> float | None:
+    """The change point of a long window, in two steps: the fingerprints that rose most between
+    about ``COARSE`` parts of it (every fingerprint), then the per-minute series of each around
+    where it rose, until one holds a change point."""
+    size = max(MINUTE, _floor((end - start) / COARSE, MINUTE))
+    lo, hi = start, end
+    if size >= HOUR:  # whole hours, from the hour rollups (the edges only hold candidates)
+        size, lo, hi = _floor(size, HOUR), math.ceil(start / HOUR) * HOUR, _floor(end, HOUR)
+    sums, seconds = store.db_time(server_id, lo, hi, size)
+    coarse = _as_points(sums, seconds)
+    for fp, j in rises(coarse):  # the largest rise first; j: its first part after the rise
+        around = max(coarse[j - 1].start - LEAD_S, start), min(coarse[j].start + size, end)
+        minute_sums, minute_seconds = store.db_time(server_id, *around, MINUTE, [fp])
+        found = change_point(_as_points(minute_sums, minute_seconds), settings)
+        if found is not None:
+            return found.at
+    return None
+
+
+def _as_points(sums: Sums, seconds: dict[float, float]) -> list[Point]:
+    """Every bucket with complete data as a point (a fingerprint that did not run: none)."""
     return [
-        Point(t, series.seconds.get(t, 0.0), {fp: c.exec_ms for fp, c in by_fp.items() if fp})
-        for t, by_fp in sorted(series.points.items())
+        Point(t, secs, {fp: v[1] for fp, v in sums.get(t, {}).items()})
+        for t, secs in sorted(seconds.items())
+        if secs > 0
     ]
 
 
@@ -203,25 +222,30 @@ def _piece(store: Store, server_id: int, start: float, end: float) -> IntervalSu
 def _totals(
     store: Store, server_id: int, start: float, end: float
 ) -> tuple[dict[str, Counters], float]:
-    """Per-fingerprint sums and complete seconds over [start, end) (minute-aligned): whole hours
-    from the hour rollups, the minutes around them from the minute rollups (and the raw
-    intervals not rolled up yet)."""
+    """Per-fingerprint calls and exec ms and the complete seconds over [start, end)
+    (minute-aligned): whole hours from the hour rollups, the minutes around them from the minute
+    rollups (and the raw intervals not rolled up yet)."""
     h0, h1 = math.ceil(start / HOUR) * HOUR, _floor(end, HOUR)
-    parts = (
-        [(start, end, MINUTE)]
-        if h1 <= h0
-        else [(start, h0, MINUTE), (h0, h1, HOUR), (h1, end, MINUTE)]
-    )
-    totals: dict[str, Counters] = {}
+    parts = [(start, end, MINUTE)]
+    if h1 > h0:
+        parts = [(start, h0, MINUTE), (h0, h1, HOUR), (h1, end, MINUTE)]
+    calls: dict[str, float] = {}
+    ms: dict[str, float] = {}
     seconds = 0.0
     for lo, hi, step in parts:
         if hi <= lo:
             continue
-        for fp, counters in store.fingerprint_totals(server_id, lo, hi, step).items():
-            known = totals.get(fp)
-            totals[fp] = counters if known is None else known.plus(counters)
-        seconds += sum(store.seconds_covered(server_id, lo, hi, step).values())
-    return totals, seconds
+        sums, covered = store.db_time(server_id, lo, hi, step, group=hi - lo)
+        for by_fp in sums.values():
+            for fp, (n, t) in by_fp.items():
+                calls[fp] = calls.get(fp, 0.0) + n
+                ms[fp] = ms.get(fp, 0.0) + t
+        seconds += sum(covered.values())
+    return {fp: Counters(calls=n, exec_ms=ms[fp]) for fp, n in calls.items()}, seconds
+
+
+def _fingerprints(pieces: Sequence[IntervalSummary]) -> list[str]:
+    return sorted({fp for p in pieces for fp in p.by_fingerprint})
 
 
 def _floor(t: float, step: float) -> float:

@@ -389,15 +389,26 @@ def _step_back(xs: Sequence[float], j: int, min_segment: int) -> int:
     return j
 
 
-def _best_split(
-    xs: Sequence[float], min_segment: int, s: DiagnoseSettings
-) -> tuple[float, int, float, float] | None:
+def rises(points: Sequence[Point], count: int = 3) -> list[tuple[str, int]]:
+    """The ``count`` fingerprints whose DB time per second rose the most from one part of
+    ``points`` to the next (by the score of :func:`change_point`, any split, nothing tested),
+    each with the index of its first point after the rise: where to look closer."""
+    pts = sorted((p for p in points if p.seconds > 0), key=lambda p: p.start)
+    found = []
+    for fp in {fp for p in pts for fp in p.ms}:
+        split = _max_split([p.ms.get(fp, 0.0) / p.seconds for p in pts], 1)
+        if split is not None:
+            found.append((-split[0], fp, split[1]))
+    return [(fp, j) for _, fp, j in sorted(found)[:count]]
+
+
+def _max_split(xs: Sequence[float], min_segment: int) -> tuple[float, int, float, float] | None:
+    """The split of ``xs`` with the largest rise score: (score, index, mean before, after)."""
     n = len(xs)
-    sums, squares = [0.0], [0.0]
+    sums = [0.0]
     for x in xs:
         sums.append(sums[-1] + x)
-        squares.append(squares[-1] + x * x)
-    total, total_sq = sums[-1], squares[-1]
+    total = sums[-1]
     best: tuple[float, int, float, float] | None = None
     for j in range(min_segment, n - min_segment + 1):
         before = sums[j] / j
@@ -405,16 +416,24 @@ def _best_split(
         score = (after - before) * math.sqrt(j * (n - j) / n)
         if score > 0 and (best is None or score > best[0]):
             best = (score, j, before, after)
+    return best
+
+
+def _best_split(
+    xs: Sequence[float], min_segment: int, s: DiagnoseSettings
+) -> tuple[float, int, float, float] | None:
+    """:func:`_max_split`, when its rise is large and clear enough (see change_point)."""
+    best = _max_split(xs, min_segment)
     if best is None:
         return None
-    score, j, before, after = best
+    _, j, before, after = best
     shift = after - before
     if shift < s.min_excess_ms_per_s or shift < s.min_excess_ratio * before:
         return None
-    ss1 = squares[j] - sums[j] ** 2 / j
-    ss2 = (total_sq - squares[j]) - (total - sums[j]) ** 2 / (n - j)
-    sd = math.sqrt(max(ss1 + ss2, 0.0) / max(n - 2, 1))
-    if sd > 0 and shift / (sd * math.sqrt(1 / j + 1 / (n - j))) < CHANGE_T:
+    first, rest = xs[:j], xs[j:]
+    spread = sum((x - before) ** 2 for x in first) + sum((x - after) ** 2 for x in rest)
+    sd = math.sqrt(spread / max(len(xs) - 2, 1))
+    if sd > 0 and shift / (sd * math.sqrt(1 / len(first) + 1 / len(rest))) < CHANGE_T:
         return None
     return best
 
@@ -666,10 +685,15 @@ def _attribution_of(ctx: _Context, fingerprint: str) -> Attribution:
     return found or Attribution(fingerprint, Load(), Load(), 0.0, 0.0, 0.0)
 
 
+LONG_CATCH_UP_INTERVALS = 3.0  # as querywatch.collector.LONG_CATCH_UP (a pure module apart)
+
+
 def _onset(a: Attribution, ctx: _Context) -> float | None:
     """Start of the first complete window interval where the fingerprint clearly exceeds."""
     threshold = a.expected_ms_per_s + ctx.settings.onset_fraction * a.excess_ms_per_s
     for interval in _complete(ctx.window):
+        if interval.catch_up and interval.seconds > LONG_CATCH_UP_INTERVALS * ctx.resolution:
+            continue  # a watcher's downtime averaged: the change is placed where it is seen next
         counters = interval.by_fingerprint.get(a.fingerprint)
         if counters is None or counters.calls <= 0:
             continue

@@ -34,7 +34,7 @@ from ..model import (
     StatementKey,
 )
 from ..source.kcache import CpuUsage, KcacheUsage
-from . import kcache, longrun, outbox, rollup, schema, snapshots
+from . import dbtime, kcache, longrun, outbox, rollup, schema, snapshots
 from .outbox import OutboxEntry, OutboxRow, OutboxSummary
 from .rollup import Retention
 from .schema import COUNTER_COLUMNS, DATABASE_COLUMNS, MICROSECOND_COLUMNS
@@ -470,6 +470,21 @@ class Store:
         """The long-run baseline taken last at or before ``at`` (else the first after it)."""
         with self._errors():
             return longrun.load(self._conn, server_id, at)
+
+    # -- calls and execution time per bucket, lean (querywatch.store.dbtime) -----------------------
+    def db_time(
+        self,
+        server_id: int,
+        start: float,
+        end: float,
+        step: float,
+        fingerprints: Sequence[str] | None = None,
+        group: float | None = None,
+    ) -> tuple[dbtime.Sums, dict[float, float]]:
+        """Calls and exec ms per ``group`` bucket (default ``step``) and fingerprint over
+        [start, end), and complete seconds per bucket: for diagnosing long windows."""
+        with self._errors():
+            return dbtime.sums(self._conn, server_id, start, end, step, fingerprints, group)
 
     # -- pg_stat_kcache's usage per statement (querywatch.store.kcache) ----------------------------
     def record_kcache(self, server_id: int, interval_id: int, usage: KcacheUsage) -> int:
