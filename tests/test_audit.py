@@ -525,8 +525,8 @@ def test_audit_of_an_n_plus_one_in_autocommit_and_of_a_uniform_x3(
         f"n+1: transactions x{xacts:.2f} (calls per transaction x{per_xact:.2f}), traffic "
         f"factor x{doc['traffic_factor']:.2f}, statement x{doc['reasons'][0]['factor']:.2f}"
     )
-    assert xacts > 3.0  # what the audit used to divide by
     assert doc["traffic_factor"] < 1.5
+    assert xacts > 2.0  # what the audit used to divide by rose with the N+1 itself
     text = _cli("audit", "--deploy", "v-n1", *window)
     assert text.returncode == 1 and "SELECT v FROM audit_n1 WHERE k = $1" in text.stdout
 
