@@ -37,7 +37,7 @@ from querywatch.model import (
     Statement,
     Verdict,
 )
-from querywatch.text import one_line
+from querywatch.text import figure, one_line
 
 HISTORY = "history"  # the intervals before the window
 PRE_ONSET = "pre_onset"  # the window's own intervals before the onset it holds
@@ -597,10 +597,10 @@ def _change(c: Culprit, settings: DiagnoseSettings) -> str:
         return "new query"
     calls = _factor(c.calls_per_s)
     if calls >= settings.change_factor or 0 < calls <= 1 / settings.change_factor:
-        return f"calls/s x{calls:.1f}"
+        return f"calls/s x{figure(calls)}"
     mean = _factor(c.mean_ms)
     if mean >= settings.change_factor or 0 < mean <= 1 / settings.change_factor:
-        return f"mean x{mean:.1f}"
+        return f"mean x{figure(mean)}"
     return ""
 
 
@@ -743,21 +743,22 @@ def _evidence(
     """Short numeric lines: what changed and since when, its share, overall traffic."""
     since = f" since {clock(onset)}" if onset is not None else ""
     b, w = a.baseline, a.window
-    calls = f"{b.calls_per_s:.1f} -> {w.calls_per_s:.1f}"
-    mean = f"{b.mean_ms:.1f} ms -> {w.mean_ms:.1f} ms"
+    calls = f"{figure(b.calls_per_s)} -> {figure(w.calls_per_s)}"
+    mean = f"{figure(b.mean_ms)} ms -> {figure(w.mean_ms)} ms"
     if kind is CulpritKind.NEW_QUERY:
-        lines = [f"new{since} (absent from baseline)", f"calls/s {w.calls_per_s:.1f}"]
-        lines.append(f"mean {w.mean_ms:.1f} ms")
+        lines = [f"new{since} (absent from baseline)", f"calls/s {figure(w.calls_per_s)}"]
+        lines.append(f"mean {figure(w.mean_ms)} ms")
     elif kind is CulpritKind.FREQUENCY:
         ratio = _ratio(w.calls_per_s, b.calls_per_s)
-        lines = [f"calls/s x{ratio:.1f} ({calls}){since}", f"mean {mean}"]
+        lines = [f"calls/s x{figure(ratio)} ({calls}){since}", f"mean {mean}"]
     elif kind is CulpritKind.LATENCY:
-        lines = [f"mean x{_ratio(w.mean_ms, b.mean_ms):.1f} ({mean}){since}", f"calls/s {calls}"]
+        ratio = _ratio(w.mean_ms, b.mean_ms)
+        lines = [f"mean x{figure(ratio)} ({mean}){since}", f"calls/s {calls}"]
     else:
         lines = [f"calls/s {calls}", f"mean {mean}"]
     if share > 0:
-        lines.append(f"{share:.0%} of the extra DB time (+{a.excess_ms_per_s:.1f} ms/s)")
-    lines.append(f"traffic overall x{k:.1f}")
+        lines.append(f"{share:.0%} of the extra DB time (+{figure(a.excess_ms_per_s)} ms/s)")
+    lines.append(f"traffic overall x{figure(k)}")
     return tuple(lines)
 
 
@@ -776,7 +777,7 @@ def _summary(
         return _regression_summary(culprits[0], ctx, deploys, window[0])
     return (
         f"Nothing abnormal between {clock(window[0])} and {clock(window[1])} UTC: database time "
-        f"{ctx.base.ms_per_s:.0f} -> {ctx.win.ms_per_s:.0f} ms/s, traffic x{ctx.factor:.1f}, "
+        f"{ctx.base.ms_per_s:.0f} -> {ctx.win.ms_per_s:.0f} ms/s, traffic x{figure(ctx.factor)}, "
         "no statement stands out."
     )
 
@@ -793,24 +794,39 @@ def _regression_summary(
         what += f"{seen} right after deploy {suspects[0].version} at {clock(suspects[0].at)}"
     elif deploys:
         what += f" (deploy {deploys[-1].version} at {clock(deploys[-1].at)} is not a suspect)"
-    k = ctx.factor
-    if k >= ctx.settings.surge_factor:
-        traffic = f"traffic overall rose {k:.1f}x too, but this statement grew beyond that"
-    else:
-        traffic = f"traffic overall changed only {k:.1f}x, so this is not a traffic surge"
+    traffic = _traffic_words(top, ctx)
     return (
         f"{top.excess_share:.0%} of the extra database time since {when} UTC comes from "
         f"`{one_line(top.query or top.fingerprint, 80)}`; {what}; {traffic}."
     )
 
 
+def _traffic_words(top: Culprit, ctx: _Context) -> str:
+    """What traffic overall did beside the culprit: rose too, fell (requests queue behind it,
+    so throughput collapses while the culprit takes ever more time), or stayed."""
+    k, s = ctx.factor, ctx.settings
+    if k >= s.surge_factor:
+        return f"traffic overall rose {figure(k)}x too, but this statement grew beyond that"
+    if k <= 1 / s.change_factor:
+        before = top.calls_per_s.baseline * top.mean_ms.baseline
+        after = top.calls_per_s.window * top.mean_ms.window
+        grew = (
+            f"this statement's time rose {figure(after / before)}x"
+            if before > 0
+            else f"this new statement took {figure(after)} ms/s"
+        )
+        return f"throughput fell to {figure(k)}x while {grew}"
+    return f"traffic overall changed only {figure(k)}x, so this is not a traffic surge"
+
+
 def _what_changed(top: Culprit) -> str:
     if top.kind is CulpritKind.NEW_QUERY:
         return "it is a new statement, absent from the baseline"
     if top.kind is CulpritKind.FREQUENCY:
-        return f"its calls/s went up {_factor(top.calls_per_s):.1f}x"
+        return f"its calls/s went up {figure(_factor(top.calls_per_s))}x"
     m = top.mean_ms
-    return f"its mean time went up {_factor(m):.1f}x ({m.baseline:.1f} -> {m.window:.1f} ms)"
+    change = f"{figure(m.baseline)} -> {figure(m.window)} ms"
+    return f"its mean time went up {figure(_factor(m))}x ({change})"
 
 
 def _surge_summary(ctx: _Context) -> str:
@@ -818,7 +834,7 @@ def _surge_summary(ctx: _Context) -> str:
     largest = max((a.excess_ms_per_s for a in ctx.attributions.values()), default=0.0)
     share = _ratio(max(largest, 0.0), increase)
     return (
-        f"Traffic rose {ctx.factor:.1f}x across all statements; no single query explains it "
+        f"Traffic rose {figure(ctx.factor)}x across all statements; no single query explains it "
         f"(the largest excess is {share:.0%} of the extra DB time): a traffic surge, "
         "not a query regression."
     )
