@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from querywatch.durations import clock, iso
 from querywatch.model import Culprit, DeployVerdict, Diagnosis, Rate
-from querywatch.text import one_line
+from querywatch.text import figure, one_line
 
 TEXT_CULPRITS = 3  # culprits shown in the text report
 TEXT_DEPLOYS = 3  # deploys shown in the text report
@@ -59,7 +59,7 @@ def diagnosis_to_text(d: Diagnosis) -> str:
     head = (
         f"verdict: {d.verdict.value}{' (learning)' if d.learning else ''}  "
         f"window {clock(d.window_start)}-{clock(d.window_end)} UTC  "
-        f"traffic x{d.traffic_factor:.1f}"
+        f"traffic x{figure(d.traffic_factor)}"
     )
     lines = [head, d.summary]
     if d.baseline_note:
@@ -77,8 +77,8 @@ def _culprit_lines(n: int, c: Culprit) -> list[str]:
     onset = f"  since {clock(c.onset)}" if c.onset is not None else ""
     numbers = (
         f"{n}. {c.kind.value:<9} {c.excess_share:>4.0%}  "
-        f"calls/s {c.calls_per_s.baseline:.1f} -> {c.calls_per_s.window:.1f}  "
-        f"mean {c.mean_ms.baseline:.1f} -> {c.mean_ms.window:.1f} ms{onset}"
+        f"calls/s {figure(c.calls_per_s.baseline)} -> {figure(c.calls_per_s.window)}  "
+        f"mean {figure(c.mean_ms.baseline)} -> {figure(c.mean_ms.window)} ms{onset}"
     )
     return [numbers, f"   {one_line(c.query or c.fingerprint, QUERY_WIDTH)}"]
 

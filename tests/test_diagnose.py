@@ -26,6 +26,7 @@ from querywatch.diagnose import (
     traffic_factor,
     workload,
 )
+from querywatch.durations import iso
 from querywatch.errors import InputError
 from querywatch.model import (
     ActivitySummary,
@@ -38,7 +39,7 @@ from querywatch.model import (
     Statement,
     Verdict,
 )
-from querywatch.report import diagnosis_to_json, diagnosis_to_text, iso
+from querywatch.report import diagnosis_to_json, diagnosis_to_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -860,3 +861,47 @@ def test_a_change_that_keeps_growing_starts_where_it_began() -> None:
     assert found is not None and (found.fingerprint, found.at) == ("hot", LATE)
     d = diagnose_any(whole(growing), statements, [])
     assert (d.culprits[0].fingerprint, d.culprits[0].onset) == ("hot", LATE)
+
+
+# -- wording ----------------------------------------------------------------------------------------
+def test_throughput_that_fell_behind_the_culprit_is_said_so() -> None:
+    # every request queues behind "orders": its mean x16 at half its calls, the rest at half
+    queued = {fp: (c * 0.5, m) for fp, (c, m) in BASE.items()}
+    queued["orders"] = (1.0, 640.0)
+    d = run(Case("queued", switch(ONSET, queued), Verdict.QUERY_REGRESSION))
+    assert d.verdict is Verdict.QUERY_REGRESSION
+    assert d.culprits[0].fingerprint == "orders"
+    factor = d.culprits[0].calls_per_s.window * d.culprits[0].mean_ms.window / 80.0
+    assert d.traffic_factor == pytest.approx(0.5 + 0.5 * 8 / 60, rel=0.01)  # 8 of 60 intervals
+    assert f"throughput fell to {d.traffic_factor:.1f}x while this statement's time rose " in (
+        d.summary
+    )
+    assert f"rose {factor:.1f}x." in d.summary
+    assert "not a traffic surge" not in d.summary and "0.0x" not in d.summary
+
+
+def test_throughput_that_stopped_is_not_zero_point_zero() -> None:
+    stopped = {fp: (c * 0.02, m) for fp, (c, m) in BASE.items()}
+    stopped["export"] = (1.0, 2000.0)  # a new statement holds everything
+    d = run(Case("stopped", switch(at("10:30:00"), stopped), Verdict.QUERY_REGRESSION))
+    assert d.culprits[0].fingerprint == "export"
+    assert "throughput fell to 0.02x while this new statement took 2000.0 ms/s" in d.summary
+    assert "traffic overall x0.02" in d.culprits[0].evidence
+    assert "traffic x0.02" in diagnosis_to_text(d).splitlines()[0]
+
+
+def test_means_under_a_tenth_of_a_millisecond_keep_their_digits() -> None:
+    fast = {**BASE, "lookup": (200.0, 0.004)}
+    d = diagnose(
+        series(BASELINE, steady(fast)),
+        series(WINDOW, switch(ONSET, {"lookup": (200.0, 0.05)}, fast)),
+        STATEMENTS,
+        [],
+    )
+    top = d.culprits[0]
+    assert (top.fingerprint, top.kind) == ("lookup", CulpritKind.LATENCY)
+    # the window's mean: (8 x 0.004 + 52 x 0.05) / 60 = 0.0439 ms, x11.0
+    assert top.evidence[0].startswith("mean x11.0 (0.004 ms -> 0.044 ms) since 10:31:20")
+    assert "(0.004 -> 0.044 ms)" in d.summary
+    text = diagnosis_to_text(d)
+    assert "mean 0.004 -> 0.044 ms" in text and "0.0 ms" not in text
