@@ -85,8 +85,12 @@ def long_run(
             continue
         started = max(stats.stats_since or since, since)
         age = server_now - started
-        if age <= 0 or (started > since and age < min_age_s):
-            continue  # a new entry (PostgreSQL 17+): not part of the long run
+        if age <= 0:
+            continue
+        if started > since and age < min_age_s:  # an entry new since (PostgreSQL 17+) ...
+            if span >= min_age_s:
+                continue  # ... is not part of a long run
+            age = span  # ... but young statistics are all recent: count it over the span
         counters = _scaled(stats.counters, span / age)
         known = sums.get(fp)
         sums[fp] = counters if known is None else known.plus(counters)

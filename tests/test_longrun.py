@@ -90,6 +90,15 @@ def test_postgres_17_without_stats_reset_counts_from_the_oldest_entry() -> None:
     assert set(lr.by_fingerprint) == {"a"}
 
 
+def test_young_statistics_count_every_entry_over_the_whole_span() -> None:
+    # PostgreSQL 17+ reset 60 s ago: an entry that appeared 20 s ago is recent like all others
+    snap = snapshot({key(1): (600, 6.0, 60.0), key(2): (200, 2.0, 20.0)}, reset_ago=60.0)
+    lr = long_run(snap, {key(1): "a", key(2): "b"}, min_age_s=300.0)
+    assert not lr.trusted
+    rates = {fp: c.calls / lr.seconds for fp, c in lr.by_fingerprint.items()}
+    assert rates == pytest.approx({"a": 10.0, "b": 200 / 60})
+
+
 @pytest.mark.parametrize(
     ("reset_ago", "since_ago", "reason"),
     [
