@@ -20,6 +20,7 @@ from rich.table import Table
 from . import __version__, check, top
 from .advise import commands as advise_commands
 from .alerts import channels_from_settings
+from .alerts.outbox import summary_json, summary_line
 from .alerts.pagerduty import EVENTS_URL
 from .audit import commands as audit_commands
 from .clikit import (
@@ -365,6 +366,7 @@ def status(
     with open_store(cfg, create=False) as st:
         state = st.status()
         incidents = [i for i in st.incidents(limit=20)]
+        pending = st.outbox_summary()  # alerts not yet delivered, per channel
     listed: list[dict[str, Any]] = [
         {
             "id": s.incident.id,
@@ -377,10 +379,14 @@ def status(
         }
         for s in incidents
     ]
+    now = time.time()
     if fmt is Format.json:
-        out.print_json(json.dumps({"status": state, "incidents": listed}))
+        outbox = [summary_json(s, now) for s in pending]
+        out.print_json(json.dumps({"status": state, "incidents": listed, "outbox": outbox}))
         return
     _print_status(state, listed)
+    for s in pending:
+        out.print(summary_line(s, now), markup=False)
 
 
 def _print_status(state: dict[str, dict[str, Any]], incidents: list[dict[str, Any]]) -> None:

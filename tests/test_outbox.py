@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from workload import Load, Statement, learned, wait_until
 
 from querywatch.alerts import (
     AlertmanagerChannel,
@@ -63,6 +69,7 @@ class Flaky:
     ``hang`` (answers only after the sender gave up) or ``refused`` (nothing listens)."""
 
     mode: str = "ok"
+    hang_s: float = TIMEOUT * 3  # longer than the sender's timeout
     hits: list[Hit] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -106,7 +113,7 @@ class Flaky:
                     )
                     owner.cond.notify_all()
                 if mode == "hang":
-                    time.sleep(TIMEOUT * 3)
+                    time.sleep(owner.hang_s)
                 self.send_response({"500": 500, "400": 400}.get(mode, 200))
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -134,8 +141,8 @@ class Flaky:
 def flaky() -> Iterator[Callable[..., Flaky]]:
     made: list[Flaky] = []
 
-    def make(mode: str = "ok") -> Flaky:
-        made.append(Flaky(mode))
+    def make(mode: str = "ok", hang_s: float = TIMEOUT * 3) -> Flaky:
+        made.append(Flaky(mode, hang_s))
         return made[-1]
 
     yield make
@@ -390,3 +397,166 @@ def test_bad_alerts_table_is_a_one_line_config_error(table: dict[str, Any]) -> N
     with pytest.raises(ConfigError) as caught:
         outbox_settings(table)
     assert "\n" not in str(caught.value) and "[alerts]" in str(caught.value)
+
+
+# --- `querywatch status` shows what is pending, from the store --------------------------------
+
+
+def status_of(store: Path, fmt: str = "json") -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QUERYWATCH_", "PG"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "querywatch", "status", "--store", str(store), "--format", fmt],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    return json.loads(result.stdout) if fmt == "json" else result.stdout
+
+
+def test_status_shows_pending_alerts_per_channel(
+    tmp_path: Path, flaky: Callable[..., Flaky]
+) -> None:
+    down, up = flaky("refused"), flaky("ok")
+    path = tmp_path / "qw.db"
+    with Store(path) as st, outboxed(st, [WebhookChannel(down.url), WebhookChannel(up.url)]) as d:
+        d.notify(note("firing"))
+        d.notify(note("resolved"))
+        assert up.wait_delivered(2)
+        assert eventually(lambda: st.outbox_summary()[0].attempts >= 2)
+    shown = {c["target"]: c for c in status_of(path)["outbox"]}
+    pending, done = shown[down.url], shown[up.url]
+    assert (pending["pending"], pending["sent"], pending["name"]) == (2, 0, "webhook")
+    assert "ConnectError" in pending["last_error"] and pending["failed_tries"] >= 2
+    assert pending["oldest_pending_age_s"] >= 0 and pending["oldest_pending_at"].endswith("Z")
+    assert (done["pending"], done["sent"], done["last_error"]) == (0, 2, None)
+    text = status_of(path, "text")
+    assert f"alert outbox webhook {down.url}: 2 pending for " in text
+    assert f"alert outbox webhook {up.url}: nothing pending; 2 sent" in text
+
+
+# --- end to end: `querywatch watch` through a 2-minute outage with a kill -9 ------------------
+
+OUTAGE_S = 120.0  # the acceptance: the webhook is down for 2 minutes during an incident
+
+
+@pytest.fixture(scope="module")
+def items(pg_dsn: str) -> str:
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS ob_items")
+        c.execute(
+            "CREATE TABLE ob_items AS SELECT g AS id, g % 100 AS category, md5(g::text) AS note "
+            "FROM generate_series(1, 50000) g"
+        )
+        c.execute("ALTER TABLE ob_items ADD PRIMARY KEY (id)")
+        c.execute("ANALYZE ob_items")
+    return pg_dsn
+
+
+def steady() -> dict[str, Statement]:
+    return {
+        "lookup": Statement(
+            "SELECT * FROM ob_items WHERE id = %s", 100, lambda r: (r.randint(1, 50000),)
+        ),
+        "scan": Statement(
+            "SELECT count(*) FROM ob_items WHERE note LIKE %s",
+            3,
+            lambda r: (f"%{r.randint(10, 99)}%",),
+        ),
+        "hot": Statement(
+            "SELECT count(*) FROM ob_items WHERE category = %s", 4, lambda r: (r.randint(0, 99),)
+        ),
+    }
+
+
+@contextmanager
+def watching(dsn: str, store: Path, hook: str) -> Iterator[subprocess.Popen[str]]:
+    """`querywatch watch` at 1 s intervals, retrying alerts at most 2 s apart ([alerts] in
+    its querywatch.toml); the test may SIGKILL it, else it is stopped with SIGTERM (exit 0)."""
+    config = store.with_name("querywatch.toml")
+    config.write_text('[alerts]\nmax_backoff = "2s"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUERYWATCH_")}
+    env |= {"QUERYWATCH_ACTIVITY_INTERVAL": "0.25", "QUERYWATCH_CONFIG": str(config)}
+    args = ["watch", "--dsn", dsn, "--store", str(store), "--interval", "1s"]
+    with store.with_suffix(f".{time.monotonic_ns()}.log").open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "querywatch", *args, "--alert-webhook", hook],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            code = proc.wait(30)
+    text = Path(out.name).read_text()
+    assert "Traceback" not in text, text
+    assert code in (0, -signal.SIGKILL), text
+
+
+def outbox_states(store: Path) -> list[tuple[str, str, str]]:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(store) as db:
+            rows = db.execute("SELECT incident, status, state FROM outbox ORDER BY id").fetchall()
+    except sqlite3.Error:
+        return []
+    return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+@pytest.mark.slow
+def test_watch_through_a_two_minute_outage_and_a_kill_delivers_each_once(
+    items: str, tmp_path: Path, flaky: Callable[..., Flaky]
+) -> None:
+    hook = flaky("500", hang_s=8.0)  # watch's POST timeout is 5 s
+    store = tmp_path / "qw.db"
+    modes: list[tuple[str, float]] = []
+    with Load(items, steady()) as load:
+        with watching(items, store, hook.url) as first:
+            assert learned(store), "the detector never left its learning period"
+            time.sleep(3)
+            load.set_rate("hot", 40)
+            assert wait_until(lambda: outbox_states(store), 20), "no incident fired"
+            down_at = time.monotonic()
+            modes.append(("500", down_at))
+            time.sleep(5)
+            load.set_rate("hot", 4)
+            hook.set("hang")
+            modes.append(("hang", time.monotonic()))
+            assert wait_until(lambda: len(outbox_states(store)) == 2, 30), "no resolve"
+            time.sleep(max(0.0, down_at + OUTAGE_S / 2 - time.monotonic()))
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        hook.set("refused")
+        modes.append(("refused", time.monotonic()))
+        during = status_of(store)["outbox"]
+        with watching(items, store, hook.url):
+            time.sleep(max(0.0, down_at + OUTAGE_S - time.monotonic()))
+            hook.set("ok")
+            back_at = time.monotonic()
+            assert hook.wait_delivered(2, timeout=30), "not delivered after the outage"
+            delivered_after = time.monotonic() - back_at
+            time.sleep(3)  # a duplicate would come now
+    after = status_of(store)["outbox"]
+    bodies = hook.delivered()
+    assert [b["status"] for b in bodies] == ["firing", "resolved"], bodies
+    assert bodies[0]["incident"] == bodies[1]["incident"]
+    incident = bodies[0]["incident"]
+    assert outbox_states(store) == [(incident, "firing", "sent"), (incident, "resolved", "sent")]
+    assert [c["pending"] for c in during] == [2], "status showed both pending while down"
+    assert [(c["pending"], c["sent"]) for c in after] == [(0, 2)]
+    tried = {mode: sum(h.mode == mode for h in hook.hits) for mode in ("500", "hang")}
+    assert tried["500"] >= 2 and tried["hang"] >= 2, tried
+    assert all(h.body["status"] == "firing" for h in hook.hits if h.mode != "ok")
+    print(
+        f"outage {back_at - down_at:.0f} s "
+        f"({', '.join(m for m, _ in modes)}, watch killed at {OUTAGE_S / 2:.0f} s), "
+        f"failed tries {tried}, delivered {delivered_after:.1f} s after the webhook came back"
+    )

@@ -30,8 +30,9 @@ from typing import Any, Protocol
 
 from querywatch.alerts.channel import Channel
 from querywatch.alerts.message import Notification
+from querywatch.durations import human, iso
 from querywatch.errors import StoreError
-from querywatch.store.outbox import EXPIRED, FAILED, SENT, OutboxEntry, OutboxRow
+from querywatch.store.outbox import EXPIRED, FAILED, SENT, OutboxEntry, OutboxRow, OutboxSummary
 
 log = logging.getLogger("querywatch.alerts")
 
@@ -73,8 +74,10 @@ class OutboxStore(Protocol):
 
 
 def idempotency_key(n: Notification) -> str:
-    """The same notification gives the same key: the receiver can drop a repeat."""
-    return f"querywatch/{n.incident}/{n.status}"
+    """The same notification gives the same key: the receiver can drop a repeat (an update of a
+    page, which more statements joined, is another notification)."""
+    update = f"/{n.revision}" if n.revision else ""
+    return f"querywatch/{n.incident}/{n.status}{update}"
 
 
 def channel_key(channel: Channel) -> str:
@@ -94,6 +97,7 @@ def to_json(n: Notification) -> str:
             "source": n.source,
             "started_at": n.started_at,
             "link": n.link,
+            "revision": n.revision,
         }
     )
 
@@ -108,6 +112,7 @@ def from_json(text: str) -> Notification:
         source=str(d["source"]),
         started_at=d.get("started_at"),
         link=d.get("link"),
+        revision=int(d.get("revision") or 0),
     )
 
 
@@ -333,3 +338,40 @@ def sweep(store: OutboxStore, max_age: float, now: float) -> int:
     for row in rows:
         expire(store, row, now)
     return len(rows)
+
+
+def summary_json(s: OutboxSummary, now: float) -> dict[str, object]:
+    """One channel's outbox for ``querywatch status --format json``."""
+    oldest = s.oldest_pending_at
+    return {
+        "channel": s.channel,
+        "name": s.channel.partition(":")[0],
+        "target": s.target,
+        "pending": s.pending,
+        "oldest_pending_at": iso(oldest),
+        "oldest_pending_age_s": round(now - oldest, 3) if oldest is not None else None,
+        "failed_tries": s.attempts,
+        "last_error": s.last_error,
+        "sent": s.sent,
+        "failed": s.failed,
+        "expired": s.expired,
+    }
+
+
+def summary_line(s: OutboxSummary, now: float) -> str:
+    """One channel's outbox for ``querywatch status``: what is pending first.
+
+    >>> line = OutboxSummary("webhook:ab", "http://h/hook", 2, 5, 0, 1, 40.0, 7, "HTTP 500")
+    >>> for part in summary_line(line, 100.0).split("; "):
+    ...     print(part)
+    alert outbox webhook http://h/hook: 2 pending for 60s, 7 failed tries, last error: HTTP 500
+    5 sent, 0 refused, 1 expired
+    """
+    head = f"alert outbox {s.channel.partition(':')[0]} {s.target}: "
+    if s.pending and s.oldest_pending_at is not None:
+        head += f"{s.pending} pending for {human(now - s.oldest_pending_at)}"
+        head += f", {s.attempts} failed tries" if s.attempts else ""
+        head += f", last error: {s.last_error}" if s.last_error else ""
+    else:
+        head += "nothing pending"
+    return head + f"; {s.sent} sent, {s.failed} refused, {s.expired} expired"
