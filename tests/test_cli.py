@@ -16,6 +16,7 @@ import pytest
 from querywatch.source.postgres import PostgresSource
 from querywatch.store import Store
 from querywatch.watcher import Watcher
+from tests.workload import closed_port
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
@@ -200,3 +201,11 @@ def test_dsn_from_libpq_environment(pg: Any, tmp_path: Path) -> None:
     assert run("check", env=env).returncode == 0
     env_qw = {"QUERYWATCH_DSN": pg.dsn}
     assert run("check", env=env_qw).returncode == 0
+
+
+def test_a_negative_queryid_is_a_statement_not_an_option(tmp_path: Path) -> None:
+    """pg_stat_statements' queryids are signed: `explain -4444...` must reach the lookup."""
+    dsn = f"host=127.0.0.1 port={closed_port()} connect_timeout=2"
+    result = run("explain", "-4444042563679928335", "--dsn", dsn, "--store", str(tmp_path / "q.db"))
+    assert_one_line_error(result, "cannot connect")
+    assert "No such option" not in result.stderr

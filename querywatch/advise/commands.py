@@ -90,7 +90,8 @@ def explain_command(
 def register(app: typer.Typer) -> None:
     """Add `advise` and `explain` to the CLI."""
     app.command("advise")(advise_command)
-    app.command("explain")(explain_command)
+    # a queryid may be negative: "-4444..." is the statement, not an unknown option
+    app.command("explain", context_settings={"ignore_unknown_options": True})(explain_command)
 
 
 def _open_store(cfg: Settings) -> Store | None:
