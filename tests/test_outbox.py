@@ -228,6 +228,17 @@ def test_restart_while_down_then_back_delivers_each_once(
     assert [b["status"] for b in hook.delivered()] == ["firing", "resolved"]
 
 
+def test_without_a_store_the_dispatcher_sends_from_memory_with_the_same_key(
+    flaky: Callable[..., Flaky],
+) -> None:
+    hook = flaky("500")
+    with Dispatcher([WebhookChannel(hook.url)], timeout=TIMEOUT, retries=1, backoff=0.01) as d:
+        d.notify(note("firing"))
+        assert d.flush(5.0)
+    assert [h.key for h in hook.hits] == ["querywatch/inc-1/firing"] * 2, "one try, one retry"
+    assert d.status()[0].failed == 1, "then given up, as before the outbox"
+
+
 def test_a_repeated_notification_is_stored_and_sent_once(
     flaky: Callable[..., Flaky], store: Store
 ) -> None:
