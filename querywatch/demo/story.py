@@ -197,6 +197,7 @@ class Demo:
         firing = self._await_alert(receiver, rollout, store, traffic)
         facts.firing = firing.body
         facts.alert_delay_s = firing.received_at - rollout
+        self._one_shot(pg)
         self._let_it_burn(store, traffic)
         facts.fix = self._advise(pg, firing.body, store, rollout)
         culprit_sql = firing.body["diagnosis"]["culprits"][0]["query"]
@@ -291,6 +292,31 @@ class Demo:
         for line in _diagnosis_lines(alert.body["diagnosis"]):
             self.say("   " + line)
         return alert
+
+    def _one_shot(self, pg: LocalPostgres) -> None:
+        """A responder without querywatch set up runs the one-shot diagnosis: no store, no
+        watcher, the long-run averages pg_stat_statements holds (a failure here is only told)."""
+        sample = max(3.0, 4 * self.plan.interval)
+        self.say(
+            f"meanwhile a responder with nothing set up runs: querywatch diagnose --dsn ... --now "
+            f"--sample {sample:.0f}s",
+            "bold",
+        )
+        argv = [sys.executable, "-m", "querywatch", "diagnose", "--dsn", pg.dsn, "--now"]
+        argv += ["--sample", f"{sample:.0f}s", "--format", "json"]
+        started = time.monotonic()
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=sample + 60)
+        except subprocess.TimeoutExpired:
+            self.say("   the one-shot diagnosis did not answer in time", "yellow")
+            return
+        took = time.monotonic() - started
+        if done.returncode != 0:
+            self.say(f"   the one-shot diagnosis failed: {done.stderr.strip()[-200:]}", "yellow")
+            return
+        self.say(f"   answered in {took:.1f} s, with no history of its own:")
+        for line in _diagnosis_lines(json.loads(done.stdout))[:3]:
+            self.say("   " + line)
 
     def _let_it_burn(self, store: Store, traffic: Traffic) -> None:
         end = time.monotonic() + self.plan.incident_s
