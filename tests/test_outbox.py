@@ -239,6 +239,20 @@ def test_without_a_store_the_dispatcher_sends_from_memory_with_the_same_key(
     assert d.status()[0].failed == 1, "then given up, as before the outbox"
 
 
+def test_a_clock_set_back_does_not_hold_a_retry_for_hours(
+    flaky: Callable[..., Flaky], store: Store
+) -> None:
+    hook = flaky("500")
+    channel = WebhookChannel(hook.url)
+    ahead = outboxed(store, [channel], clock=lambda: time.time() + 3600.0)
+    ahead.notify(note("firing"))
+    assert eventually(lambda: bool(hook.hits))
+    ahead.close()
+    hook.set("ok")
+    with outboxed(store, [channel]):  # the clock is an hour earlier now
+        assert hook.wait_delivered(1, timeout=5.0), "the retry waited for the old clock"
+
+
 def test_a_repeated_notification_is_stored_and_sent_once(
     flaky: Callable[..., Flaky], store: Store
 ) -> None:

@@ -212,6 +212,9 @@ class OutboxLane:
             except StoreError as exc:
                 log.warning("alert outbox of channel %s unreadable: %s", self.channel.name, exc)
                 wait = STORE_RETRY_S
+            except Exception as exc:  # a bug must not end the lane: its rows would wait forever
+                log.error("alert lane %s: %s: %s", self.channel.name, type(exc).__name__, exc)
+                wait = STORE_RETRY_S
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
@@ -228,7 +231,7 @@ class OutboxLane:
         if now - row.entry.created_at > self._max_age:
             self._expire(row, now)
             return 0.0
-        if row.next_at > now:
+        if now < row.next_at <= now + self._max_backoff:  # further: the clock was set back
             return row.next_at - now
         with self._cond:
             self._busy = True
@@ -314,7 +317,11 @@ class OutboxLane:
             n = self._firing[incident]
             self._resend_at[incident] = now + (self.channel.resend_interval or 0.0)
             self._busy = True
-        url, body = self.channel.request(n)
+        try:
+            url, body = self.channel.request(n)
+        except Exception as exc:  # a channel bug: this re-send is skipped, the next one tried
+            self._failed(f"{type(exc).__name__}: {exc}")
+            return 0.0
         attempt = self._send(url, body, {"Idempotency-Key": idempotency_key(n)})
         if not attempt.ok:
             self._failed(attempt.error)
