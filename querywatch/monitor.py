@@ -55,6 +55,7 @@ class Monitor:
         # the tables each statement touches, parsed from stored texts when an anomaly names it
         self._relations = StatementRelations(self._text_of)
         self._subjects: dict[str, tuple[str, ...]] = {}  # open incident -> its statements
+        self._revisions: dict[str, int] = {}  # open incident -> updates of its page sent
 
     def warm_up(self, now: float, span_s: float) -> int:
         """Seed the baseline with recent stored history so a restarted watcher need not learn
@@ -148,6 +149,7 @@ class Monitor:
         (PagerDuty's dedup key and Alertmanager's labels keep one alert)."""
         fired = {t.incident.id for t in observation.transitions}
         before, self._subjects = self._subjects, {i.id: i.subjects for i in observation.incidents}
+        self._revisions = {i: n for i, n in self._revisions.items() if i in self._subjects}
         for incident in observation.incidents:
             known, paged = before.get(incident.id), self._diagnoses.get(incident.id)
             if known is None or paged is None or incident.id in fired:
@@ -162,19 +164,21 @@ class Monitor:
                 self._send_update(incident, doc, observation.at)
 
     def _send_update(self, incident: Incident, doc: dict[str, Any], at: float) -> None:
-        self.store.save_incident(self.server_id, incident, doc)
+        self._revisions[incident.id] = self._revisions.get(incident.id, 0) + 1
+        note = Notification(
+            status="firing",
+            incident=incident.id,
+            diagnosis=doc,
+            at=at,
+            source=self.server_name,
+            started_at=incident.fired_at,
+            revision=self._revisions[incident.id],
+        )
+        outbox = self.dispatcher.entries(note) if self.dispatcher is not None else []
+        self.store.save_incident(self.server_id, incident, doc, notify=outbox)
         log.warning("incident %s updated: %s", incident.id, doc.get("summary", ""))
         if self.dispatcher is not None:
-            self.dispatcher.notify(
-                Notification(
-                    status="firing",
-                    incident=incident.id,
-                    diagnosis=doc,
-                    at=at,
-                    source=self.server_name,
-                    started_at=incident.fired_at,
-                )
-            )
+            self.dispatcher.notify(note)
 
     def diagnose_incident(self, incident: Incident, interval_s: float, now: float) -> Diagnosis:
         start = incident.opened_at - interval_s

@@ -36,7 +36,8 @@ class Notification:
 
     ``at`` is when that happened (POSIX seconds). ``source`` names the monitored server (no
     password), ``started_at`` is when a resolved incident first fired (when known) and ``link`` an
-    optional URL to the incident in querywatch's web UI.
+    optional URL to the incident in querywatch's web UI. ``revision`` is 0 for the page itself and
+    n for its n-th update: a firing incident that more statements joined, sent again under its id.
     """
 
     status: Status
@@ -46,6 +47,7 @@ class Notification:
     source: str = "postgresql"
     started_at: float | None = None
     link: str | None = None
+    revision: int = 0
 
 
 def iso(ts: float) -> str:
@@ -73,7 +75,8 @@ def summary(n: Notification) -> str:
 
 
 def title(n: Notification) -> str:
-    return f"[{n.status.upper()}] querywatch incident {n.incident}: {verdict(n)}"
+    updated = " (updated)" if n.revision and n.status == "firing" else ""
+    return f"[{n.status.upper()}] querywatch incident {n.incident}: {verdict(n)}{updated}"
 
 
 def culprits(n: Notification) -> list[Mapping[str, object]]:
