@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from . import anywindow, collector
+from . import anywindow, collector, restore
 from .alerts import Dispatcher, Notification
 from .audit.run import AuditScheduler
 from .detect import Detector, Observation, Transition
 from .diagnose import HISTORY, LONG_RUN, DiagnoseSettings
+from .durations import clock
 from .errors import SourceError
 from .longrun import LongRun, long_run, min_age
 from .model import Diagnosis, Incident, IncidentState, Interval, IntervalSummary
@@ -31,6 +32,7 @@ from .store import Store
 log = logging.getLogger("querywatch.monitor")
 
 BASELINE_S = 1800.0  # history before an incident that diagnosis compares it with
+OPEN = restore.OPEN_STATES
 
 
 @dataclass
@@ -60,13 +62,51 @@ class Monitor:
     def warm_up(self, now: float, span_s: float) -> int:
         """Seed the baseline with recent stored history so a restarted watcher need not learn
         again. History only feeds the baseline: it opens no incident (nothing is paged for it).
-        Long catch-ups (a collector's downtime averaged) stay out of it."""
+        Long catch-ups (a collector's downtime averaged) and incidents' intervals stay out of
+        it; the incidents a previous run left open are restored, or closed when the data
+        stopped too long ago (querywatch.restore)."""
         history = self.store.summaries(self.server_id, now - span_s, now)
         typical = collector.typical_seconds(history)
         self._interval_hint = typical or self._interval_hint
         history = [s for s in history if collector.baseline_worthy(s, typical)]
-        self.detector = Detector(self.detector.settings, history)
+        settings = self.detector.settings
+        found = self._open_incidents(now)
+        incidents = [s.incident for s in self.store.incidents(self.server_id)]
+        done = [i for i in incidents if i.state not in OPEN]  # their spans were kept out too
+        history, excluded = restore.outside_incidents(
+            history, [*done, *found.restore, *found.close], settings.max_excluded_intervals
+        )
+        self.detector = Detector(settings, history)
+        self._restore(found, excluded)
         return len(history)
+
+    def _open_incidents(self, now: float) -> restore.Plan:
+        """The open incidents a previous run left, to restore or (data gone too long) close."""
+        stored = [s for s in self.store.incidents(self.server_id) if s.incident.state in OPEN]
+        docs = {s.incident.id: s.diagnosis for s in stored}
+        incidents = [
+            replace(s.incident, subjects=restore.subjects(s.incident, docs[s.incident.id]))
+            for s in stored
+        ]
+        self._diagnoses.update({i: d for i, d in docs.items() if d is not None})
+        resolve_s = self.detector.settings.resolve_intervals * self._interval_hint
+        last = self.store.last_interval_end(self.server_id)
+        return restore.plan(incidents, now, last, resolve_s)
+
+    def _restore(self, found: restore.Plan, excluded: int) -> None:
+        for incident in found.close:
+            log.warning("incident %s: %s", incident.id, incident.timeline[-1].detail)
+            at = incident.resolved_at or 0.0
+            self._handle(Transition(IncidentState.RESOLVED, incident, at), self._interval_hint)
+        taken = self.detector.restore(found.restore, excluded)
+        self._subjects.update({i.id: i.subjects for i in taken})
+        for i in taken:
+            log.info(
+                "incident %s (%s since %s) restored: it resolves once clean, without a new page",
+                i.id,
+                i.state.value,
+                clock(i.fired_at or i.opened_at),
+            )
 
     def use_long_run(self, source: PostgresSource, interval_s: float) -> LongRun | None:
         """Read the long-run baseline pg_stat_statements holds, keep it in the store, and judge

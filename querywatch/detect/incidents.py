@@ -315,6 +315,27 @@ class Detector:
         """Open incidents (pending and firing)."""
         return tuple(self._incidents)
 
+    def restore(self, incidents: Iterable[Incident], excluded: int = 0) -> tuple[Incident, ...]:
+        """Take back the open incidents a previous run left (a restarted watcher): they advance
+        and resolve as if the run had not stopped, and a firing one does not fire again.
+
+        ``excluded`` is how many intervals since the earliest onset the caller kept out of the
+        history it seeded the baseline with (they count toward ``max_excluded_intervals``).
+        Resolved incidents and a second incident of one key are ignored; returns those taken.
+        """
+        taken: list[Incident] = []
+        keys = {i.key for i in self._incidents}
+        for incident in incidents:
+            if incident.state is IncidentState.RESOLVED or incident.key in keys:
+                continue
+            keys.add(incident.key)
+            taken.append(replace(incident, subjects=_members(incident)))
+        self._incidents.extend(taken)
+        if taken:
+            most = self.settings.max_excluded_intervals
+            self._excluded = min(max(self._excluded, excluded), most)
+        return tuple(taken)
+
     def use_prior(self, long_run: IntervalSummary, min_history_s: float) -> None:
         """Judge against this long-run baseline while the own history is still learning."""
         self.prior = Prior(long_run, self.settings, min_history_s=min_history_s)
