@@ -35,6 +35,16 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class CpuCores:
+    """The server's cores for the CPU rule: the ``[detect] cpu_cores`` setting, and what
+    querywatch.source.cores could read (``found`` cores, ``how``), when it could."""
+
+    configured: int | None
+    found: int | None = None
+    how: str = ""
+
+
+@dataclass(frozen=True)
 class Usage:
     """pg_stat_statements' fill level, read only when it is usable."""
 
@@ -43,7 +53,10 @@ class Usage:
 
 
 def findings(
-    caps: Capabilities, usage: Usage | None, kcache: KcacheStatus | None = None
+    caps: Capabilities,
+    usage: Usage | None,
+    kcache: KcacheStatus | None = None,
+    cpu: CpuCores | None = None,
 ) -> list[Finding]:
     return [
         _version(caps),
@@ -54,6 +67,7 @@ def findings(
         _tracking(caps),
         _hypopg(caps),
         *([_kcache(caps, kcache)] if kcache is not None else []),
+        *([_cpu(caps, cpu)] if cpu is not None else []),
     ]
 
 
@@ -223,6 +237,24 @@ def _kcache(caps: Capabilities, status: KcacheStatus) -> Finding:
         )
     return Finding(
         "pg_stat_kcache", Level.WARN, f"pg_stat_kcache is installed but not enabled: {why}", steps
+    )
+
+
+def _cpu(caps: Capabilities, cpu: CpuCores) -> Finding:
+    """The CPU saturation rule needs the server's cores: read, or set."""
+    if cpu.configured == 0:
+        return Finding("cpu cores", Level.OK, "the CPU saturation rule is off (cpu_cores = 0)")
+    if cpu.configured is not None:
+        return Finding("cpu cores", Level.OK, f"{cpu.configured} CPU cores (set in [detect])")
+    if cpu.found is not None:
+        return Finding("cpu cores", Level.OK, f"{cpu.found} CPU cores, read from {cpu.how}")
+    return Finding(
+        "cpu cores",
+        Level.WARN,
+        f"the server's CPU cores cannot be read by {caps.role!r} (no pg_read_file on "
+        "/proc/cpuinfo, and the server is not on this machine): the CPU saturation rule is off",
+        "set the server's core count in querywatch.toml: [detect] cpu_cores = N "
+        "(or pass --cpu-cores N to watch)",
     )
 
 

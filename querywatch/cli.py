@@ -40,7 +40,7 @@ from .clikit import (
     stop_on_signals,
 )
 from .demo import commands as demo_commands
-from .detect import Detector
+from .detect import Detector, settings_from_mapping
 from .durations import human, iso, parse_duration, parse_time
 from .errors import InputError, QuerywatchError
 from .gate import commands as gate_commands
@@ -50,7 +50,8 @@ from .monitor import Monitor
 from .oneshot import diagnose_now
 from .report import diagnosis_to_json, diagnosis_to_text
 from .service import WatchOptions, run_watch
-from .settings import help_text
+from .settings import Settings, help_text
+from .source.cores import server_cores
 from .source.postgres import PostgresSource, describe_dsn
 from .text import one_line
 from .watcher import Watcher
@@ -159,7 +160,8 @@ def check_command(
     caps = source.connect()
     usage = _usage(source)
     source.close()
-    results = check.findings(caps, usage, source.kcache_status)
+    cpu = _cpu_cores(cfg, source)
+    results = check.findings(caps, usage, source.kcache_status, cpu)
     if fmt is Format.json:
         out.print_json(
             json.dumps({"server": describe_dsn(cfg.dsn), "checks": [f.as_dict() for f in results]})
@@ -171,6 +173,14 @@ def check_command(
 
 
 def _usage(source: PostgresSource) -> check.Usage | None:
+def _cpu_cores(cfg: Settings, source: PostgresSource) -> check.CpuCores:
+    configured = settings_from_mapping(cfg.sections.get("detect", {})).cpu_cores
+    found = server_cores(source) if configured is None else None
+    if found is None:
+        return check.CpuCores(configured)
+    return check.CpuCores(configured, found.count, found.how)
+
+
     caps = source.capabilities
     if not (caps.preloaded and caps.pgss_version):
         return None

@@ -75,10 +75,17 @@ class Load:
 
     calls_per_s: float = 0.0
     mean_ms: float = 0.0
+    # time of statements still running (querywatch.activity.RunningTime), less what was counted
+    # of those that finished (their whole time is in mean_ms): DB time, not calls
+    running_ms_per_s: float = 0.0
 
     @property
     def ms_per_s(self) -> float:
-        return self.calls_per_s * self.mean_ms
+        return max(self.calls_per_s * self.mean_ms + self.running_ms_per_s, 0.0)
+
+    @property
+    def ran(self) -> bool:
+        return self.calls_per_s > 0 or self.running_ms_per_s > 0
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,7 @@ class Attribution:
 
     @property
     def new(self) -> bool:
-        return self.baseline.calls_per_s == 0 and self.window.calls_per_s > 0
+        return not self.baseline.ran and self.window.ran
 
     @property
     def excess_ms_per_s(self) -> float:
@@ -156,11 +163,21 @@ def workload(intervals: Iterable[IntervalSummary]) -> Workload:
     seconds = sum(i.seconds for i in used)
     calls: dict[str, float] = {}
     ms: dict[str, float] = {}
+    running: dict[str, float] = {}
     for interval in used:
         for fp, counters in interval.by_fingerprint.items():
             calls[fp] = calls.get(fp, 0.0) + counters.calls
             ms[fp] = ms.get(fp, 0.0) + counters.exec_ms
-    loads = {fp: Load(_ratio(n, seconds), _ratio(ms[fp], n)) for fp, n in calls.items() if n > 0}
+        for fa in interval.activity.by_fingerprint if interval.activity else ():
+            running[fa.fingerprint] = running.get(fa.fingerprint, 0.0) + fa.running_ms
+    loads = {
+        fp: Load(_ratio(n, seconds), _ratio(ms[fp], n), running.get(fp, 0.0) / seconds)
+        for fp, n in calls.items()
+        if n > 0
+    }
+    for fp, extra in running.items():  # statements that only ran, none finished yet
+        if fp not in loads and extra > 0:
+            loads[fp] = Load(running_ms_per_s=extra / seconds)
     return Workload(seconds, loads)
 
 
@@ -695,11 +712,20 @@ def _onset(a: Attribution, ctx: _Context) -> float | None:
         if interval.catch_up and interval.seconds > LONG_CATCH_UP_INTERVALS * ctx.resolution:
             continue  # a watcher's downtime averaged: the change is placed where it is seen next
         counters = interval.by_fingerprint.get(a.fingerprint)
-        if counters is None or counters.calls <= 0:
+        extra = _running_ms(interval, a.fingerprint)
+        if (counters is None or counters.calls <= 0) and extra <= 0:
             continue
-        if a.new or counters.exec_ms / interval.seconds > threshold:
+        spent = (counters.exec_ms if counters is not None else 0.0) + extra
+        if a.new or spent / interval.seconds > threshold:
             return interval.start
     return None
+
+
+def _running_ms(interval: IntervalSummary, fingerprint: str) -> float:
+    for fa in interval.activity.by_fingerprint if interval.activity else ():
+        if fa.fingerprint == fingerprint:
+            return fa.running_ms
+    return 0.0
 
 
 def _activity_onset(

@@ -220,6 +220,8 @@ class SessionSample:
     blocking_pids: tuple[int, ...] = ()
     xact_seconds: float | None = None
     query: str = ""  # normalized by querywatch.fingerprint: placeholders, never values
+    query_start: float | None = None  # the statement's start (server clock): with pid, its identity
+    query_seconds: float | None = None  # how long the statement had been running at the sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,10 @@ class FingerprintActivity:
     blocking: int = 0  # samples in which a session that last ran it blocked others
     blocked_sessions: int = 0  # sum over samples of sessions it blocked
     idle_in_transaction: int = 0  # samples in which its session sat idle in transaction
+    # DB time (ms) of its statements still running at the interval's end, counted in this interval,
+    # less what earlier intervals counted of statements that finished in this one (whose whole time
+    # pg_stat_statements adds now): add it to exec_ms (querywatch.activity.RunningTime)
+    running_ms: float = 0.0
 
 
 @dataclass(frozen=True)

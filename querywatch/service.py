@@ -7,15 +7,16 @@ directly with a short interval and a ``stop_event``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from .alerts import Dispatcher
+from .alerts import Dispatcher, Notification
 from .alerts.dispatcher import outbox_settings
 from .audit.run import AuditScheduler
 from .clikit import open_source, open_store, server_name
@@ -23,6 +24,8 @@ from .detect import Detector, DetectSettings, settings_from_mapping
 from .durations import human
 from .monitor import Monitor
 from .settings import Settings
+from .source.cores import server_cores
+from .source.postgres import PostgresSource
 from .watcher import CollectorStatus, Watcher
 
 if TYPE_CHECKING:
@@ -56,6 +59,59 @@ def detect_settings(cfg: Settings, options: WatchOptions) -> DetectSettings:
     return settings_from_mapping(table)
 
 
+def with_cores(detection: DetectSettings, source: PostgresSource) -> DetectSettings:
+    """The server's core count read when it is not set, so the CPU rule is on by default."""
+    if detection.cpu_cores is not None:
+        return detection
+    found = server_cores(source)
+    if found is None:
+        log.warning(
+            "the server's CPU cores are unknown: the CPU saturation rule is off "
+            "(fix: set [detect] cpu_cores in querywatch.toml or pass --cpu-cores)"
+        )
+        return detection
+    log.info("the server has %d CPU cores (read from %s)", found.count, found.how)
+    return dataclasses.replace(detection, cpu_cores=found.count)
+
+
+def store_pages(
+    dispatcher: Dispatcher, source: str
+) -> tuple[Callable[[str], None], Callable[[str], None]]:
+    """The watcher's hooks for a store it cannot write (a full disk): a page through the
+    dispatcher when it starts failing ("querywatch cannot write its store: disk full"), once
+    per outage, and its resolve once the intervals kept in memory are written."""
+    opened: list[tuple[str, float]] = []
+
+    def failed(why: str) -> None:
+        at = time.time()
+        cause = "disk full" if "full" in why.lower() else why
+        summary = (
+            f"querywatch cannot write its store: {cause}; collection goes on in memory "
+            "(up to 1 hour of intervals), written once space returns"
+        )
+        opened.append((f"store-{int(at)}", at))
+        dispatcher.notify(_store_note("firing", opened[-1], summary, source, why))
+
+    def back(why: str) -> None:
+        if opened:
+            summary = "querywatch writes its store again: the intervals kept in memory are stored"
+            dispatcher.notify(_store_note("resolved", opened.pop(), summary, source, why))
+
+    return failed, back
+
+
+def _store_note(
+    status: Literal["firing", "resolved"],
+    incident: tuple[str, float],
+    summary: str,
+    source: str,
+    why: str,
+) -> Notification:
+    ident, started = incident
+    doc = {"summary": summary, "verdict": "store_unwritable", "error": why, "culprits": []}
+    return Notification(status, ident, doc, time.time(), source=source, started_at=started)
+
+
 def run_watch(
     cfg: Settings, options: WatchOptions, stop_event: threading.Event | None = None
 ) -> CollectorStatus:
@@ -67,9 +123,12 @@ def run_watch(
         name = server_name(cfg)
         watcher = Watcher(open_source(cfg), st, name, cfg.interval, cfg.activity_interval)
         with _stopped_by(stop_event, watcher):
+            watcher.on_store_error, watcher.on_store_back = store_pages(dispatcher, name)
             watcher.start()
             assert watcher.server_id is not None
+            detection = with_cores(detection, watcher.source)
             monitor = Monitor(st, watcher.server_id, name, Detector(detection), dispatcher)
+            monitor.note_visibility(watcher.source.capabilities)  # a role seeing only its own
             monitor.audits = AuditScheduler(
                 st,
                 watcher.server_id,

@@ -11,21 +11,42 @@ server restarted, its statistics were reset, or it is another server). So ``coll
 cron records what ran between two runs without waiting: only a first run, with nothing stored,
 waits one interval. A collector killed with SIGKILL loses nothing either: the snapshot on disk is
 the one of the last interval stored.
+
+A store that cannot be written (a full disk, "database or disk is full", or any write error) does
+not stop collection: intervals wait in memory, oldest first, at most ``BACKLOG_S`` of them (the
+oldest is dropped beyond, and said), and are written in order as soon as a write succeeds again.
+``on_store_error`` is called once per outage (the watch pages through the dispatcher) and
+``on_store_back`` once the backlog has landed.
+
+Running statements: right after each snapshot one more pg_stat_activity sample is taken; with it,
+:class:`querywatch.activity.RunningTime` counts the time of statements still running, which
+pg_stat_statements adds only when they finish.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import activity, collector
 from .durations import clock, human
-from .errors import ConnectError, SourceError
+from .errors import ConnectError, SourceError, StoreError
 from .fingerprint import Fingerprinter, normalize
-from .model import ActivitySample, Gap, GapReason, Interval, Snapshot, StatementKey
+from .model import (
+    ActivitySample,
+    ActivitySummary,
+    Gap,
+    GapReason,
+    Interval,
+    Snapshot,
+    StatementKey,
+)
+from .source.kcache import KcacheUsage
 from .source.postgres import PostgresSource
 from .source.queries import MARKER
 from .store import Store
@@ -36,6 +57,7 @@ log = logging.getLogger("querywatch.watcher")
 MAINTAIN_EVERY_S = 60.0
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
+BACKLOG_S = 3600.0  # intervals kept in memory while the store cannot be written: 1 hour
 
 
 @dataclass
@@ -53,6 +75,21 @@ class CollectorStatus:
 
 
 IntervalHook = Callable[[int, Interval], None]
+StoreHook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PendingInterval:
+    """An interval collected and not yet written (the store failed): all ``record_interval``
+    needs, but the snapshot the store holds, which is known only when it is written."""
+
+    interval: Interval
+    fingerprints: dict[StatementKey, str]
+    texts: dict[str, str]
+    activity: ActivitySummary | None
+    own: frozenset[str]
+    snapshot: StoredSnapshot
+    kcache: KcacheUsage | None = None
 
 
 @dataclass
@@ -67,6 +104,8 @@ class Watcher:
     on_interval: IntervalHook | None = None
     clock: Callable[[], float] = time.time
     status: CollectorStatus = field(default_factory=CollectorStatus)
+    on_store_error: StoreHook | None = None  # called once per outage of the store, with why
+    on_store_back: StoreHook | None = None  # called once the intervals kept meanwhile are written
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -81,6 +120,10 @@ class Watcher:
         self._system_id: int | None = None  # the server's system identifier, when readable
         self._stored: StoredSnapshot | None = None  # a previous run's snapshot, to continue from
         self._saved: Snapshot | None = None  # the snapshot the store holds for this server
+        self._running = activity.RunningTime()  # time of statements still running (activity.py)
+        self._backlog: deque[PendingInterval] = deque()  # collected, not written yet, oldest first
+        self._store_error = ""  # why the store cannot be written, while it cannot
+        self._dropped = 0  # intervals dropped from a full backlog during this outage
 
     # -- control ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -145,6 +188,7 @@ class Watcher:
         except SourceError as exc:  # unreachable, timed out, or the server changed under us
             self._failed(exc)
             return None
+        self._sample()  # just after the snapshot: which statements it does not hold yet
         return self._store_interval(snapshot)
 
     def _store_interval(self, snapshot: Snapshot) -> int | None:
@@ -158,26 +202,108 @@ class Watcher:
         self._retry_placeholders()
         fingerprints, texts = self._identify(interval)
         texts.update(self._activity_texts(samples, texts))
+        if interval.complete:
+            running = self._running.account(samples, interval.start, interval.end)
+        else:  # a restart or reset: what ran before is not continued
+            self._running.reset()
+            running = {}
+        usage = self.source.kcache_usage  # pg_stat_kcache's CPU time etc., when the server has it
+        if usage is not None and (usage.start, usage.end) != (interval.start, interval.end):
+            usage = None
+        self._stored = None
+        self._keep(
+            PendingInterval(
+                interval,
+                fingerprints,
+                texts,
+                activity.summarize(samples, running),
+                frozenset(self._own),
+                StoredSnapshot(snapshot, self._system_id),
+                usage,
+            )
+        )
+        return self._write_backlog()
+
+    # -- writing, and keeping intervals while the store cannot be written --------------------------
+    def _keep(self, pending: PendingInterval) -> None:
+        limit = max(1, math.ceil(BACKLOG_S / max(self.interval_s, 0.001)))
+        if len(self._backlog) >= limit:
+            dropped = self._backlog.popleft()
+            self._dropped += 1
+            log.error(
+                "store unwritable for %s: the interval of %s is dropped (%d so far)",
+                human(BACKLOG_S),
+                clock(dropped.interval.start),
+                self._dropped,
+            )
+        self._backlog.append(pending)
+
+    @property
+    def backlog(self) -> int:
+        """Intervals collected and waiting for the store to be writable again."""
+        return len(self._backlog)
+
+    def _write_backlog(self) -> int | None:
+        """Write the kept intervals oldest first; the id of the last one written (None when the
+        store still fails: they stay in memory)."""
+        last_id = None
+        while self._backlog:
+            pending = self._backlog[0]
+            try:
+                interval_id = self._write(pending)
+            except StoreError as exc:
+                self._store_failed(exc)
+                return None
+            self._backlog.popleft()
+            last_id = interval_id
+            self._written(interval_id, pending.interval)
+        if self._store_error:
+            self._store_recovered()
+        return last_id
+
+    def _write(self, pending: PendingInterval) -> int:
         assert self._server_id is not None
         interval_id = self.store.record_interval(
             self._server_id,
-            interval,
-            fingerprints,
-            texts,
-            activity.summarize(samples),
-            frozenset(self._own),
-            snapshot=StoredSnapshot(snapshot, self._system_id),
+            pending.interval,
+            pending.fingerprints,
+            pending.texts,
+            pending.activity,
+            pending.own,
+            snapshot=pending.snapshot,
             snapshot_base=self._saved,
         )
-        self._saved, self._stored = snapshot, None
-        usage = self.source.kcache_usage  # pg_stat_kcache's CPU time etc., when the server has it
-        if usage is not None and (usage.start, usage.end) == (interval.start, interval.end):
-            self.store.record_kcache(self._server_id, interval_id, usage)
-        self._account(interval)
-        self._maintain()
-        if self.on_interval is not None:
-            self.on_interval(interval_id, interval)
+        self._saved = pending.snapshot.snapshot
+        if pending.kcache is not None:
+            self.store.record_kcache(self._server_id, interval_id, pending.kcache)
         return interval_id
+
+    def _written(self, interval_id: int, interval: Interval) -> None:
+        self._account(interval)
+        try:
+            self._maintain()
+            if self.on_interval is not None:
+                self.on_interval(interval_id, interval)
+        except StoreError as exc:  # detection's own writes: the next interval tries again
+            log.warning("after storing the interval of %s: %s", clock(interval.start), exc)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        first = not self._store_error
+        self._store_error = str(exc)
+        log.warning(
+            "cannot write the store, %d intervals kept in memory: %s", len(self._backlog), exc
+        )
+        if first and self.on_store_error is not None:
+            self.on_store_error(self._store_error)
+
+    def _store_recovered(self) -> None:
+        log.warning(
+            "the store is writable again: the intervals kept meanwhile are written (%d dropped)",
+            self._dropped,
+        )
+        why, self._store_error, self._dropped = self._store_error, "", 0
+        if self.on_store_back is not None:
+            self.on_store_back(why)
 
     def _catch_up(self, snapshot: Snapshot) -> Interval | None:
         """The interval from the stored snapshot: a catch-up, or a gap (restart, reset, another
@@ -234,7 +360,11 @@ class Watcher:
         for key in [k for k in self._placeholders if k.queryid in found]:
             text = found[key.queryid]
             fp = self._fingerprints.for_queryid(key.queryid, text)
-            self.store.set_fingerprint(self._server_id, key, fp, normalize(text))
+            try:
+                self.store.set_fingerprint(self._server_id, key, fp, normalize(text))
+            except StoreError as exc:  # retried with the next interval
+                log.warning("cannot store the text of queryid %d: %s", key.queryid, exc)
+                return
             if text.lstrip().startswith(MARKER.strip()):
                 self._own.add(fp)
             self._placeholders.discard(key)
@@ -315,7 +445,11 @@ class Watcher:
         if self._down_since is None or self._server_id is None:
             return
         gap = Gap(self._down_since, self.clock(), GapReason.DOWN, "server unreachable", False)
-        self.store.record_gap(self._server_id, gap)
+        try:
+            self.store.record_gap(self._server_id, gap)
+        except StoreError as exc:
+            log.warning("cannot store the gap of the server's downtime: %s", exc)
+            return  # tried again at the next success
         self.status.gaps += 1
         self._down_since = None
 
@@ -333,7 +467,10 @@ class Watcher:
         self._save_status()
 
     def _save_status(self) -> None:
-        self.store.set_status(f"collector:{self.server_name}", self.status.as_dict())
+        try:
+            self.store.set_status(f"collector:{self.server_name}", self.status.as_dict())
+        except StoreError as exc:  # the store is full or read-only: collection goes on
+            log.debug("status not stored: %s", exc)
 
     def _maintain(self) -> None:
         now = time.monotonic()

@@ -75,22 +75,35 @@ class Rates:
     temp_blks_per_s: float
 
 
-def rates(counters: Counters, seconds: float) -> Rates:
+def rates(counters: Counters, seconds: float, running_ms: float = 0.0) -> Rates:
+    """``running_ms``: time of statements still running (querywatch.activity.RunningTime), in
+    DB time only (the mean per call is of finished calls)."""
     calls = counters.calls
     return Rates(
         calls=calls,
         calls_per_s=calls / seconds,
         mean_ms=counters.exec_ms / calls if calls else 0.0,
-        db_ms_per_s=counters.exec_ms / seconds,
+        db_ms_per_s=max(counters.exec_ms + running_ms, 0.0) / seconds,
         rows_per_call=counters.rows / calls if calls else 0.0,
         temp_blks_per_s=counters.temp_blks_written / seconds,
     )
 
 
 def interval_rates(interval: IntervalSummary) -> dict[str, Rates]:
-    """Rates of every fingerprint that ran in the interval (calls > 0)."""
+    """Rates of every fingerprint that ran in the interval (calls > 0) or was running in it
+    (DB time of statements not finished yet, from the activity samples)."""
     seconds = interval.seconds
-    return {fp: rates(c, seconds) for fp, c in interval.by_fingerprint.items() if c.calls > 0}
+    act = interval.activity
+    running = {fa.fingerprint: fa.running_ms for fa in act.by_fingerprint} if act else {}
+    found = {
+        fp: rates(c, seconds, running.get(fp, 0.0))
+        for fp, c in interval.by_fingerprint.items()
+        if c.calls > 0
+    }
+    for fp, ms in running.items():
+        if fp not in found and ms > 0:
+            found[fp] = rates(Counters(), seconds, ms)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

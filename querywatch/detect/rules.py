@@ -327,12 +327,21 @@ def connection_saturation(ctx: Context) -> list[Anomaly]:
 
 
 def cpu_saturation(ctx: Context) -> list[Anomaly]:
-    """Total DB time per second against the server's CPU capacity (needs ``cpu_cores``)."""
+    """Busy sessions against the server's cores (``cpu_cores``, read from the server by the
+    watcher when it can: querywatch.source.cores). Busy is the mean number of sessions active
+    and not waiting on a lock in the interval's pg_stat_activity samples (their own statements
+    still running included, which pg_stat_statements does not show until they finish); without
+    samples, the DB time per second (running time included)."""
     cores = ctx.settings.cpu_cores
     if not cores:
         return []
-    busy = ctx.total_db_ms_per_s / 1000.0
-    why = f"statements keep {busy:.2f} of {cores} CPU cores busy"
+    act = ctx.interval.activity
+    if act is not None and act.samples > 0:
+        busy = max(act.active_mean - act.lock_waiting_mean, 0.0)
+        why = f"{busy:.1f} sessions active on average for {cores} CPU cores"
+    else:
+        busy = ctx.total_db_ms_per_s / 1000.0
+        why = f"statements keep {busy:.2f} of {cores} CPU cores busy"
     threshold = ctx.settings.cpu_ratio * cores
     expected = ctx.baseline.db_ms_per_s.median / 1000.0
     return _anomaly(ctx, "cpu_saturation", SERVER_CPU, busy, threshold, expected, why)

@@ -66,7 +66,8 @@ class DetectSettings:
     connections_ratio: float = 0.8
     """Peak sessions / max_connections that make an anomaly."""
     cpu_cores: int | None = None
-    """CPU cores of the database server; None disables the CPU rule."""
+    """CPU cores of the database server for the CPU rule; None: read from the server when it can
+    be (querywatch.source.cores), 0 disables the rule."""
     cpu_ratio: float = 0.8
     """Total DB time / (cores x 1000 ms/s) that makes an anomaly."""
     traffic_surge_factor: float = 2.0

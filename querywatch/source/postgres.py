@@ -183,6 +183,11 @@ class PostgresSource:
     def _role_hint(self) -> str:
         return self._caps.role if self._caps else "<monitoring role>"
 
+    def fetch(self, query: str, params: Any = None) -> list[dict[str, Any]]:
+        """Run one monitoring query (a named constant, bound ``params``) with this session's
+        timeouts and error translation (e.g. querywatch.source.cores)."""
+        return self._fetch(query, params)
+
     def _fetch(self, query: str | sql.Composed, params: Any = None) -> list[dict[str, Any]]:
         with self._cursor() as cur:
             cur.execute(query, params)
@@ -338,4 +343,6 @@ def _session(row: dict[str, Any], found: Shape | None) -> SessionSample:
         blocking_pids=tuple(row["blocking_pids"] or ()),
         xact_seconds=row["xact_seconds"],
         query=found.query if found else "",
+        query_start=row.get("query_start"),
+        query_seconds=row.get("query_seconds"),
     )

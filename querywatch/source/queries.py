@@ -108,7 +108,9 @@ SELECT
     query_id,
     left(query, 4096) AS query,
     CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocking_pids,
-    extract(epoch FROM clock_timestamp() - xact_start)::float8 AS xact_seconds
+    extract(epoch FROM clock_timestamp() - xact_start)::float8 AS xact_seconds,
+    extract(epoch FROM query_start)::float8 AS query_start,
+    extract(epoch FROM clock_timestamp() - query_start)::float8 AS query_seconds
 FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
 """
@@ -140,6 +142,7 @@ SELECT
     current_database() AS database,
     (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser,
     pg_has_role(current_user, 'pg_monitor', 'USAGE') AS pg_monitor,
+    pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS pg_read_all_stats,
     (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements') AS pgss_version,
     (SELECT extnamespace::regnamespace::text FROM pg_extension
       WHERE extname = 'pg_stat_statements') AS pgss_schema,

@@ -268,5 +268,12 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_pending ON outbox (channel, state, id);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, KCACHE, SNAPSHOTS, LONG_RUN, OUTBOX)
+# Running time (querywatch.activity.RunningTime): per interval and fingerprint, the DB time of
+# statements still running that pg_stat_statements does not hold yet, less what earlier intervals
+# counted of statements that finished in this one.
+RUNNING_TIME = """
+ALTER TABLE activity ADD COLUMN running_ms REAL NOT NULL DEFAULT 0
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, KCACHE, SNAPSHOTS, LONG_RUN, OUTBOX, RUNNING_TIME)
 LATEST = len(MIGRATIONS)

@@ -110,7 +110,7 @@ VALUES ({", ".join("?" * (2 + len(COUNTER_COLUMNS)))})
 """
 INSERT_ACTIVITY = """
 INSERT INTO activity (interval_id, fingerprint, active, lock_waits, blocking, blocked_sessions,
-    idle_in_transaction) VALUES (?, ?, ?, ?, ?, ?, ?)
+    idle_in_transaction, running_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 INSERT_STATEMENT = """
 INSERT INTO statements (server_id, dbid, userid, queryid, toplevel, fingerprint, own, first_seen)
@@ -139,7 +139,7 @@ GROUP BY d.interval_id, s.fingerprint
 """
 SELECT_INTERVAL_ACTIVITY = """
 SELECT a.interval_id, a.fingerprint, a.active, a.lock_waits, a.blocking, a.blocked_sessions,
-    a.idle_in_transaction
+    a.idle_in_transaction, a.running_ms
 FROM activity a JOIN intervals i ON i.id = a.interval_id
 WHERE i.server_id = ? AND i.end > ? AND i.start < ?
 """
@@ -884,6 +884,7 @@ def _activity_rows(interval_id: int, activity: ActivitySummary) -> list[tuple[An
             a.blocking,
             a.blocked_sessions,
             a.idle_in_transaction,
+            a.running_ms,
         )
         for a in activity.by_fingerprint
     ]
