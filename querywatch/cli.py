@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from . import __version__, check, top
+from . import status as server_status
 from .advise import commands as advise_commands
 from .alerts import channels_from_settings
 from .alerts.outbox import summary_json, summary_line
@@ -374,7 +375,8 @@ def status(
     """Collector health, open incidents and alert channel delivery, from the store."""
     cfg = load_settings(store=store)
     with open_store(cfg, create=False) as st:
-        state = st.status()
+        servers = server_status.build(st)  # derived from the store, the same way every time
+        state = server_status.consistent(st.status(), servers)
         incidents = [i for i in st.incidents(limit=20)]
         pending = st.outbox_summary()  # alerts not yet delivered, per channel
     listed: list[dict[str, Any]] = [
@@ -392,42 +394,20 @@ def status(
     now = time.time()
     if fmt is Format.json:
         outbox = [summary_json(s, now) for s in pending]
-        out.print_json(json.dumps({"status": state, "incidents": listed, "outbox": outbox}))
+        derived = server_status.as_json(servers, now)
+        doc = {"status": state, "servers": derived, "incidents": listed, "outbox": outbox}
+        out.print_json(json.dumps(doc))
         return
+    for line in server_status.lines(servers, now):
+        out.print(line, markup=False)
     _print_status(state, listed)
     for s in pending:
         out.print(summary_line(s, now), markup=False)
 
 
 def _print_status(state: dict[str, dict[str, Any]], incidents: list[dict[str, Any]]) -> None:
-    now = time.time()
-    for key, value in sorted(state.items()):
-        if key.startswith("collector:"):
-            last = value.get("last_success")
-            ago = human(now - last) + " ago" if last else "never"
-            name = key.split(":", 1)[1]
-            out.print(
-                f"collector {name}: last snapshot {ago}, {value.get('intervals', 0)} intervals, "
-                f"{value.get('gaps', 0)} gaps, dealloc {value.get('dealloc', 0)}"
-                + (f", last error: {value['last_error']}" if value.get("last_error") else ""),
-                markup=False,
-            )
-        elif key.startswith("detector:"):
-            learning = "learning" if value.get("learning") else "detecting"
-            if value.get("learning_reason"):  # e.g. the statistics were reset minutes ago
-                learning += f" ({value['learning_reason']})"
-            elif value.get("baseline") == "long_run":
-                learning += " (judging against pg_stat_statements' long-run averages meanwhile)"
-            if value.get("learning_reason"):  # e.g. the statistics were reset minutes ago
-                learning += f" ({value['learning_reason']})"
-            elif value.get("baseline") == "long_run":
-                learning += " (judging against pg_stat_statements' long-run averages meanwhile)"
-            out.print(
-                f"detector {key.split(':', 1)[1]}: {learning}, "
-                f"{len(value.get('open_incidents', []))} open incidents",
-                markup=False,
-            )
-        elif key == "alerts":
+    for key, value in sorted(state.items()):  # collectors and detectors: querywatch.status
+        if key == "alerts":
             for c in value.get("channels", []):
                 health = f"last error: {c['last_error']}" if c.get("last_error") else "ok"
                 out.print(

@@ -407,3 +407,6 @@ class Diagnosis:
     # cumulative counters); baseline_note says it in words, e.g. "the long-run average since ..."
     baseline_kind: str = "history"
     baseline_note: str = ""
+    # what limits the diagnosis, said in its summary too, e.g. "only the statements of role
+    # 'app' are visible" (a role without pg_monitor); JSON: the optional "note"
+    note: str = ""

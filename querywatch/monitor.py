@@ -24,6 +24,7 @@ from .longrun import LongRun, long_run, min_age
 from .model import Diagnosis, Incident, IncidentState, Interval, IntervalSummary
 from .relations import StatementRelations
 from .report import diagnosis_to_json
+from .source.capabilities import Capabilities
 from .source.identify import identify
 from .source.kcache import with_cpu_evidence
 from .source.postgres import PostgresSource
@@ -33,6 +34,7 @@ log = logging.getLogger("querywatch.monitor")
 
 BASELINE_S = 1800.0  # history before an incident that diagnosis compares it with
 OPEN = restore.OPEN_STATES
+VISIBILITY = "visibility:"  # status key prefix: what the monitoring role can see, per server
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Monitor:
         self._relations = StatementRelations(self._text_of)
         self._subjects: dict[str, tuple[str, ...]] = {}  # open incident -> its statements
         self._revisions: dict[str, int] = {}  # open incident -> updates of its page sent
+        self._visibility_note: str | None = None  # the role sees only its own statements
 
     def warm_up(self, now: float, span_s: float) -> int:
         """Seed the baseline with recent stored history so a restarted watcher need not learn
@@ -239,7 +242,38 @@ class Monitor:
             interval_s=self._interval_hint,
             enough_intervals=self.detector.settings.learning_intervals,
         )
-        return self._with_cpu(found)
+        found = self._with_cpu(found)
+        note = self._visibility()
+        if note and not found.note:  # the role sees only its own statements
+            found = replace(found, summary=f"{found.summary} (note: {note})", note=note)
+        return found
+
+    def note_visibility(self, caps: Capabilities) -> str:
+        """Warn (log and ``status``) when the role sees only its own statements; every
+        diagnosis says it too. Returns the note ("" when every statement is visible)."""
+        note = caps.visibility_note()
+        self.store.set_status(
+            f"{VISIBILITY}{self.server_name}",
+            {
+                "role": caps.role,
+                "all_statements": not note,
+                "note": note,
+                "fix": caps.visibility_fix() if note else "",
+            },
+        )
+        self._visibility_note = note
+        if note:
+            log.warning(
+                "%s: other roles' statements are not watched (fix: %s)", note, caps.visibility_fix()
+            )
+        return note
+
+    def _visibility(self) -> str:
+        """The stored note of the role's visibility (querywatch.status), read once."""
+        if self._visibility_note is None:
+            stored = self.store.status().get(f"{VISIBILITY}{self.server_name}", {})
+            self._visibility_note = str(stored.get("note") or "")
+        return self._visibility_note
 
     def _text_of(self, fingerprint: str) -> str | None:
         found = self.store.statements([fingerprint], server_id=self.server_id).get(fingerprint)

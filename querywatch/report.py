@@ -29,6 +29,7 @@ def diagnosis_to_json(d: Diagnosis) -> dict[str, object]:
         "traffic_factor": round(d.traffic_factor, 2),
         "culprits": [_culprit_json(c) for c in d.culprits],
         "deploys": [_deploy_json(v) for v in d.deploys],
+        **({"note": d.note} if d.note else {}),  # optional: what limits the diagnosis
     }
 
 

@@ -24,6 +24,26 @@ class Capabilities:
     pgss_max: int | None
     pgss_track: str | None
     compute_query_id: str | None
+    pg_read_all_stats: bool = False
+
+    @property
+    def sees_all_statements(self) -> bool:
+        """A superuser or a member of pg_read_all_stats (pg_monitor holds it) sees every role's
+        statements; any other role sees only its own in pg_stat_statements."""
+        return self.superuser or self.pg_monitor or self.pg_read_all_stats
+
+    def visibility_note(self) -> str:
+        """What a role that cannot see every statement misses, in words; "" when it sees all."""
+        if self.sees_all_statements:
+            return ""
+        return f"only the statements of role {self.role!r} are visible"
+
+    def visibility_fix(self) -> str:
+        """The statement a superuser runs so the role sees every statement."""
+        role = self.role
+        if not (role.isidentifier() and role == role.lower()):
+            role = '"' + role.replace('"', '""') + '"'
+        return f"GRANT pg_monitor TO {role};"
 
     @property
     def major(self) -> int:
@@ -70,4 +90,5 @@ def from_row(row: dict[str, Any]) -> Capabilities:
         pgss_max=int(pgss_max) if pgss_max else None,
         pgss_track=row["pgss_track"],
         compute_query_id=row["compute_query_id"],
+        pg_read_all_stats=bool(row.get("pg_read_all_stats")),
     )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import status as server_status
 from .. import top
 from ..advise import findings as plan_findings
 from ..detect import Detector
@@ -458,7 +459,8 @@ def deploys(site: Site) -> dict[str, Any]:
 
 def health(site: Site) -> dict[str, Any]:
     now = site.clock()
-    status = site.store.status()
+    # intervals, gaps and open incidents as the store holds them (querywatch.status)
+    status = server_status.consistent(site.store.status(), server_status.build(site.store))
     srv = server(site)
     gaps = site.store.gaps(srv.id, now - 86400, now) if srv.id else []
     findings = health_rules.findings(status, gaps, now)
