@@ -151,7 +151,18 @@ class Watcher:
             log.info("continuing from the snapshot of %s", clock(stored.snapshot.taken_at))
         else:
             self._previous = self.source.snapshot()
+            self._unwatched_gap(server.id, self._previous.taken_at)
         self._mark_success()
+
+    def _unwatched_gap(self, server_id: int, now: float) -> None:
+        """Stored intervals but no snapshot to continue from (a store from before snapshots
+        were kept): the time since the last interval is unknown, a gap (querywatch.status)."""
+        last = self.store.last_interval_end(server_id)
+        if last is None or last >= now:
+            return
+        detail = "not watched: no stored snapshot to continue from"
+        self.store.record_gap(server_id, Gap(last, now, GapReason.DOWN, detail, False))
+        log.warning("%s since %s: a gap", detail, clock(last))
 
     @property
     def resuming(self) -> bool:

@@ -37,6 +37,7 @@ from querywatch.service import WatchOptions, run_watch
 from querywatch.settings import Settings
 from querywatch.source.postgres import PostgresSource
 from querywatch.store import Store
+from querywatch.watcher import Watcher
 
 KEY = StatementKey(1, 10, 42)
 
@@ -210,3 +211,27 @@ def test_a_role_that_sees_all_has_no_note(pg_dsn: str, tmp_path: Path) -> None:
         assert found.note == "" and "note" not in diagnosis_to_json(found)
         [s] = status.build(st)
         assert s.visibility_note == ""
+
+
+# -- the watcher's own downtime -------------------------------------------------------------------
+def test_downtime_is_a_gap_only_when_no_snapshot_can_be_continued(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    with Store(tmp_path / "qw.db") as st:
+        server = st.server("db").id
+        ended = time.time() - 30
+        st.record_interval(server, interval(ended), {KEY: "fp"}, {"fp": "q"})  # no snapshot kept
+        first = Watcher(PostgresSource(pg_dsn), st, "db", interval_s=0.2)
+        first.start()
+        first.collect_once()  # stores its snapshot with the interval
+        first.source.close()
+        [gap] = st.gaps(server, 0, time.time())
+        assert (gap.reason, gap.start, gap.partial) == (GapReason.DOWN, ended, False)
+        assert gap.end >= ended + 29
+        again = Watcher(PostgresSource(pg_dsn), st, "db", interval_s=0.2)
+        again.start()  # continues from the stored snapshot: a catch-up, no gap
+        again.collect_once()
+        again.source.close()
+        assert len(st.gaps(server, 0, time.time())) == 1
+        [s] = status.build(st)
+        assert dict(s.gaps) == {"down": 1}
