@@ -105,6 +105,9 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # one INFO line per HTTP request would drown the log during a long channel outage: the
+    # dispatcher logs failures and the outbox keeps the count for `status`
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @contextmanager
