@@ -24,7 +24,7 @@ from .longrun import LongRun, long_run, min_age
 from .model import Diagnosis, Incident, IncidentState, Interval, IntervalSummary
 from .relations import StatementRelations
 from .report import diagnosis_to_json
-from .source.capabilities import Capabilities
+from .source.capabilities import Capabilities, with_note
 from .source.identify import identify
 from .source.kcache import with_cpu_evidence
 from .source.postgres import PostgresSource
@@ -243,10 +243,7 @@ class Monitor:
             enough_intervals=self.detector.settings.learning_intervals,
         )
         found = self._with_cpu(found)
-        note = self._visibility()
-        if note and not found.note:  # the role sees only its own statements
-            found = replace(found, summary=f"{found.summary} (note: {note})", note=note)
-        return found
+        return with_note(found, self._visibility())  # a role that sees only its own statements
 
     def note_visibility(self, caps: Capabilities) -> str:
         """Warn (log and ``status``) when the role sees only its own statements; every

@@ -26,6 +26,7 @@ from .model import (
     Snapshot,
     Statement,
 )
+from .source.capabilities import with_note
 from .source.identify import Identified, identify
 from .source.postgres import PostgresSource
 
@@ -55,7 +56,7 @@ def diagnose_now(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Diagnosis:
     """Diagnose the next ``sample_s`` seconds against the long run (connects, then closes)."""
-    source.connect()
+    caps = source.connect()
     try:
         first = source.snapshot()
         sampling = _Sampling(identify(source, first.statements))
@@ -72,7 +73,7 @@ def diagnose_now(
             if session.fingerprint and session.query:
                 found.texts.setdefault(session.fingerprint, session.query)
     log.info("sampled %.1f s; comparing with %s", last.taken_at - first.taken_at, lr.note())
-    return _diagnose(lr, window, found, settings)
+    return with_note(_diagnose(lr, window, found, settings), caps.visibility_note())
 
 
 def _sample(

@@ -32,6 +32,7 @@ from querywatch.model import (
     StatementKey,
 )
 from querywatch.monitor import Monitor
+from querywatch.oneshot import diagnose_now
 from querywatch.report import diagnosis_to_json, diagnosis_to_text
 from querywatch.service import WatchOptions, run_watch
 from querywatch.settings import Settings
@@ -235,3 +236,9 @@ def test_downtime_is_a_gap_only_when_no_snapshot_can_be_continued(
         assert len(st.gaps(server, 0, time.time())) == 1
         [s] = status.build(st)
         assert dict(s.gaps) == {"down": 1}
+
+
+def test_one_shot_diagnosis_as_a_limited_role_says_so(limited_role: str) -> None:
+    found = diagnose_now(PostgresSource(limited_role), 1.0, step_s=0.5, activity_s=0.25)
+    note = "only the statements of role 'qw_limited' are visible"
+    assert found.note == note and f"(note: {note})" in found.summary

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ..model import Diagnosis
 from . import queries
 
 
@@ -69,6 +70,13 @@ class Capabilities:
 
     def activity_query(self) -> str:
         return queries.ACTIVITY if self.major >= 14 else queries.ACTIVITY_13
+
+
+def with_note(found: Diagnosis, note: str) -> Diagnosis:
+    """``found`` saying ``note`` (e.g. the role's visibility) in its summary and its note."""
+    if not note or found.note:
+        return found
+    return replace(found, summary=f"{found.summary} (note: {note})", note=note)
 
 
 def from_row(row: dict[str, Any]) -> Capabilities:
