@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from . import anywindow, collector, restore
 from .alerts import Dispatcher, Notification
+from .alerts.outbox import from_json as outbox_json
 from .audit.run import AuditScheduler
 from .detect import Detector, Observation, Transition
 from .diagnose import HISTORY, LONG_RUN, DiagnoseSettings
@@ -103,6 +104,7 @@ class Monitor:
             self._handle(Transition(IncidentState.RESOLVED, incident, at), self._interval_hint)
         taken = self.detector.restore(found.restore, excluded)
         self._subjects.update({i.id: i.subjects for i in taken})
+        self._revisions.update({i.id: self._sent_revisions(i.id) for i in taken})
         for i in taken:
             log.info(
                 "incident %s (%s since %s) restored: it resolves once clean, without a new page",
@@ -110,6 +112,19 @@ class Monitor:
                 i.state.value,
                 clock(i.fired_at or i.opened_at),
             )
+
+    def _sent_revisions(self, incident: str) -> int:
+        """The last update of the incident's page a previous run wrote to the outbox: the next
+        one goes on from it (its own idempotency key, not taken for a repeat)."""
+        if self.dispatcher is None:
+            return 0
+        probe = Notification("firing", incident, {}, 0.0, self.server_name)
+        found = [0]
+        for channel in {e.channel for e in self.dispatcher.entries(probe)}:
+            for row in self.store.outbox_rows(channel):
+                if row.entry.incident == incident and row.entry.status == "firing":
+                    found.append(outbox_json(row.entry.notification).revision)
+        return max(found)
 
     def use_long_run(self, source: PostgresSource, interval_s: float) -> LongRun | None:
         """Read the long-run baseline pg_stat_statements holds, keep it in the store, and judge

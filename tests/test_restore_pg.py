@@ -270,3 +270,33 @@ def test_watch_restarted_during_a_firing_incident_pages_once_and_resolves(
     assert stored_state(store, page["incident"]) == "resolved"
     log = store.with_suffix(".log").read_text()
     assert f"incident {page['incident']} (firing since" in log and "restored" in log, log
+
+
+def test_a_restored_incident_goes_on_from_its_last_page_update(tmp_path: Path) -> None:
+    """The page and one update (a statement of the table joined) are in the outbox; after a
+    restart the next update must be revision 2, or its idempotency key would repeat the first's
+    and the outbox would take it for a repeat."""
+    from test_incidents import SELECT_SQL, UPDATE_SQL, record_tpcb
+
+    from querywatch.alerts import Dispatcher
+    from querywatch.alerts.webhook import WebhookChannel
+
+    receiver = Receiver()
+    try:
+        with Store(tmp_path / "qw.db") as store:
+            server = store.server("db").id
+            with Dispatcher([WebhookChannel(f"{receiver.url}/hook")], store=store) as dispatcher:
+                monitor = Monitor(store, server, "db", Detector(), dispatcher)
+                for i in range(20):
+                    monitor.on_interval(*record_tpcb(store, server, i))
+                monitor.on_interval(*record_tpcb(store, server, 20, [UPDATE_SQL]))
+                for i in (21, 22):
+                    monitor.on_interval(*record_tpcb(store, server, i, [UPDATE_SQL, SELECT_SQL]))
+                assert wait_until(lambda: len(receiver.bodies("/hook")) >= 2, 10)
+            with Dispatcher([WebhookChannel(f"{receiver.url}/hook")], store=store) as dispatcher:
+                again = Monitor(store, server, "db", Detector(), dispatcher)
+                again.warm_up(23.0, 360)
+                [restored] = again.detector.incidents
+                assert again._revisions == {restored.id: 1}
+    finally:
+        receiver.close()
