@@ -106,6 +106,7 @@ class Watcher:
     status: CollectorStatus = field(default_factory=CollectorStatus)
     on_store_error: StoreHook | None = None  # called once per outage of the store, with why
     on_store_back: StoreHook | None = None  # called once the intervals kept meanwhile are written
+    backlog_s: float = BACKLOG_S  # intervals kept in memory while the store fails, at most
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -237,17 +238,20 @@ class Watcher:
 
     # -- writing, and keeping intervals while the store cannot be written --------------------------
     def _keep(self, pending: PendingInterval) -> None:
-        limit = max(1, math.ceil(BACKLOG_S / max(self.interval_s, 0.001)))
-        if len(self._backlog) >= limit:
+        self._backlog.append(pending)
+
+    def _trim(self) -> None:
+        """Drop the oldest kept intervals beyond ``backlog_s`` (the store failed again)."""
+        limit = max(1, math.ceil(self.backlog_s / max(self.interval_s, 0.001)))
+        while len(self._backlog) > limit:
             dropped = self._backlog.popleft()
             self._dropped += 1
             log.error(
                 "store unwritable for %s: the interval of %s is dropped (%d so far)",
-                human(BACKLOG_S),
+                human(self.backlog_s),
                 clock(dropped.interval.start),
                 self._dropped,
             )
-        self._backlog.append(pending)
 
     @property
     def backlog(self) -> int:
@@ -263,6 +267,7 @@ class Watcher:
             try:
                 interval_id = self._write(pending)
             except StoreError as exc:
+                self._trim()
                 self._store_failed(exc)
                 return None
             self._backlog.popleft()

@@ -310,6 +310,7 @@ class Dispatcher:
         self._client = client or httpx.Client(headers={"User-Agent": USER_AGENT})
         self._stop = threading.Event()
         self._lanes: list[_AnyLane] = []
+        self._memory: list[_Lane] = []  # when the outbox cannot be written (a full disk)
         if store is None:
             self._lanes += [_Lane(c, self._post, policy, self._stop, clock) for c in channels]
             return
@@ -344,8 +345,23 @@ class Dispatcher:
             try:
                 self._store.add_outbox(self.entries(n))  # a repeat of a stored row is ignored
             except StoreError as exc:
-                log.warning("alert %s incident %s not stored: %s", n.status, n.incident, exc)
+                log.warning(
+                    "alert %s incident %s not stored, sent from memory: %s",
+                    n.status, n.incident, exc,
+                )  # fmt: skip
+                self._from_memory(n)
+                return
         for lane in self._lanes:
+            lane.put(n)
+
+    def _from_memory(self, n: Notification) -> None:
+        """The outbox cannot be written (e.g. the disk is full, which is what ``n`` may say):
+        in-memory lanes send it with their bounded retries instead of losing it."""
+        if not self._memory:
+            self._memory = [
+                _Lane(c, self._post, self._policy, self._stop, self._clock) for c in self._channels
+            ]
+        for lane in self._memory:
             lane.put(n)
 
     def status(self) -> list[ChannelStatus]:
@@ -355,7 +371,8 @@ class Dispatcher:
         """Wait until every queue is drained and nothing is in flight; False on timeout.
         With the outbox, rows waiting for a retry are left for later (or the next run)."""
         deadline = time.monotonic() + timeout
-        return all(lane.wait_idle(max(deadline - time.monotonic(), 0.0)) for lane in self._lanes)
+        lanes = [*self._lanes, *self._memory]
+        return all(lane.wait_idle(max(deadline - time.monotonic(), 0.0)) for lane in lanes)
 
     def close(self) -> None:
         """Stop the lanes (queued notifications are dropped, outbox rows stay for the next run;
@@ -363,9 +380,10 @@ class Dispatcher:
         if self._stop.is_set():
             return
         self._stop.set()
-        for lane in self._lanes:
+        lanes = [*self._lanes, *self._memory]
+        for lane in lanes:
             lane.wake()
-        for lane in self._lanes:
+        for lane in lanes:
             lane.join(self._policy.timeout + 1.0)
         if self._owns_client:
             self._client.close()
