@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 
@@ -24,6 +25,8 @@ def parse_duration(text: str | float | int, what: str = "duration") -> float:
         if not match:
             raise InputError(f"{what}: {str(text)!r} is not a duration (use e.g. 30s, 15m, 2h, 7d)")
         value = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if not math.isfinite(value):
+        raise InputError(f"{what}: {str(text)!r} is not a finite duration")
     if value <= 0:
         raise InputError(f"{what}: {text!r} must be more than zero")
     return value

@@ -58,7 +58,7 @@ def _duration(name: str, value: Any) -> float:
 def _count(name: str, value: Any) -> int:
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name}: {value!r} is not a whole number") from None
     if number <= 0:
         raise ConfigError(f"{name}: {value!r} must be more than zero")
@@ -184,7 +184,11 @@ def _pick(
 
 
 def _read_toml(path: Path, required: bool) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc}") from None
+    if not exists:
         if required:
             raise ConfigError(f"config file {str(path)!r} does not exist")
         return {}, {}

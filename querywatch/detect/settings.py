@@ -9,6 +9,7 @@ is documented in docs/thresholds.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import UnionType
@@ -83,7 +84,8 @@ def settings_from_mapping(table: Mapping[str, object]) -> DetectSettings:
     for key, value in table.items():
         if key not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"detect.{key}: unknown setting (known: {known})")
+            shown = key if key.isidentifier() else repr(key)  # one line, whatever the key
+            raise ConfigError(f"detect.{shown}: unknown setting (known: {known})")
         values[key] = _checked(key, value, hints[key])
     return DetectSettings(**values)
 
@@ -103,6 +105,8 @@ def _checked(key: str, value: object, hint: object) -> object:
 
 
 def _non_negative(key: str, value: int | float) -> int | float:
+    if not math.isfinite(value):
+        raise ConfigError(f"detect.{key}: must be a finite number, got {value!r}")
     if value < 0:
         raise ConfigError(f"detect.{key}: must not be negative, got {value!r}")
     return value

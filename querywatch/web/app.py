@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -144,9 +145,33 @@ def _errors(app: FastAPI) -> None:
             return JSONResponse({"error": str(exc)}, status_code=status)
         return HTMLResponse(templates.pages.not_found(str(exc)), status_code=status)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input back, and fails (a 500) on a body that is not
+        # UTF-8 or a lone surrogate: this one names each field and what is wrong, not the input
+        detail = [
+            {
+                "loc": [_printable(part) for part in e.get("loc", ())],
+                "msg": _printable(e.get("msg", "")),
+                "type": _printable(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
+        first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"])
+        message = "bad request: " + (f"{where}: " if where else "") + str(first["msg"])
+        return JSONResponse({"error": message, "detail": detail}, status_code=422)
+
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> Response:
         detail = getattr(exc, "detail", "not found")
         if _wants_json(request) or request.method != "GET":
             return JSONResponse({"error": str(detail)}, status_code=404)
         return HTMLResponse(templates.pages.not_found(str(detail)), status_code=404)
+
+
+def _printable(value: object) -> str | int:
+    """A location part or message safe to encode as UTF-8 JSON (lone surrogates escaped)."""
+    if isinstance(value, int):
+        return value
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
