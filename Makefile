@@ -32,6 +32,7 @@ test: lint types pytest
 bench: install
 	$(BIN)/python bench/collector.py
 	$(BIN)/python bench/detect.py
+	$(BIN)/python bench/diagnose.py
 	$(BIN)/python bench/fingerprint.py
 	$(BIN)/python bench/loadtest.py
 	$(BIN)/python bench/web.py
