@@ -160,8 +160,8 @@ def check_command(
     source = open_source(cfg)
     caps = source.connect()
     usage = _usage(source)
-    source.close()
     cpu = _cpu_cores(cfg, source)
+    source.close()
     results = check.findings(caps, usage, source.kcache_status, cpu)
     if fmt is Format.json:
         out.print_json(
@@ -173,7 +173,6 @@ def check_command(
         raise typer.Exit(1)
 
 
-def _usage(source: PostgresSource) -> check.Usage | None:
 def _cpu_cores(cfg: Settings, source: PostgresSource) -> check.CpuCores:
     configured = settings_from_mapping(cfg.sections.get("detect", {})).cpu_cores
     found = server_cores(source) if configured is None else None
@@ -182,6 +181,7 @@ def _cpu_cores(cfg: Settings, source: PostgresSource) -> check.CpuCores:
     return check.CpuCores(configured, found.count, found.how)
 
 
+def _usage(source: PostgresSource) -> check.Usage | None:
     caps = source.capabilities
     if not (caps.preloaded and caps.pgss_version):
         return None
