@@ -5,12 +5,13 @@ point of its top fingerprints' DB time. The baseline is the clean history before
 window's own intervals before the onset, or the long run pg_stat_statements held when querywatch
 first met the server (see :func:`querywatch.diagnose.diagnose_any` for the order).
 
-Short windows are read as raw intervals. A long one (more raw statement rows than ``RAW_ROWS``, e.g.
-24 hours of 1,000 fingerprints: 8.6 million) is read from the rollups instead: per-fingerprint
-sums of whole hours and of the minutes around them, and the per-minute series of the top
-fingerprints for the change point. The window is then three pieces, the minute before the onset,
-the minute of the onset and the rest, so an onset is known to within a minute; the sampled sessions
-(lock waits) are not read for long windows.
+Short windows are read as raw intervals. A long one (with its history, longer than ``RAW_SPAN_S``
+and more raw statement rows than ``RAW_ROWS``, e.g. 24 hours of 1,000 fingerprints: 8.6 million)
+is read from the rollups with lean sums (store/dbtime.py): the fingerprints that rose most between
+``COARSE`` parts of the window, then the per-minute series of each around its rise for the change
+point. The window is then four pieces, before the onset, the minute before it, its minute and the
+rest, so an onset is known to within a minute; the sampled sessions (lock waits) are not read for
+long windows, nor are long catch-ups left out of their history.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from .model import Counters, Diagnosis, IntervalSummary
 from .store import Store
 from .store.dbtime import Sums
 
-RAW_ROWS = 100_000  # raw statement rows (intervals x statements) a diagnosis reads at most
+RAW_ROWS = 100_000  # raw statement rows (intervals x statements) a diagnosis reads at most...
+RAW_SPAN_S = 3600.0  # ... unless the window and its history are this short (an incident's)
 MIN_PRE_MINUTES = 3  # minutes of a long window before its onset that can be its baseline
 COARSE = 24  # parts of a long window in which the fingerprints that rose are looked for
 LEAD_S = 600.0  # the per-minute series around a rise starts this long before its part
@@ -60,8 +62,9 @@ def diagnose_stored(
 ) -> Diagnosis:
     """Diagnose [start, end) of one server. ``spans`` are earlier incidents (not a normal to
     compare with); ``interval_s`` the collection interval, as far as the caller knows it."""
-    rows = (end - start + baseline_s) / max(interval_s, 1.0) * len(store.known_keys(server_id))
-    if rows > RAW_ROWS:
+    span = end - start + baseline_s
+    rows = span / max(interval_s, 1.0) * len(store.known_keys(server_id))
+    if span > RAW_SPAN_S and rows > RAW_ROWS:
         return _diagnose_rollups(
             store, server_id, start, end, settings, baseline_s, spans, interval_s, enough_intervals
         )
