@@ -125,6 +125,7 @@ class Watcher:
         self._backlog: deque[PendingInterval] = deque()  # collected, not written yet, oldest first
         self._store_error = ""  # why the store cannot be written, while it cannot
         self._dropped = 0  # intervals dropped from a full backlog during this outage
+        self._dropped_span: tuple[float, float] | None = None  # the time they covered
 
     # -- control ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -246,6 +247,8 @@ class Watcher:
         while len(self._backlog) > limit:
             dropped = self._backlog.popleft()
             self._dropped += 1
+            start = self._dropped_span[0] if self._dropped_span else dropped.interval.start
+            self._dropped_span = (start, dropped.interval.end)
             log.error(
                 "store unwritable for %s: the interval of %s is dropped (%d so far)",
                 human(self.backlog_s),
@@ -291,7 +294,10 @@ class Watcher:
         )
         self._saved = pending.snapshot.snapshot
         if pending.kcache is not None:
-            self.store.record_kcache(self._server_id, interval_id, pending.kcache)
+            try:
+                self.store.record_kcache(self._server_id, interval_id, pending.kcache)
+            except StoreError as exc:  # the interval is stored: never write it twice
+                log.warning("pg_stat_kcache figures of one interval not stored: %s", exc)
         return interval_id
 
     def _written(self, interval_id: int, interval: Interval) -> None:
@@ -318,8 +324,21 @@ class Watcher:
             self._dropped,
         )
         why, self._store_error, self._dropped = self._store_error, "", 0
+        self._record_dropped_gap(why)
         if self.on_store_back is not None:
             self.on_store_back(why)
+
+    def _record_dropped_gap(self, why: str) -> None:
+        """The intervals dropped from a full backlog are a gap (their figures are lost)."""
+        span, self._dropped_span = self._dropped_span, None
+        if span is None or self._server_id is None:
+            return
+        detail = f"the store could not be written ({why}): the intervals collected were dropped"
+        try:
+            self.store.record_gap(self._server_id, Gap(*span, GapReason.DOWN, detail, False))
+            self.status.gaps += 1
+        except StoreError as exc:
+            log.warning("cannot store the gap of the intervals dropped: %s", exc)
 
     def _catch_up(self, snapshot: Snapshot) -> Interval | None:
         """The interval from the stored snapshot: a catch-up, or a gap (restart, reset, another

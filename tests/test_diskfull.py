@@ -113,6 +113,10 @@ def test_watcher_keeps_a_bounded_backlog_and_writes_it_in_order(
     found = intervals(small_disk / "qw.db")
     assert len(found) == 2 + 3 + 1
     assert holes(found) == [(found[1][1], found[2][0])]  # the 2 dropped ones, nothing else
+    with sqlite3.connect(small_disk / "qw.db") as db:
+        gaps = db.execute("SELECT start, end, reason, detail FROM gaps").fetchall()
+    assert len(gaps) == 1 and gaps[0][:3] == (found[1][1], found[2][0], "down"), gaps
+    assert "could not be written" in gaps[0][3]
 
 
 # -- acceptance: `querywatch watch` on a disk that fills up ---------------------------------------
