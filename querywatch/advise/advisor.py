@@ -133,6 +133,14 @@ SELECT extract(epoch FROM coalesce({reset}, pg_postmaster_start_time()))::float8
        extract(epoch FROM now())::float8 AS now
 """
 
+# Transactions of this database: the calls per transaction an N+1 finding needs. Counted since
+# pg_stat_database's own reset, at least as long as pg_stat_statements' window: calls per
+# transaction come out low rather than high when the two windows differ.
+DATABASE_XACTS = """
+SELECT (xact_commit + xact_rollback)::float8 AS xacts FROM pg_stat_database
+WHERE datname = current_database()
+"""
+
 
 def server_workload(session: Session, limit: int) -> tuple[list[Workload], float, float]:
     """The top statements of this database by total time since pg_stat_statements started counting.
@@ -160,12 +168,17 @@ def server_workload(session: Session, limit: int) -> tuple[list[Workload], float
         )
         cur.execute(sql.SQL(PGSS_SINCE).format(reset=reset))
         clock = cur.fetchone()
+        cur.execute(DATABASE_XACTS)
+        found = cur.fetchone()
     assert clock is not None
     seconds = max(clock["now"] - clock["since"], 1.0)
-    return _group(rows, seconds, limit), clock["since"], clock["now"]
+    xacts = float(found["xacts"]) if found and found["xacts"] else None
+    return _group(rows, seconds, limit, xacts), clock["since"], clock["now"]
 
 
-def _group(rows: Sequence[dict[str, Any]], seconds: float, limit: int) -> list[Workload]:
+def _group(
+    rows: Sequence[dict[str, Any]], seconds: float, limit: int, xacts: float | None = None
+) -> list[Workload]:
     by_fp: dict[str, list[dict[str, Any]]] = {}
     texts: dict[str, str] = {}
     for r in rows:
@@ -185,6 +198,7 @@ def _group(rows: Sequence[dict[str, Any]], seconds: float, limit: int) -> list[W
                 total_ms=sum(float(r["total_ms"]) for r in group),
                 seconds=seconds,
                 temp_blks_written=sum(float(r["temp_blks_written"]) for r in group),
+                xacts=xacts,
             ),
         )
         for fp, group in by_fp.items()

@@ -295,6 +295,8 @@ def covered(keys: Sequence[str], existing: Sequence[Sequence[str]]) -> bool:
 def index_name(candidate: IndexCandidate, taken: Sequence[str] = ()) -> str:
     """``<table>_<keys>_idx``, at most 63 characters, not one of ``taken``."""
     keys = "_".join(_NAME_JUNK.sub("_", k.lower()).strip("_") for k in candidate.key_texts)
+    keys += "_partial" if candidate.predicate else ""
+    keys += f"_{candidate.method}" if candidate.method != "btree" else ""
     base = f"{candidate.table}_{keys}"[: NAME_LIMIT - 4].rstrip("_")
     name, n = f"{base}_idx", 1
     while name in taken:
@@ -325,4 +327,7 @@ def ddl(candidate: IndexCandidate, name: str | None = None) -> str:
     if candidate.schema:
         table = f"{quote_ident(candidate.schema)}.{table}"
     keys = ", ".join(_key_sql(k) for k in candidate.keys)
-    return f"CREATE INDEX CONCURRENTLY {quote_ident(name or index_name(candidate))} ON {table} ({keys});"
+    using = f" USING {candidate.method}" if candidate.method != "btree" else ""
+    where = f" WHERE {candidate.predicate}" if candidate.predicate else ""
+    name = quote_ident(name or index_name(candidate))
+    return f"CREATE INDEX CONCURRENTLY {name} ON {table}{using} ({keys}){where};"

@@ -47,6 +47,7 @@ SELECT n.nspname AS schema, t.relname AS table, i.relname AS name, am.amname AS 
              FROM generate_series(1, x.indnkeyatts) AS k ORDER BY k) AS keys,
        x.indisvalid AS valid, x.indisunique AS unique, x.indisprimary AS primary,
        x.indpred IS NOT NULL AS partial,
+       coalesce(pg_get_expr(x.indpred, x.indrelid, true), '') AS predicate,
        EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = x.indexrelid) AS constraint,
        coalesce(s.idx_scan, 0) AS scans, pg_relation_size(x.indexrelid) AS bytes
 FROM pg_index x
@@ -116,6 +117,7 @@ def indexes(cur: psycopg.Cursor[Any], names: Sequence[str] | None = None) -> lis
             constraint=r["constraint"],
             scans=int(r["scans"]),
             bytes=int(r["bytes"]),
+            predicate=r["predicate"],
         )
         for r in cur.fetchall()
     ]

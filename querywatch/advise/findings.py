@@ -28,6 +28,7 @@ NESTED_LOOP_WORK = 1_000_000  # outer rows x inner rows visited
 NESTED_LOOP_MIN_LOOPS = 10
 N_PLUS_ONE_CALLS = 1_000
 N_PLUS_ONE_RATE = 10.0  # calls per second
+N_PLUS_ONE_PER_XACT = 5.0  # calls per transaction of the database: a loop, not one call each
 WIDE_COLUMNS = 10
 WIDE_BYTES = 400
 MISESTIMATE_FACTOR = 10.0
@@ -275,11 +276,24 @@ def order_limit_without_index(doc: Mapping[str, Any], stats: QueryStats | None) 
 
 
 def n_plus_one(doc: Mapping[str, Any], stats: QueryStats | None) -> list[Finding]:
-    """Very many calls returning one row each: a loop in the application (N+1 queries)."""
+    """Very many calls returning one row each, many per transaction: a loop in the application.
+
+    A high rate of one-row statements alone is no N+1 (pgbench's TPC-B runs each once per
+    transaction): when the window's transactions are known, at least ``N_PLUS_ONE_PER_XACT`` calls
+    per transaction are required.
+    """
     if stats is None or stats.calls < N_PLUS_ONE_CALLS or stats.calls_per_s < N_PLUS_ONE_RATE:
         return []
     if not 0 < stats.rows_per_call <= 1.0:
         return []
+    per_xact = stats.calls_per_xact
+    if per_xact is not None and per_xact < N_PLUS_ONE_PER_XACT:
+        return []  # a busy one-row statement run once or twice per transaction is no loop
+    loop = (
+        f"pg_stat_database: {per_xact:,.1f} calls per transaction ({stats.xacts:,.0f} transactions)"
+        if per_xact is not None
+        else "calls per transaction unknown (no pg_stat_database figures for the window)"
+    )
     return [
         Finding(
             "n_plus_one",
@@ -289,6 +303,7 @@ def n_plus_one(doc: Mapping[str, Any], stats: QueryStats | None) -> list[Finding
             (
                 f"pg_stat_statements: {stats.calls:,.0f} calls, {stats.rows:,.0f} rows, "
                 f"{stats.mean_ms:.3f} ms mean",
+                loop,
             ),
             None,
             "fetch the rows in one statement (WHERE id = ANY($1) or a JOIN) instead of one per row",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -21,7 +21,7 @@ from psycopg import sql
 
 from ..errors import QuerywatchError
 from . import candidates as cands
-from . import catalog, nodes, plans, savings
+from . import catalog, families, nodes, plans, savings
 from .records import IndexAdvice, IndexCandidate, IndexFact, QueryStats, TableFact, Verification
 from .session import Session
 
@@ -44,6 +44,7 @@ class _Context:
     tables: Mapping[str, TableFact]
     existing: Sequence[IndexFact]
     distinct: Mapping[tuple[str, str], float]
+    stats: Mapping[tuple[str, str], families.ColumnStats] = field(default_factory=dict)
 
 
 def _names(text: str, doc: Mapping[str, Any]) -> list[str]:
@@ -59,7 +60,8 @@ def _context(session: Session, text: str, doc: Mapping[str, Any]) -> _Context:
         facts = catalog.tables(cur, names)
         existing = catalog.indexes(cur, names)
         distinct = catalog.distinct_values(cur, names)
-    return _Context({f.table: f for f in facts}, existing, distinct)
+        stats = families.column_stats(cur, names)
+    return _Context({f.table: f for f in facts}, existing, distinct, stats)
 
 
 def _served_by(doc: Mapping[str, Any], table: str) -> str | None:
@@ -149,12 +151,23 @@ def advise(
     notes: list[str] = []
     advice: list[IndexAdvice] = []
     taken = [i.name for i in ctx.existing]
-    for candidate in cands.candidates(text, columns, ctx.distinct):
-        skip = _skip_reason(candidate, doc, ctx)
+    planned, refined = families.refine(
+        text,
+        cands.candidates(text, columns, ctx.distinct),
+        columns,
+        ctx.stats,
+        {name: f.rows for name, f in ctx.tables.items()},
+        stats,
+        savings.rows_are_matches(doc),
+    )
+    notes += refined
+    for plan in planned:
+        candidate = plan.candidate
+        skip = _skip_reason(candidate, doc, ctx, verifiable=session.hypopg is not None)
         if skip:
             notes.append(skip)
             continue
-        found = _advise_one(session, text, doc, candidate, stats, db_ms_per_s, ctx, taken)
+        found = _advise_one(session, text, doc, candidate, stats, db_ms_per_s, ctx, taken, plan)
         if isinstance(found, str):
             notes.append(found)
         else:
@@ -164,14 +177,40 @@ def advise(
     return IndexReport(tuple(advice), tuple(notes))
 
 
-def _skip_reason(candidate: IndexCandidate, doc: Mapping[str, Any], ctx: _Context) -> str | None:
+def _skip_reason(
+    candidate: IndexCandidate, doc: Mapping[str, Any], ctx: _Context, verifiable: bool = False
+) -> str | None:
+    """Why a candidate needs no verification. A table the plan reads through an index is no
+    reason when hypopg can tell whether the candidate beats that (maybe weaker) index."""
     keys = ", ".join(candidate.key_texts)
-    if cands.covered(candidate.key_texts, _keys_of(ctx.existing, candidate.table)):
+    fact = ctx.tables.get(candidate.table)
+    if families.system_catalog(candidate, fact):
+        return f"({keys}) on {candidate.table}: a system catalog, not indexed by users"
+    if fact is not None and 0 <= fact.rows < families.SMALL_TABLE_ROWS:
+        return (
+            f"({keys}) on {candidate.table}: small table ({fact.rows:,.0f} rows), "
+            "a sequential scan is cheap"
+        )
+    if candidate.predicate:
+        have = families.covered_partial(candidate, ctx.existing)
+        if have is not None:
+            return f"({keys}) WHERE {candidate.predicate} on {candidate.table}: {have} already serves it"
+    elif cands.covered(candidate.key_texts, _keys_of(ctx.existing, candidate.table)):
         return f"({keys}) on {candidate.table}: an existing index already covers it"
     served = _served_by(doc, candidate.table)
-    if served is not None:
+    if served is not None and not verifiable:
         return f"({keys}) on {candidate.table}: the plan already reads it through {served}"
     return None
+
+
+def _weaker(doc: Mapping[str, Any], candidate: IndexCandidate) -> tuple[str, ...]:
+    served = _served_by(doc, candidate.table)
+    if served is None:
+        return ()
+    return (
+        f"the plan reads {candidate.table} through {served} now (cost "
+        f"{nodes.total_cost(doc):,.0f}); this index is compared with that plan, not with a scan",
+    )
 
 
 def _keys_of(existing: Sequence[IndexFact], table: str) -> list[tuple[str, ...]]:
@@ -187,11 +226,20 @@ def _advise_one(
     db_ms_per_s: float,
     ctx: _Context,
     taken: Sequence[str],
+    plan: families.Planned | None = None,
 ) -> IndexAdvice | str:
     before = nodes.total_cost(doc)
-    check = verify(session, text, candidate, before)
+    plan_text = plan.plan_text if plan is not None else None
+    reasons = (*_weaker(doc, candidate), *(plan.why if plan is not None else ()))
+    if plan_text is not None:  # judged with a value a generic plan hides: compare like with like
+        try:
+            before = nodes.total_cost(plans.explain(session, plan_text).document)
+        except QuerywatchError as exc:
+            return f"({', '.join(candidate.key_texts)}) on {candidate.table}: {exc}"
+    check = verify(session, plan_text or text, candidate, before)
     keys = ", ".join(candidate.key_texts)
-    if check.available and not (check.used and check.cost_ratio >= MIN_COST_RATIO):
+    least = families.min_cost_ratio(candidate, MIN_COST_RATIO)
+    if check.available and not (check.used and check.cost_ratio >= least):
         why = (
             check.detail
             if not check.used and check.detail.startswith("hypopg refused")
@@ -208,8 +256,13 @@ def _advise_one(
         before,
         savings.rows_are_matches(doc),
     )
+    if plan is not None and fact is not None:
+        est = families.brin_estimate(candidate, plan, fact.pages, est)
     name = cands.index_name(candidate, taken)
     heavy = _write_heavy(fact)
+    upkeep = families.upkeep_exceeds(candidate, fact, stats, est.saving) if heavy else None
+    if upkeep is not None:
+        return upkeep
     warnings = [w for w in (heavy, None if check.available else f"unverified: {check.detail}") if w]
     return IndexAdvice(
         candidate=candidate,
@@ -220,7 +273,7 @@ def _advise_one(
         saving=est.saving,
         saved_ms_per_s=est.saving * db_ms_per_s,
         basis=est.basis,
-        evidence=est.evidence,
+        evidence=(*reasons, *est.evidence),
         write_heavy=heavy is not None,
         warnings=tuple(warnings),
     )

@@ -21,6 +21,12 @@ class QueryStats:
     total_ms: float
     seconds: float
     temp_blks_written: float = 0.0
+    # Transactions of the database over the same window (pg_stat_database), None when unknown.
+    xacts: float | None = None
+
+    @property
+    def calls_per_xact(self) -> float | None:
+        return self.calls / self.xacts if self.xacts else None
 
     @property
     def calls_per_s(self) -> float:
@@ -75,6 +81,8 @@ class IndexCandidate:
     table: str
     keys: tuple[KeyPart, ...]
     reason: str
+    predicate: str = ""  # a partial index's WHERE clause ("finished_at IS NULL")
+    method: str = "btree"  # btree | brin
 
     @property
     def key_texts(self) -> tuple[str, ...]:
@@ -186,6 +194,7 @@ class IndexFact:
     constraint: bool = False
     scans: int = 0
     bytes: int = 0
+    predicate: str = ""  # pg_get_expr(indpred) of a partial index
 
 
 @dataclass(frozen=True, slots=True)
