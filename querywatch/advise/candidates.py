@@ -13,7 +13,7 @@ A function or cast over one column (``lower(email)``) becomes an expression key.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from pglast import ast, parse_sql
@@ -22,6 +22,7 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream
 from pglast.stream import maybe_double_quote_name as quote_ident
 
+from . import derived
 from .records import IndexCandidate, KeyPart
 
 MAX_EQUALITY_KEYS = 3
@@ -135,7 +136,7 @@ def _scope(stmt: object) -> tuple[_Scope, Sequence[object]]:
     return scope, sort
 
 
-def _resolve(term: Term, scope: _Scope, columns: Mapping[str, frozenset[str]]) -> str | None:
+def _resolve(term: Term, scope: _Scope, columns: Mapping[str, Collection[str]]) -> str | None:
     """The alias of the table ``term`` belongs to, or None when it cannot be told."""
     if term.qualifier is not None:
         return term.qualifier if term.qualifier in scope.tables else None
@@ -150,7 +151,7 @@ def _operator(node: ast.A_Expr) -> str:
 
 
 def _parts(
-    qual: object, scope: _Scope, columns: Mapping[str, frozenset[str]]
+    qual: object, scope: _Scope, columns: Mapping[str, Collection[str]]
 ) -> Iterator[tuple[str, KeyPart]]:
     """(alias, key part) pairs a predicate offers."""
     if not isinstance(qual, ast.A_Expr):
@@ -181,7 +182,7 @@ def _parts(
 
 
 def _order_parts(
-    sort: Sequence[object], scope: _Scope, columns: Mapping[str, frozenset[str]]
+    sort: Sequence[object], scope: _Scope, columns: Mapping[str, Collection[str]]
 ) -> tuple[str, list[KeyPart]] | None:
     """The ORDER BY keys when they all belong to one table."""
     found: list[tuple[str, KeyPart]] = []
@@ -223,13 +224,17 @@ def _describe(parts: Sequence[KeyPart]) -> str:
 
 def candidates(
     text: str,
-    columns: Mapping[str, frozenset[str]] | None = None,
+    columns: Mapping[str, Collection[str]] | None = None,
     distinct: Mapping[tuple[str, str], float] | None = None,
+    views: Mapping[str, str] | None = None,
 ) -> list[IndexCandidate]:
     """Index candidates for one statement; [] when it does not parse or offers no predicate.
 
-    ``columns`` maps a table name to its column names (to place unqualified columns in joins);
-    ``distinct`` maps (table, column) to its number of distinct values (to order the keys).
+    ``columns`` maps a table name to its column names (to place unqualified columns in joins;
+    a tuple in table order also resolves ``SELECT * ... ORDER BY 1``);
+    ``distinct`` maps (table, column) to its number of distinct values (to order the keys);
+    ``views`` maps a view's name to its definition: views, CTEs and subqueries in FROM are
+    flattened as the planner does (:mod:`querywatch.advise.derived`), so keys name base tables.
     """
     columns = columns or {}
     distinct = distinct or {}
@@ -239,7 +244,20 @@ def candidates(
         return []
     if len(statements) != 1:
         return []
-    scope, sort = _scope(statements[0].stmt)
+    found: dict[tuple[str | None, str, tuple[str, ...]], IndexCandidate] = {}
+    for block in derived.blocks(statements[0].stmt, views or {}, columns):
+        for candidate in _block_candidates(block, columns, distinct):
+            found.setdefault((candidate.schema, candidate.table, candidate.key_texts), candidate)
+    return list(found.values())
+
+
+def _block_candidates(
+    stmt: object,
+    columns: Mapping[str, Collection[str]],
+    distinct: Mapping[tuple[str, str], float],
+) -> list[IndexCandidate]:
+    """Candidates of one flattened SELECT, UPDATE or DELETE."""
+    scope, sort = _scope(stmt)
     by_alias: dict[str, list[KeyPart]] = {}
     for qual in scope.quals:
         for alias, part in _parts(qual, scope, columns):

@@ -6,7 +6,7 @@ Table names are resolved with ``to_regclass`` (search_path applies); unknown nam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -133,3 +133,57 @@ def distinct_values(cur: psycopg.Cursor[Any], names: Sequence[str]) -> dict[tupl
         n = float(r["n_distinct"])
         found[(r["table"], r["column"])] = -n * max(float(r["rows"]), 0.0) if n < 0 else n
     return found
+
+
+# -- views and partitions (statements through a view, partitioned tables) ------------------------
+VIEWS = """
+SELECT wanted.name, pg_get_viewdef(c.oid, true) AS definition
+FROM unnest(%(names)s::text[]) AS wanted(name)
+JOIN pg_class c ON c.oid = to_regclass(wanted.name)
+WHERE c.relkind = 'v'
+"""
+LEAF_PARTITIONS = """
+SELECT p.relname AS parent, n.nspname AS schema, c.relname AS partition
+FROM unnest(%(names)s::text[]) AS wanted(name)
+JOIN pg_class p ON p.oid = to_regclass(wanted.name) AND p.relkind = 'p'
+CROSS JOIN LATERAL pg_partition_tree(p.oid) AS t
+JOIN pg_class c ON c.oid = t.relid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.isleaf
+ORDER BY 1, 3
+"""
+MAX_VIEW_DEPTH = 8
+
+
+def view_definitions(
+    cur: psycopg.Cursor[Any], names: Sequence[str], read: Callable[[Mapping[str, str]], list[str]]
+) -> dict[str, str]:
+    """Name -> definition of the views among ``names`` and of the views those read, in turn.
+
+    ``read`` gives the relation names a batch of definitions reads (parsing is not done here).
+    """
+    found: dict[str, str] = {}
+    asked = set(names)
+    wanted = list(names)
+    for _ in range(MAX_VIEW_DEPTH):
+        if not wanted:
+            break
+        cur.execute(VIEWS, {"names": wanted})
+        batch = {str(r["name"]): str(r["definition"]) for r in cur.fetchall()}
+        found.update(batch)
+        wanted = [n for n in read(batch) if n not in asked]
+        asked.update(wanted)
+    return found
+
+
+def leaf_partitions(
+    cur: psycopg.Cursor[Any], names: Sequence[str]
+) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Partitioned table name -> its leaf partitions as (schema, name), for those among ``names``."""
+    if not names:
+        return {}
+    cur.execute(LEAF_PARTITIONS, {"names": list(names)})
+    found: dict[str, list[tuple[str, str]]] = {}
+    for r in cur.fetchall():
+        found.setdefault(str(r["parent"]), []).append((str(r["schema"]), str(r["partition"])))
+    return {parent: tuple(leaves) for parent, leaves in found.items()}

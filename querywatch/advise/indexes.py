@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -21,7 +21,7 @@ from psycopg import sql
 
 from ..errors import QuerywatchError
 from . import candidates as cands
-from . import catalog, families, nodes, plans, savings
+from . import catalog, derived, families, nodes, plans, savings
 from .records import IndexAdvice, IndexCandidate, IndexFact, QueryStats, TableFact, Verification
 from .session import Session
 
@@ -31,6 +31,9 @@ MIN_COST_RATIO = 0.5
 WRITE_HEAVY_MIN_WRITES = 1_000
 HYPO_CREATE = "SELECT indexrelid, indexname FROM {}.hypopg_create_index(%s)"
 HYPO_DROP = "SELECT {}.hypopg_drop_index(%s)"
+MAX_PARTITIONS = 64  # hypothetical indexes per verification of a partitioned table
+# Shows the partitions a generic plan removes at executor start (its costs are the same).
+NO_PARTITION_PRUNING = "SET LOCAL enable_partition_pruning = off"
 
 
 @dataclass(frozen=True)
@@ -45,23 +48,32 @@ class _Context:
     existing: Sequence[IndexFact]
     distinct: Mapping[tuple[str, str], float]
     stats: Mapping[tuple[str, str], families.ColumnStats] = field(default_factory=dict)
+    views: Mapping[str, str] = field(default_factory=dict)  # name -> definition
+    partitions: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
 
-def _names(text: str, doc: Mapping[str, Any]) -> list[str]:
+def _names(text: str, doc: Mapping[str, Any], views: Mapping[str, str] | None = None) -> list[str]:
     """Relation names the statement mentions (from the parse tree) and the plan reads."""
-    found = {c.table if not c.schema else f"{c.schema}.{c.table}" for c in cands.candidates(text)}
+    found = {
+        c.table if not c.schema else f"{c.schema}.{c.table}"
+        for c in cands.candidates(text, views=views)
+    }
     found |= {str(n["Relation Name"]) for n in nodes.nodes(doc) if "Relation Name" in n}
     return sorted(found)
 
 
 def _context(session: Session, text: str, doc: Mapping[str, Any]) -> _Context:
-    names = _names(text, doc)
     with session.readonly() as cur:
+        views = catalog.view_definitions(cur, derived.mentioned(text), derived.view_names)
+        names = _names(text, doc, views)
+        partitions = catalog.leaf_partitions(cur, names)
         facts = catalog.tables(cur, names)
         existing = catalog.indexes(cur, names)
         distinct = catalog.distinct_values(cur, names)
         stats = families.column_stats(cur, names)
-    return _Context({f.table: f for f in facts}, existing, distinct, stats)
+    return _Context(
+        {f.table: f for f in facts}, existing, distinct, stats, views=views, partitions=partitions
+    )
 
 
 def _served_by(doc: Mapping[str, Any], table: str) -> str | None:
@@ -100,11 +112,21 @@ def _plain_ddl(candidate: IndexCandidate) -> str:
 
 
 def verify(
-    session: Session, text: str, candidate: IndexCandidate, cost_before: float
+    session: Session,
+    text: str,
+    candidate: IndexCandidate,
+    cost_before: float,
+    partitions: Sequence[tuple[str, str]] = (),
 ) -> Verification:
-    """Plan the statement with ``candidate`` as a hypothetical index (hypopg)."""
+    """Plan the statement with ``candidate`` as a hypothetical index (hypopg).
+
+    On a partitioned table, ``partitions`` are the (schema, name) of the partitions to put it on
+    (hypopg cannot create one on the parent).
+    """
     if session.hypopg is None or session.hypopg_schema is None:
         return Verification(False, detail=_hypopg_missing(session))
+    if partitions:
+        return _verify_on_partitions(session, text, candidate, cost_before, partitions)
     schema = sql.Identifier(session.hypopg_schema)
     created: Any = None
     try:
@@ -119,6 +141,117 @@ def verify(
             _drop(session, schema, created["indexrelid"])
     used = created["indexname"] in nodes.used_indexes(doc)
     return Verification(True, used, cost_before, nodes.total_cost(doc), created["indexname"])
+
+
+def _verify_on_partitions(
+    session: Session,
+    text: str,
+    candidate: IndexCandidate,
+    cost_before: float,
+    partitions: Sequence[tuple[str, str]],
+) -> Verification:
+    """The candidate as a hypothetical index on each partition, the statement planned once."""
+    assert session.hypopg_schema is not None
+    schema = sql.Identifier(session.hypopg_schema)
+    created: list[Any] = []
+    try:
+        with session.readonly() as cur:
+            for part_schema, part in partitions:
+                on_part = replace(candidate, schema=part_schema, table=part)
+                cur.execute(sql.SQL(HYPO_CREATE).format(schema), (_plain_ddl(on_part),))
+                created.append(cur.fetchone())
+            doc, _ = plans.explain_in(cur, session, text)
+            shown = doc
+            if _all_pruned(doc, partitions):  # at executor start, with NULL parameters
+                cur.execute(NO_PARTITION_PRUNING)
+                shown, _ = plans.explain_in(cur, session, text)
+    except QuerywatchError as exc:
+        return Verification(True, False, cost_before, cost_before, f"hypopg refused: {exc}")
+    finally:
+        for row in created:
+            if row is not None:
+                _drop(session, schema, row["indexrelid"])
+    names = [str(row["indexname"]) for row in created if row is not None]
+    used = [n for n in names if n in nodes.used_indexes(shown)]
+    detail = (
+        f"on {len(used)} of the {len(names)} partitions the plan reads: "
+        f"{', '.join(p for _, p in partitions[:5])}{', ...' if len(partitions) > 5 else ''} "
+        f"({', '.join(used[:3] or names[:1])})"
+    )
+    return Verification(True, bool(used), cost_before, nodes.total_cost(doc), detail)
+
+
+def _all_pruned(doc: Mapping[str, Any], partitions: Sequence[tuple[str, str]]) -> bool:
+    """True when the plan shows none of the partitions, all removed by run-time pruning (a
+    generic plan's parameters are NULL there): which index the plan would use is not shown."""
+    read = {n.get("Relation Name") for n in nodes.nodes(doc)}
+    pruned = any(n.get("Subplans Removed") for n in nodes.nodes(doc))
+    return pruned and not any(p in read for _, p in partitions)
+
+
+def _touched(
+    doc: Mapping[str, Any], ctx: _Context, candidate: IndexCandidate
+) -> tuple[tuple[str, str], ...]:
+    """The leaf partitions of a partitioned candidate table that the plan reads (all of them
+    when the plan reads none: pruned at run time), at most MAX_PARTITIONS."""
+    leaves = ctx.partitions.get(candidate.table, ())
+    read = {str(n["Relation Name"]) for n in nodes.nodes(doc) if "Relation Name" in n}
+    touched = [leaf for leaf in leaves if leaf[1] in read]
+    return tuple((touched or list(leaves))[:MAX_PARTITIONS])
+
+
+def _ordered_columns(ctx: _Context) -> dict[str, tuple[str, ...]]:
+    """Each table's columns in table order (``SELECT * ... ORDER BY 1`` names the first)."""
+    return {name: tuple(f.columns) for name, f in ctx.tables.items()}
+
+
+def _ddl(candidate: IndexCandidate, name: str, ctx: _Context) -> str:
+    """CREATE INDEX CONCURRENTLY, but on a partitioned table CREATE INDEX on the parent (one
+    index per partition; PostgreSQL cannot build it concurrently there)."""
+    text = cands.ddl(candidate, name)
+    if candidate.table in ctx.partitions:
+        return text.replace("CREATE INDEX CONCURRENTLY ", "CREATE INDEX ", 1)
+    return text
+
+
+def _partition_notes(candidate: IndexCandidate, ctx: _Context) -> list[str]:
+    leaves = ctx.partitions.get(candidate.table)
+    if not leaves:
+        return []
+    return [
+        f"partitioned table: the index on {candidate.table} creates one on each of its "
+        f"{len(leaves)} partitions and blocks writes while it builds (no CONCURRENTLY on a "
+        "partitioned table); without the lock: CREATE INDEX ... ON ONLY the parent, CREATE "
+        "INDEX CONCURRENTLY on each partition, then ALTER INDEX ... ATTACH PARTITION each"
+    ]
+
+
+def _through_flattened(
+    session: Session,
+    text: str,
+    candidate: IndexCandidate,
+    check: Verification,
+    before: float,
+    ctx: _Context,
+) -> tuple[Verification, float]:
+    """An expression index through a view, CTE or subquery, verified again on the statement
+    as the planner flattens it: hypopg (1.3) matches a hypothetical expression index only when
+    its table comes first in the query's range table, which a view's table never does."""
+    if check.used or not check.available or not any(k.expression for k in candidate.keys):
+        return check, before
+    flat = derived.flattened(text, ctx.views, _ordered_columns(ctx))
+    if flat is None:
+        return check, before
+    try:
+        flat_before = nodes.total_cost(plans.explain(session, flat).document)
+    except QuerywatchError as exc:
+        log.debug("flattened statement not planned: %s", exc)
+        return check, before
+    again = verify(session, flat, candidate, flat_before)
+    if not again.used:
+        return check, before
+    detail = f"{again.detail} (on the statement flattened as the planner does: {flat})"
+    return replace(again, detail=detail), flat_before
 
 
 def _drop(session: Session, schema: sql.Identifier, oid: int) -> None:
@@ -153,7 +286,7 @@ def advise(
     taken = [i.name for i in ctx.existing]
     planned, refined = families.refine(
         text,
-        cands.candidates(text, columns, ctx.distinct),
+        cands.candidates(text, _ordered_columns(ctx), ctx.distinct, views=ctx.views),
         columns,
         ctx.stats,
         {name: f.rows for name, f in ctx.tables.items()},
@@ -236,7 +369,9 @@ def _advise_one(
             before = nodes.total_cost(plans.explain(session, plan_text).document)
         except QuerywatchError as exc:
             return f"({', '.join(candidate.key_texts)}) on {candidate.table}: {exc}"
-    check = verify(session, plan_text or text, candidate, before)
+    check = verify(session, plan_text or text, candidate, before, _touched(doc, ctx, candidate))
+    if plan_text is None:
+        check, before = _through_flattened(session, text, candidate, check, before, ctx)
     keys = ", ".join(candidate.key_texts)
     least = families.min_cost_ratio(candidate, MIN_COST_RATIO)
     if check.available and not (check.used and check.cost_ratio >= least):
@@ -264,10 +399,11 @@ def _advise_one(
     if upkeep is not None:
         return upkeep
     warnings = [w for w in (heavy, None if check.available else f"unverified: {check.detail}") if w]
+    warnings += _partition_notes(candidate, ctx)
     return IndexAdvice(
         candidate=candidate,
         name=name,
-        ddl=cands.ddl(candidate, name),
+        ddl=_ddl(candidate, name, ctx),
         verification=check,
         verified=check.available,
         saving=est.saving,
