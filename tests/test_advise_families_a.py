@@ -158,7 +158,11 @@ def test_proposed_and_verified(
         assert {p for p in leaves if p in detail} == set(case.touches), detail
     else:
         assert fix.ddl.startswith("CREATE INDEX CONCURRENTLY ")
-    print(f"\n{case.id}: {fix.ddl} saving {fix.saving:.0%} ({fix.verification.detail})")
+    check = fix.verification
+    print(
+        f"\n{case.id}: {fix.ddl} cost {check.cost_before:,.0f} -> {check.cost_after:,.0f}"
+        f" (-{check.cost_ratio:.1%}), saving {fix.saving:.1%} ({check.detail})"
+    )
 
 
 def _base_tables(dsn: str) -> set[str]:
@@ -298,3 +302,9 @@ def test_ordinal_and_alias_resolution() -> None:
 def test_plain_statements_are_left_as_they_are() -> None:
     stmt = parse_sql("SELECT a FROM t JOIN u ON u.id = t.u_id WHERE t.x = $1 ORDER BY t.y")[0].stmt
     assert derived.blocks(stmt, VIEWS, {}) == [stmt]
+
+
+def test_derived_doctests() -> None:
+    import doctest
+
+    assert doctest.testmod(derived).failed == 0
