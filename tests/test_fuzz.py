@@ -44,12 +44,12 @@ from querywatch.settings import SETTINGS, Settings, load
 from querywatch.web import create_app
 
 EXAMPLES = {
-    "toml": 2000,
+    "toml": 1600,
     "toml_bytes": 1500,
     "env": 2500,
     "flags": 2500,
     "sections": 400,
-    "cli": 100,
+    "cli": 50,
     "web": 2600,
 }
 TOTAL_MIN = 10_000

@@ -149,17 +149,19 @@ def _errors(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         # FastAPI's own handler echoes the input back, and fails (a 500) on a body that is not
         # UTF-8 or a lone surrogate: this one names each field and what is wrong, not the input
+        errors = exc.errors()
         detail = [
             {
                 "loc": [_printable(part) for part in e.get("loc", ())],
                 "msg": _printable(e.get("msg", "")),
                 "type": _printable(e.get("type", "")),
             }
-            for e in exc.errors()
+            for e in errors
         ]
-        first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(part) for part in first["loc"])
-        message = "bad request: " + (f"{where}: " if where else "") + str(first["msg"])
+        first = errors[0] if errors else {}
+        where = ".".join(str(_printable(part)) for part in first.get("loc", ()))
+        what = _printable(first.get("msg", "invalid request"))
+        message = "bad request: " + (f"{where}: " if where else "") + str(what)
         return JSONResponse({"error": message, "detail": detail}, status_code=422)
 
     @app.exception_handler(404)
