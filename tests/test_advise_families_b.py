@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,9 @@ from querywatch.advise.advisor import advise_statement
 from querywatch.advise.records import Advice, IndexCandidate, IndexFact, KeyPart, QueryStats
 from querywatch.advise.session import Session
 from querywatch.localpg import LocalPostgres
+from querywatch.source.postgres import PostgresSource
+from querywatch.store import Store
+from querywatch.watcher import Watcher
 
 FIXTURES = Path(__file__).parent / "fixtures" / "advise"
 DEBIAN_PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
@@ -279,11 +283,18 @@ def n_plus_one_of(review: list[Advice]) -> dict[str, bool]:
     return {a.query: any(f.rule == "n_plus_one" for f in a.findings) for a in review}
 
 
-def test_tpcb_raises_no_n_plus_one(private: LocalPostgres) -> None:
+def test_tpcb_raises_no_n_plus_one(private: LocalPostgres, tmp_path: Path) -> None:
     pgbench(private, "-i", "-s", "1", "-q")
     with psycopg.connect(private.dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_statements_reset()")
+    source = PostgresSource(private.dsn)
+    source.connect()
+    store = Store(tmp_path / "qw.db")
+    watcher = Watcher(source, store, "tpcb", interval_s=1.0)
+    watcher.start()
     pgbench(private, "-c", "2", "-j", "2", "-T", "6")
+    watcher.collect_once()
+    source.close()
     with Session.open(private.dsn) as session:
         loads, _, _ = advisor.server_workload(session, 20)
         review = [advisor.advise_with(session, advisor._statement(w.query), w.stats) for w in loads]
@@ -297,6 +308,16 @@ def test_tpcb_raises_no_n_plus_one(private: LocalPostgres) -> None:
     flagged = n_plus_one_of(review)
     assert len([q for q in flagged if q.startswith(("UPDATE", "SELECT", "INSERT"))]) >= 4
     assert not any(flagged.values()), flagged
+
+    # The same from querywatch's store: the interval's transactions come with its deltas.
+    with store:
+        [server] = store.servers()
+        stored = advisor.store_workload(store, server.id, 0, time.time() + 10, 20)
+    [branches] = [w for w in stored if w.query.startswith("UPDATE pgbench_branches")]
+    assert branches.stats.calls >= findings.N_PLUS_ONE_CALLS and branches.stats.xacts
+    assert 0.5 < (branches.stats.calls_per_xact or 0) < 1.5, branches.stats
+    assert findings.n_plus_one({}, replace(branches.stats, xacts=None))
+    assert not any(findings.n_plus_one({}, w.stats) for w in stored)
 
 
 def test_a_loop_of_twenty_lookups_per_transaction_is_n_plus_one(private: LocalPostgres) -> None:

@@ -333,8 +333,10 @@ def test_plans_are_recorded_in_an_existing_store(users_dsn: str, workdir: Path) 
 def _queryid(dsn: str) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         run_lookups(conn, 1, start=9000)
-        row = conn.execute(
-            "SELECT queryid::text FROM pg_stat_statements WHERE query LIKE '%lower(email)%' LIMIT 1"
+        row = conn.execute(  # the lookup itself, in this database (not a PREPARE or EXPLAIN of it)
+            "SELECT queryid::text FROM pg_stat_statements WHERE query LIKE 'SELECT%lower(email)%'"
+            " AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " ORDER BY calls DESC LIMIT 1"
         ).fetchone()
     assert row is not None
     return str(row[0])

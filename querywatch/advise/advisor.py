@@ -241,6 +241,9 @@ def store_workload(
     """The top statements by DB time over [start, end) from querywatch's own history."""
     rows, covered = store.totals(server_id, start, end)
     seconds = covered or (end - start)
+    xacts, spanned = store.xacts(server_id, start, end)
+    if spanned < 0.95 * seconds:
+        xacts = None  # part of the window is in rollups: no transactions to divide by
     loads = [
         Workload(
             r.fingerprint,
@@ -252,6 +255,7 @@ def store_workload(
                 r.counters.exec_ms,
                 seconds,
                 r.counters.temp_blks_written,
+                xacts,
             ),
         )
         for r in rows

@@ -69,8 +69,8 @@ def _context(session: Session, text: str, doc: Mapping[str, Any]) -> _Context:
         partitions = catalog.leaf_partitions(cur, names)
         facts = catalog.tables(cur, names)
         existing = catalog.indexes(cur, names)
-        distinct = catalog.distinct_values(cur, names)
         stats = families.column_stats(cur, names)
+        distinct = families.distinct_values(stats)
     return _Context(
         {f.table: f for f in facts}, existing, distinct, stats, views=views, partitions=partitions
     )

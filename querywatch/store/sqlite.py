@@ -154,6 +154,12 @@ SELECT coalesce(sum(end - start), 0), min(start) FROM intervals
 WHERE server_id = ? AND end > ? AND end <= ? AND complete = 1
 """
 SELECT_OLDEST_RAW = "SELECT min(start) FROM intervals WHERE server_id = ?"
+# Transactions (pg_stat_database) of the raw intervals Store.totals sums; NULL when any lacks them.
+SELECT_RAW_XACTS = """
+SELECT CASE WHEN count(*) = count(db_xact_commit) THEN sum(db_xact_commit + db_xact_rollback) END,
+       coalesce(sum(end - start), 0)
+FROM intervals WHERE server_id = ? AND end > ? AND end <= ?
+"""
 SELECT_TEXTS = "SELECT fingerprint, query FROM texts"
 SELECT_QUERYIDS = "SELECT fingerprint, queryid FROM statements WHERE server_id = ?"
 
@@ -540,6 +546,13 @@ class Store:
             for r in rows
         ]
         return result, float(seconds or 0.0)
+
+    def xacts(self, server_id: int, start: float, end: float) -> tuple[float | None, float]:
+        """Transactions committed and rolled back over the raw intervals ending in (start, end],
+        and the seconds those intervals span (None: some interval has no database figures)."""
+        with self._errors():
+            row = self._conn.execute(SELECT_RAW_XACTS, (server_id, start, end)).fetchone()
+        return (None if row[0] is None else float(row[0])), float(row[1])
 
     def _needs_rollups(
         self, server_id: int, start: float, end: float, oldest: float | None
