@@ -352,3 +352,13 @@ def test_a_loop_of_twenty_lookups_per_transaction_is_n_plus_one(private: LocalPo
         f for a in review if a.query == loop.query for f in a.findings if f.rule == "n_plus_one"
     ]
     assert any("calls per transaction" in e for e in finding.evidence)
+
+
+def test_n_plus_one_needs_many_calls_per_transaction() -> None:
+    """The rule on its own: the same rate and one row per call, judged by calls per transaction."""
+    busy = QueryStats(calls=60_000, rows=60_000, total_ms=1_800, seconds=60)
+    assert findings.n_plus_one({}, busy)  # no transaction figures: the rate rule as before
+    assert findings.n_plus_one({}, replace(busy, xacts=60_000)) == []  # once per transaction
+    assert findings.n_plus_one({}, replace(busy, xacts=30_000)) == []  # twice
+    [loop] = findings.n_plus_one({}, replace(busy, xacts=3_000))  # 20 per transaction
+    assert "pg_stat_database: 20.0 calls per transaction (3,000 transactions)" in loop.evidence
