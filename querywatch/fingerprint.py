@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import re
 from collections import OrderedDict
@@ -58,6 +59,17 @@ _FALLBACK_TOKEN = re.compile(
 )
 # What pglast's normalize can leave: a comment, a quote, a dollar quote or a number (not in $n).
 _MAY_HOLD_VALUE = re.compile(r"--|/\*|'|\$(?:[^\W\d]\w*)?\$|(?<![\w$])\d")
+# Text that may give a table an alias (AS, or a name right after a table name): only that text is
+# parsed a second time for the aliased tables' names. A false match costs a parse, never a wrong id.
+_NOT_ALIAS = (
+    "where|join|inner|left|right|full|cross|natural|on|using|set|group|order|limit|offset|having"
+    "|window|union|intersect|except|for|returning|values|select|default|fetch|tablesample|lateral"
+)
+_MAY_ALIAS = re.compile(
+    rf"""\bas\b
+    | (?:\b(?:from|join|update|into|using|only)|,) \s+ [\w$."]+ \s+ (?!(?:{_NOT_ALIAS})\b)[^\W\d]""",
+    re.IGNORECASE | re.VERBOSE,
+)
 _SPACE = re.compile(r"\s+")
 _SPACE_AROUND_PUNCTUATION = re.compile(r"\s*([^\w\s])\s*")
 _VALUE_LIST = re.compile(r"\?(?:,\?)+")
@@ -74,11 +86,42 @@ class Shape:
 
 
 def fingerprint(sql: str) -> str:
-    """The query shape's id: 16 lowercase hex characters. Never raises."""
+    """The query shape's id: 16 lowercase hex characters. Never raises.
+
+    libpg_query fingerprints a table that has an alias by its alias alone, so ``FROM orders o``
+    and ``FROM order_items o`` would share one; the names of aliased tables are mixed in.
+
+    >>> fingerprint("SELECT o.id FROM orders o") != fingerprint("SELECT o.id FROM order_items o")
+    True
+    """
     try:
-        return str(_pg.fingerprint(sql))
+        return _parsed_fingerprint(sql)
     except _PG_ERRORS:
         return _text_fingerprint(sql)
+
+
+def _parsed_fingerprint(sql: str) -> str:
+    value = str(_pg.fingerprint(sql))
+    aliased = _aliased_tables(sql) if _MAY_ALIAS.search(sql) else ()
+    if not aliased:
+        return value  # the plain libpg_query fingerprint, as before
+    key = value + "\0" + "\0".join(aliased)
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _aliased_tables(sql: str) -> tuple[str, ...]:
+    """Sorted ``schema.table`` names of the tables that carry an alias in ``sql``."""
+    found: set[str] = set()
+    stack: list[object] = [json.loads(_pg.parse_sql_json(sql))]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("relname"), str) and node.get("alias"):
+                found.add(f"{node.get('schemaname', '')}.{node['relname']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return tuple(sorted(found))
 
 
 def normalize(sql: str) -> str:
@@ -92,7 +135,7 @@ def normalize(sql: str) -> str:
 def shape(sql: str) -> Shape:
     """Fingerprint and normalized text of ``sql``, marking text that pglast could not parse."""
     try:
-        value = str(_pg.fingerprint(sql))
+        value = _parsed_fingerprint(sql)
     except _PG_ERRORS:
         log.debug("fingerprint: %d characters do not parse, fingerprinting the text", len(sql))
         return Shape(_text_fingerprint(sql), _scrub_unparsed(sql), parsed=False)

@@ -365,3 +365,27 @@ def test_module_is_pure() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (
+            "SELECT o.id FROM orders o WHERE o.id = $1",
+            "SELECT o.id FROM order_items o WHERE o.id = $1",
+        ),
+        ("SELECT * FROM a x JOIN b y ON x.id = y.id", "SELECT * FROM a x JOIN c y ON x.id = y.id"),
+        ("SELECT * FROM a, b y", "SELECT * FROM a, c y"),
+        ("UPDATE accounts AS t SET n = $1", "UPDATE ledger AS t SET n = $1"),
+        ("SELECT 1 FROM s1.t AS x", "SELECT 1 FROM s2.t AS x"),
+    ],
+)
+def test_tables_with_the_same_alias_stay_apart(a: str, b: str) -> None:
+    """libpg_query fingerprints an aliased table by its alias only; querywatch keeps the table."""
+    assert fingerprint(a) != fingerprint(b)
+
+
+def test_an_aliased_statement_keeps_one_fingerprint_across_values_and_lists() -> None:
+    raw = "select o.id from orders o where o.id in (1, 2, 3) and o.note = 'x'"
+    normalized = "SELECT o.id FROM orders o WHERE o.id IN ($1) AND o.note = $2"
+    assert fingerprint(raw) == fingerprint(normalized)
