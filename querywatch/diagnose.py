@@ -51,6 +51,10 @@ TOP_SERIES = 25  # fingerprints (by DB time) whose series a change point is sear
 CHANGE_T = 5.0  # a change point's mean shift in pooled standard errors, at least
 
 
+# typical statements below this share of their baseline rate: throughput fell (said in the summary)
+THROUGHPUT_FELL = 0.9
+
+
 @dataclass(frozen=True)
 class DiagnoseSettings:
     """Thresholds of :func:`diagnose`, with their defaults."""
@@ -833,7 +837,7 @@ def _traffic_words(top: Culprit, ctx: _Context) -> str:
     k, s = ctx.factor, ctx.settings
     if k >= s.surge_factor:
         return f"traffic overall rose {figure(k)}x too, but this statement grew beyond that"
-    if k <= 1 / s.change_factor:
+    if k < THROUGHPUT_FELL:
         before = top.calls_per_s.baseline * top.mean_ms.baseline
         after = top.calls_per_s.window * top.mean_ms.window
         grew = (

@@ -362,3 +362,33 @@ def test_n_plus_one_needs_many_calls_per_transaction() -> None:
     assert findings.n_plus_one({}, replace(busy, xacts=30_000)) == []  # twice
     [loop] = findings.n_plus_one({}, replace(busy, xacts=3_000))  # 20 per transaction
     assert "pg_stat_database: 20.0 calls per transaction (3,000 transactions)" in loop.evidence
+
+
+def test_a_partial_index_through_a_view_is_planned_on_the_flattened_statement(dsn: str) -> None:
+    """hypopg issue #116: a partial hypothetical index planned through a view can crash the
+    backend; a partial candidate is planned only on the statement flattened to its base table."""
+    from querywatch.advise import indexes
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE OR REPLACE VIEW open_jobs_v AS SELECT id, queue, finished_at FROM jobs"
+        )
+    text = "SELECT id, queue FROM open_jobs_v WHERE finished_at IS NULL"
+    partial = IndexCandidate(
+        None,
+        "jobs",
+        (KeyPart("finished_at", "finished_at", "equality"),),
+        "test",
+        predicate="finished_at IS NULL",
+    )
+    views = {"open_jobs_v": "SELECT id, queue, finished_at FROM jobs"}
+    with Session.open(dsn) as session:
+        ctx = indexes._Context({}, (), {}, views=views)
+        flat = indexes._without_views(session, text, partial, ctx)
+        assert isinstance(flat, tuple), flat
+        assert "FROM jobs AS" in flat[0] and flat[1] > 0
+        unflattenable = indexes._Context({}, (), {}, views={"other_v": "SELECT 1"})
+        refused = indexes._without_views(
+            session, "SELECT * FROM other_v, LATERAL (SELECT 1) x", partial, unflattenable
+        )
+        assert isinstance(refused, str) and "not verified" in refused

@@ -10,7 +10,8 @@ against the first interval it judges:
   the average describes another load (a server idle most of its life): the prior is dropped.
 
 While a prior judges, only anomalies about its own fingerprints and absolute server-wide ones
-(locks, connections, CPU) count: nothing else has a normal yet.
+(locks, connections, CPU) count, and a fingerprint's only when far past its threshold: nothing
+else has a normal yet.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from querywatch.detect.settings import DetectSettings
 from querywatch.model import Anomaly, IntervalSummary
 
 ABSOLUTE_RULES = frozenset({"lock_waits", "connection_saturation", "cpu_saturation"})
-MAX_TRAFFIC_FACTOR = 5.0
+MAX_TRAFFIC_FACTOR = 2.5  # typical statements this much busier: another load than the long run
 
 
 class Prior:
@@ -59,9 +60,13 @@ class Prior:
         return self._baseline
 
     def judges(self, anomaly: Anomaly) -> bool:
-        """True when the anomaly is about something the prior knows a normal for."""
+        """True when the anomaly is about something the prior knows a normal for, and far past
+        it: a long-run mean has no spread of its own (today's workload may differ from the
+        average in ordinary ways), so a marginal signal waits for the watcher's own history."""
+        if anomaly.rule in ABSOLUTE_RULES:
+            return True
         known = self._baseline is not None and anomaly.subject in self._baseline.by_fingerprint
-        return known or anomaly.rule in ABSOLUTE_RULES
+        return known and anomaly.severity >= self._settings.far_factor
 
     def _vetted(self, prior: Baseline, observed: Mapping[str, Rates]) -> Baseline | None:
         young = tuple(
