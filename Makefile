@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the suite mostly waits on real intervals: three workers on two cores (each its own PostgreSQL);
+# tests/conftest.py keeps the CPU-heavy tests on one worker and gives timed end-to-end tests a rerun
+PYTEST_WORKERS ?= 3
 
 .PHONY: install demo test lint types pytest bench clean
 
@@ -25,7 +28,7 @@ types: install
 	$(BIN)/mypy
 
 pytest: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint types pytest
 

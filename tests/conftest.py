@@ -96,3 +96,40 @@ def require_hypopg(pg: LocalPostgres) -> LocalPostgres:
             f"(apt-get install postgresql-{version}-hypopg)"
         )
     return pg
+
+
+# -- parallel runs (make test: pytest -n 3 --dist loadgroup on a 2-core machine) -----------------
+# Tests that peg the CPUs (CPU-bound sessions, pgbench, the demo's traffic, load tests) run one at
+# a time, so that they disturb the latency-sensitive end-to-end tests as little as possible.
+CPU_HOGS = frozenset(
+    {"test_saturation_pg", "test_kcache_pg", "test_pgbench_pg", "test_demo", "test_loadtest"}
+)
+# End-to-end tests judged on real timings (alerts within N intervals, latency means) run a
+# watcher against a real server: under the other workers' load they get one rerun. A test has to
+# fail twice to fail, and pytest's summary counts every rerun.
+TIMED = frozenset(
+    {
+        "test_watch_pg",
+        "test_anywindow_pg",
+        "test_restore_pg",
+        "test_restart_pg",
+        "test_longrun_pg",
+        "test_pgbench_pg",
+        "test_saturation_pg",
+        "test_outbox",
+        "test_audit",
+        "test_diskfull",
+        "test_cli",
+        "test_kcache_pg",
+        "test_collection_pg",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        if module in CPU_HOGS:
+            item.add_marker(pytest.mark.xdist_group("cpu_hogs"))
+        if module in TIMED:
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
