@@ -331,10 +331,12 @@ def diagnose(
 def _diagnose_now(dsn: str | None, sample_s: float) -> Diagnosis:
     """One-shot: no store, no watcher; one connection for ``sample_s`` seconds."""
     cfg = load_settings(dsn=dsn)
-    err.print(
-        f"sampling {describe_dsn(cfg.dsn)} for {human(sample_s)}...", markup=False, soft_wrap=True
-    )
-    return diagnose_now(open_source(cfg), sample_s)
+
+    def connected() -> None:  # after connecting: a wrong DSN stays a one-line error
+        note = f"sampling {describe_dsn(cfg.dsn)} for {human(sample_s)}..."
+        err.print(note, markup=False, soft_wrap=True)
+
+    return diagnose_now(open_source(cfg), sample_s, connected=connected)
 
 
 def _print_diagnosis(result: Diagnosis, fmt: Format) -> None:

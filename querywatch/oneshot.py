@@ -54,9 +54,13 @@ def diagnose_now(
     step_s: float = STEP_S,
     activity_s: float = ACTIVITY_S,
     sleep: Callable[[float], None] = time.sleep,
+    connected: Callable[[], None] | None = None,
 ) -> Diagnosis:
-    """Diagnose the next ``sample_s`` seconds against the long run (connects, then closes)."""
+    """Diagnose the next ``sample_s`` seconds against the long run (connects, then closes);
+    ``connected`` is called once the connection is up (the CLI says it is sampling then)."""
     caps = source.connect()
+    if connected is not None:
+        connected()
     try:
         first = source.snapshot()
         sampling = _Sampling(identify(source, first.statements))

@@ -124,6 +124,10 @@ def test_top_ranks_the_expensive_statement_first(pg_dsn: str, conn: Any, tmp_pat
         ),
         (["check", "--dsn", "this is not a dsn"], ["invalid dsn"]),
         (
+            ["diagnose", "--now", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2"],
+            ["cannot connect", "port=1"],
+        ),
+        (
             [
                 "collect",
                 "--once",
