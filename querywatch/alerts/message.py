@@ -21,12 +21,16 @@ from typing import Literal
 
 Status = Literal["firing", "resolved"]
 
-# PagerDuty's severities; Alertmanager and Slack reuse the same words.
+STORE_UNWRITABLE = "store_unwritable"  # the verdict of querywatch's own alert: its store is full
+
+# PagerDuty's severities; Alertmanager and Slack reuse the same words. Every verdict an alert can
+# carry is a key (querywatch.docs reads them: each has a page).
 SEVERITY_BY_VERDICT: Mapping[str, str] = {
     "query_regression": "critical",
     "lock_contention": "critical",
     "traffic_surge": "warning",
     "healthy": "info",
+    STORE_UNWRITABLE: "error",
 }
 
 
