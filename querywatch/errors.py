@@ -12,7 +12,9 @@ Messages are lowercase, ``what: why``, and say how to fix the problem when there
     │   └── QueryTimeout       a monitoring query hit statement_timeout or lock_timeout
     ├── StoreError             the history store
     │   ├── StoreUnwritable    the store file or its folder cannot be written
-    │   └── StoreCorrupt       the file is not a querywatch store, or is damaged
+    │   ├── StoreCorrupt       the file is not a querywatch store, or is damaged
+    │   ├── StoreUnreachable   a PostgreSQL store: wrong DSN, server down, authentication failed
+    │   └── ServerLeased       another watcher owns the server (its lease is live), or took it over
     ├── LocalPostgresError     the throwaway PostgreSQL launcher could not start or stop a server
     ├── AlertError             an alert channel could not be reached (never stops collection)
     └── DemoError              ``querywatch demo`` could not play its story (a child died, no alert)
@@ -60,6 +62,14 @@ class StoreUnwritable(StoreError):
 
 
 class StoreCorrupt(StoreError):
+    pass
+
+
+class StoreUnreachable(StoreError):
+    pass
+
+
+class ServerLeased(StoreError):
     pass
 
 

@@ -16,8 +16,10 @@ import pytest
 
 from querywatch.errors import LocalPostgresError
 from querywatch.localpg import LocalPostgres, find_bindir
+from querywatch.store import Store
 
 MakePg = Callable[..., LocalPostgres]
+QW_TEST_STORE = os.environ.get("QW_TEST_STORE", "sqlite").strip().lower()
 
 
 def under_ci() -> bool:
@@ -96,6 +98,50 @@ def require_hypopg(pg: LocalPostgres) -> LocalPostgres:
             f"(apt-get install postgresql-{version}-hypopg)"
         )
     return pg
+
+
+# -- the store on both engines (querywatch.store: SQLite files, PostgreSQL schemas) --------------
+# Store tests take ``any_store`` / ``store_location``: each runs once per engine. Setting
+# QW_TEST_STORE=postgresql makes every Store opened on a file path (in-process and in the CLI
+# subprocesses) a schema of the session server's qwstore database instead (the whole suite on PG).
+@pytest.fixture(scope="session")
+def pg_store_base(pg_dsn: str) -> str:
+    import storekit
+
+    return storekit.store_database(pg_dsn)
+
+
+@pytest.fixture(scope="session", autouse=QW_TEST_STORE == "postgresql")
+def pg_store_everywhere(request: pytest.FixtureRequest) -> Iterator[None]:
+    base = request.getfixturevalue("pg_store_base")
+    os.environ["QUERYWATCH_TEST_PG_STORE"] = base
+    yield
+    os.environ.pop("QUERYWATCH_TEST_PG_STORE", None)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_location(
+    store_engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[[str], str]:
+    """``store_location(name)``: a new store location on the engine under test."""
+    import storekit
+
+    if store_engine == "sqlite":
+        return lambda name: storekit.sqlite_location(tmp_path, name)
+    base = request.getfixturevalue("pg_store_base")
+    return lambda name: storekit.pg_location(base, name)
+
+
+@pytest.fixture
+def any_store(store_location: Callable[[str], str]) -> Iterator[Store]:
+    """An open, empty store on the engine under test."""
+    with Store(store_location("s")) as store:
+        yield store
 
 
 # -- parallel runs (make test: pytest -n 3 --dist loadgroup on a 2-core machine) -----------------

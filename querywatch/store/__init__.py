@@ -1,9 +1,13 @@
-"""The history store: SQLite (embedded, WAL) behind one class.
+"""The history store: one ``Store`` API over two engines.
 
-``querywatch.store.sqlite`` is the only module that imports sqlite3.
+``Store(path)`` opens the embedded SQLite store (``querywatch.store.sqlite``, WAL mode);
+``Store("postgresql://...")`` the shared PostgreSQL store (``querywatch.store.postgres``).
+Each concept's SQL lives in its own module (``leases``, ``outbox``, ``rollup``...), portable
+between both engines and run through a ``querywatch.store.db.Connection``.
 """
 
+from .leases import Lease
 from .rollup import Retention
 from .sqlite import Store, TopRow
 
-__all__ = ["Retention", "Store", "TopRow"]
+__all__ = ["Lease", "Retention", "Store", "TopRow"]

@@ -8,6 +8,7 @@ seconds, statement times are integer microseconds.
 from __future__ import annotations
 
 from ..model import COUNTER_FIELDS
+from .replication import REPLICATION
 
 APPLICATION_ID = 0x51575443  # "QWTC": marks a file as a querywatch store
 
@@ -275,5 +276,59 @@ RUNNING_TIME = """
 ALTER TABLE activity ADD COLUMN running_ms REAL NOT NULL DEFAULT 0
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2, KCACHE, SNAPSHOTS, LONG_RUN, OUTBOX, RUNNING_TIME)
+# Owner leases (querywatch.store.leases): the watcher that collects each server, renewed every
+# interval; a lease not renewed within ttl_s can be taken over.
+LEASES = """
+CREATE TABLE leases (
+    server_id INTEGER PRIMARY KEY REFERENCES servers(id),
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    token TEXT NOT NULL,
+    acquired_at REAL NOT NULL,
+    renewed_at REAL NOT NULL,
+    ttl_s REAL NOT NULL
+)
+"""
+
+# Server logs as a second source (querywatch.store.logevents): intervals and statements say where
+# they come from; log_ranges keeps the spans of log loaded per server (a reload adds nothing);
+# log_events holds lock waits, deadlocks, temp files, errors, checkpoints and autovacuum runs.
+LOG_EVENTS = """
+ALTER TABLE intervals ADD COLUMN source TEXT NOT NULL DEFAULT 'pgss';
+ALTER TABLE statements ADD COLUMN source TEXT NOT NULL DEFAULT 'pgss';
+CREATE TABLE log_ranges (
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL,
+    PRIMARY KEY (server_id, first_at)
+);
+CREATE TABLE log_events (
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    at REAL NOT NULL,
+    pid INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    ident TEXT NOT NULL,
+    fingerprint TEXT,
+    value REAL,
+    database TEXT,
+    user_name TEXT,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (server_id, at, pid, kind, ident)
+);
+CREATE INDEX log_events_kind ON log_events (server_id, kind, at)
+"""
+
+MIGRATIONS: tuple[str, ...] = (
+    V1,
+    V2,
+    KCACHE,
+    SNAPSHOTS,
+    LONG_RUN,
+    OUTBOX,
+    RUNNING_TIME,
+    LEASES,
+    LOG_EVENTS,
+    REPLICATION,
+)
 LATEST = len(MIGRATIONS)

@@ -33,8 +33,21 @@ from ..model import (
     Statement,
     StatementKey,
 )
+from ..replication import NodeState, ReplicaState, SlotState, TopologyEvent
 from ..source.kcache import CpuUsage, KcacheUsage
-from . import dbtime, kcache, longrun, outbox, rollup, schema, snapshots
+from . import (
+    dbtime,
+    kcache,
+    leases,
+    logevents,
+    longrun,
+    outbox,
+    replication,
+    rollup,
+    schema,
+    snapshots,
+)
+from .leases import Lease
 from .outbox import OutboxEntry, OutboxRow, OutboxSummary
 from .rollup import Retention
 from .schema import COUNTER_COLUMNS, DATABASE_COLUMNS, MICROSECOND_COLUMNS
@@ -161,7 +174,9 @@ SELECT CASE WHEN count(*) = count(db_xact_commit) THEN sum(db_xact_commit + db_x
 FROM intervals WHERE server_id = ? AND end > ? AND end <= ?
 """
 SELECT_TEXTS = "SELECT fingerprint, query FROM texts"
-SELECT_QUERYIDS = "SELECT fingerprint, queryid FROM statements WHERE server_id = ?"
+SELECT_QUERYIDS = (  # log statements have no queryid (querywatch.store.logevents)
+    "SELECT fingerprint, queryid FROM statements WHERE server_id = ? AND source <> 'logs'"
+)
 
 
 class Store:
@@ -505,6 +520,72 @@ class Store:
         with self._errors():
             return kcache.load(self._conn, server_id, start, end)
 
+    # -- replication: node states, replica lag, slots, topology events (store.replication) -------
+    def record_replication(
+        self,
+        server_id: int,
+        node: NodeState,
+        replicas: Sequence[ReplicaState] = (),
+        slots: Sequence[SlotState] | None = None,
+        events: Sequence[TopologyEvent] = (),
+    ) -> None:
+        """One replication sample of a server (its state, its replicas' lag, its slots) and the
+        topology events found, in one transaction."""
+        with self._errors(), self._transaction() as conn:
+            replication.save(conn, server_id, node, replicas, slots, events)
+
+    def add_topology_events(self, server_id: int, events: Sequence[TopologyEvent]) -> None:
+        with self._errors(), self._transaction() as conn:
+            replication.add_events(conn, server_id, events)
+
+    def replicas(self, server_id: int, at: float | None = None) -> list[ReplicaState]:
+        """The replicas the server (a primary) listed in its last sample at or before ``at``
+        (default: now), with their replay lag."""
+        at = self.clock() if at is None else at
+        with self._errors():
+            return replication.replicas(self._conn, server_id, at)
+
+    def replica_lag(
+        self, server_id: int, start: float, end: float, name: str = ""
+    ) -> list[ReplicaState]:
+        """The lag history the server recorded for its replicas (or the one named) in [start, end)."""
+        with self._errors():
+            return replication.lag_history(self._conn, server_id, start, end, name)
+
+    def node_state(
+        self, server_id: int, at: float | None = None, *, reachable: bool = False
+    ) -> NodeState | None:
+        """The server's last sample at or before ``at`` (its last reachable one with ``reachable``)."""
+        at = self.clock() if at is None else at
+        name = self._server_name(server_id)
+        with self._errors():
+            return replication.last_node(self._conn, server_id, name, at, reachable=reachable)
+
+    def node_states(self, server_id: int, start: float, end: float) -> list[NodeState]:
+        name = self._server_name(server_id)
+        with self._errors():
+            return replication.nodes(self._conn, server_id, name, start, end)
+
+    def unreachable_since(self, server_id: int, after: float, at: float) -> float | None:
+        with self._errors():
+            return replication.unreachable_since(self._conn, server_id, after, at)
+
+    def replication_slots(self, server_id: int) -> list[SlotState]:
+        with self._errors():
+            return replication.slots(self._conn, server_id)
+
+    def topology_events(
+        self, server_id: int | None = None, start: float = 0.0, end: float = float("inf")
+    ) -> list[TopologyEvent]:
+        """Topology events (promotions, unreachable servers, lag...) in [start, end)."""
+        with self._errors():
+            return replication.events(self._conn, server_id, start, min(end, 1e18))
+
+    def _server_name(self, server_id: int) -> str:
+        with self._errors():
+            row = self._conn.execute("SELECT name FROM servers WHERE id = ?", (server_id,)).fetchone()
+        return str(row[0]) if row else ""
+
     # -- reading --------------------------------------------------------------------------------
     def summaries(self, server_id: int, start: float, end: float) -> list[IntervalSummary]:
         """Stored raw intervals overlapping [start, end), statement counters per fingerprint."""
@@ -577,7 +658,8 @@ class Store:
         with self._errors():
             texts = dict(self._conn.execute(SELECT_TEXTS).fetchall())
             rows = self._conn.execute(
-                "SELECT fingerprint, queryid FROM statements WHERE ? IS NULL OR server_id = ?",
+                "SELECT fingerprint, queryid FROM statements WHERE (? IS NULL OR server_id = ?)"
+                " AND source <> 'logs'",
                 (server_id, server_id),
             ).fetchall()
         queryids: dict[str, set[int]] = defaultdict(set)
@@ -731,6 +813,31 @@ class Store:
             rows = self._conn.execute("SELECT key, value, updated_at FROM status").fetchall()
         return {k: {**json.loads(v), "updated_at": at} for k, v, at in rows}
 
+    # -- owner leases (querywatch.store.leases) -----------------------------------------------------
+    def claim_server(
+        self, server_name: str, owner: str, ttl_s: float, *, host: str | None = None
+    ) -> Lease:
+        """Take the lease of ``server_name`` (created on first use) for ``owner``; ServerLeased
+        (a one-line message naming the holder) when another watcher's lease is live."""
+        server_id = self.server(server_name).id
+        with self._errors(), self._transaction() as conn:
+            return leases.claim(conn, server_id, owner, ttl_s, self.clock(), host=host)
+
+    def renew(self, lease: Lease) -> Lease:
+        """Extend ``lease`` by its ttl from now; ServerLeased when another watcher took it over."""
+        with self._errors(), self._transaction() as conn:
+            return leases.renew(conn, lease, self.clock())
+
+    def release(self, lease: Lease) -> bool:
+        """Give ``lease`` up so another watcher may claim at once; False when it was not ours."""
+        with self._errors(), self._transaction() as conn:
+            return leases.release(conn, lease)
+
+    def leases(self) -> list[Lease]:
+        """Every server's lease, live or expired (see ``Lease.live``)."""
+        with self._errors():
+            return leases.all_leases(self._conn)
+
     # -- retention ----------------------------------------------------------------------------------
     def maintain(self, now: float | None = None) -> None:
         """Roll raw intervals up to 1-minute and 1-hour buckets, then apply retention."""
@@ -738,6 +845,7 @@ class Store:
         with self._errors(), self._transaction() as conn:
             rollup.roll_up(conn, now)
             rollup.apply_retention(conn, now, self.retention)
+            replication.prune(conn, now - self.retention.raw_s)
             outbox.prune(conn, now)
 
     def size_bytes(self) -> int:
@@ -777,6 +885,28 @@ class Store:
                 (fingerprint, server_id, server_id),
             ).fetchall()
         return [StoredPlan(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows]
+
+    # -- server logs as a second source (querywatch.store.logevents) -----------------------------
+    def record_log_batch(self, server_id: int, batch: logevents.Batch) -> logevents.Written:
+        """Write durations (as intervals of source 'logs'), events and spans of log read."""
+        with self._errors(), self._transaction() as conn:
+            return logevents.save(conn, server_id, batch, self.clock())
+
+    def log_ranges(self, server_id: int) -> list[tuple[float, float]]:
+        """The spans of server log already loaded for the server, oldest first."""
+        with self._errors():
+            return logevents.ranges(self._conn, server_id)
+
+    def log_events(
+        self, server_id: int, kind: str, start: float, end: float, limit: int = 1000
+    ) -> list[logevents.EventRow]:
+        """Stored log events of one kind (lock_wait, deadlock, temp_file, error...) in [start, end)."""
+        with self._errors():
+            return logevents.events(self._conn, server_id, kind, start, end, limit)
+
+    def log_event_counts(self, server_id: int, start: float, end: float) -> dict[str, int]:
+        with self._errors():
+            return logevents.counts(self._conn, server_id, start, end)
 
     # -- time series for the web dashboard (SQL and helpers at the end of this module) ----------
     def fingerprint_totals(
