@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # tests/conftest.py keeps the CPU-heavy tests on one worker and gives timed end-to-end tests a rerun
 PYTEST_WORKERS ?= 3
 
-.PHONY: install demo test lint types pytest bench clean
+.PHONY: install demo test lint types docs pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,demo]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# the documentation site, served by `querywatch serve` at /docs/ (package data, git-ignored);
+# install builds it leniently so a doc warning never blocks the demo, `make docs` strictly
+DOCS_SITE := querywatch/web/docs_site
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --quiet --site-dir $(DOCS_SITE)
+
+$(DOCS_SITE)/index.html: $(STAMP) mkdocs.yml $(wildcard docs/*.md docs/*/*.md docs/*/*/*.md)
+	$(MKDOCS)
+
+install: $(STAMP) $(DOCS_SITE)/index.html
+
+docs: install
+	$(MKDOCS) --strict
 
 demo: install
 	$(BIN)/querywatch demo
@@ -30,7 +41,7 @@ types: install
 pytest: install
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
-test: lint types pytest
+test: lint types docs pytest
 
 bench: install
 	$(BIN)/python bench/collector.py
@@ -41,4 +52,4 @@ bench: install
 	$(BIN)/python bench/web.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache $(DOCS_SITE)

@@ -72,7 +72,15 @@ def _port(name: str, value: Any) -> int:
     return number
 
 
+def _url(name: str, value: Any) -> str:
+    text = _text(name, value).strip()
+    if text and not text.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}: {text!r} is not an http(s) URL (e.g. https://qw.example.com/docs/)")
+    return text
+
+
 TEXT = Kind("text", _text, str)
+URL = Kind("URL", _url, str)
 DURATION = Kind("duration", _duration, human)
 COUNT = Kind("whole number", _count, str)
 PORT = Kind("TCP port", _port, str)
@@ -133,6 +141,12 @@ class Settings:
         TEXT,
         "token the web server requires for POSTs, and for everything on a non-loopback address",
         shown="none",
+    )
+    docs_url: str = setting(
+        "",
+        URL,
+        "base URL of the documentation pages that alerts and outputs link to",
+        shown="the /docs/ of querywatch serve (http://HOST:PORT/docs/)",
     )
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
