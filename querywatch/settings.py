@@ -75,7 +75,9 @@ def _port(name: str, value: Any) -> int:
 def _url(name: str, value: Any) -> str:
     text = _text(name, value).strip()
     if text and not text.startswith(("http://", "https://")):
-        raise ConfigError(f"{name}: {text!r} is not an http(s) URL (e.g. https://qw.example.com/docs/)")
+        raise ConfigError(
+            f"{name}: {text!r} is not an http(s) URL (e.g. https://qw.example.com/docs/)"
+        )
     return text
 
 

@@ -75,8 +75,15 @@ SAMPLES = {
     "duration": ("7s", 7.0),
     "whole number": ("7", 7),
     "TCP port": ("7", 7),
+    "URL": ("https://qw.example.com/docs/", "https://qw.example.com/docs/"),
 }
-BAD = {"text": 5, "duration": "soon", "whole number": "many", "TCP port": 70000}
+BAD = {
+    "text": 5,
+    "duration": "soon",
+    "whole number": "many",
+    "TCP port": 70000,
+    "URL": "qw.example.com/docs",
+}
 
 
 def test_readme_table_is_the_generated_one() -> None:
@@ -91,7 +98,7 @@ def test_table_lists_every_setting_once(capsys: pytest.CaptureFixture[str]) -> N
     settings.main(["--markdown"])
     rows = capsys.readouterr().out.splitlines()[2:]
     assert [row.split("|")[1].strip(" `") for row in rows] == [s.name for s in settings.SETTINGS]
-    assert len(rows) == 13
+    assert len(rows) == 14
 
 
 def test_regenerating_replaces_only_the_table(tmp_path: Path) -> None:
