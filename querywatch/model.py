@@ -10,6 +10,10 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter, sub
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .capacity import Assessment
 
 COUNTER_FIELDS: tuple[str, ...] = (
     "calls",
@@ -410,3 +414,6 @@ class Diagnosis:
     # what limits the diagnosis, said in its summary too, e.g. "only the statements of role
     # 'app' are visible" (a role without pg_monitor); JSON: the optional "note"
     note: str = ""
+    # the top culprit's capacity, the server's headroom and the replicas that could take it
+    # (querywatch.capacity, added by querywatch.headroom from the store); JSON: "capacity"
+    capacity: Assessment | None = None

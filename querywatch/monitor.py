@@ -9,14 +9,15 @@ from collection. It also writes its own and the channels' status into the store 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from . import anywindow, collector, restore
+from . import anywindow, collector, headroom, restore
 from .alerts import Dispatcher, Notification
 from .alerts.outbox import from_json as outbox_json
 from .audit.run import AuditScheduler
+from .capacity import CapacitySettings
 from .detect import Detector, Observation, Transition
 from .diagnose import HISTORY, LONG_RUN, DiagnoseSettings
 from .durations import clock
@@ -52,6 +53,7 @@ class Monitor:
     on_transition: Callable[[Transition, Mapping[str, Any]], None] | None = None
     audits: AuditScheduler | None = None  # audits each deploy once its after-window has passed
     last: Observation | None = None
+    capacity: CapacitySettings = field(default_factory=CapacitySettings)  # [capacity]
 
     def __post_init__(self) -> None:
         self._diagnoses: dict[str, dict[str, Any]] = {}
@@ -258,6 +260,7 @@ class Monitor:
             enough_intervals=self.detector.settings.learning_intervals,
         )
         found = self._with_cpu(found)
+        found = self._with_capacity(found)
         return with_note(found, self._visibility())  # a role that sees only its own statements
 
     def note_visibility(self, caps: Capabilities) -> str:
@@ -299,6 +302,20 @@ class Monitor:
             return found
         baseline = self.store.cpu_usage(self.server_id, found.baseline_start, found.baseline_end)
         return with_cpu_evidence(found, window, baseline)
+
+    def _with_capacity(self, found: Diagnosis) -> Diagnosis:
+        """The top culprit's capacity against the server's cores, the headroom left and the
+        replicas that could take a read-only culprit (querywatch.headroom); as it is when the
+        cores are unknown."""
+        cores = headroom.cores_of(self.store, self.server_name, self.detector.settings.cpu_cores)
+        replicas = self._replicas(found.window_end)
+        return headroom.with_capacity(
+            found, self.store, self.server_id, cores, replicas, self.capacity
+        )
+
+    def _replicas(self, at: float) -> Sequence[headroom.ReplicaState]:
+        """The replicas the server listed last at or before ``at`` (querywatch.replication)."""
+        return self.store.replicas(self.server_id, at)
 
     def _prior_given_up(self) -> None:
         prior = self.detector.prior
@@ -348,6 +365,7 @@ class Monitor:
                 "learning_reason": self._learning_reason if observation.learning else "",
                 "baseline_intervals": observation.baseline_intervals,
                 "traffic_factor": round(observation.traffic_factor, 3),
+                "cpu_cores": self.detector.settings.cpu_cores,  # for top --capacity
                 "open_incidents": [
                     {"id": i.id, "key": i.key, "state": i.state.value} for i in open_incidents
                 ],

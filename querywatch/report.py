@@ -30,6 +30,8 @@ def diagnosis_to_json(d: Diagnosis) -> dict[str, object]:
         "culprits": [_culprit_json(c) for c in d.culprits],
         "deploys": [_deploy_json(v) for v in d.deploys],
         **({"note": d.note} if d.note else {}),  # optional: what limits the diagnosis
+        # optional: the top culprit's capacity, the headroom left, replicas (querywatch.capacity)
+        **({"capacity": d.capacity.as_json()} if d.capacity is not None else {}),
     }
 
 
@@ -69,6 +71,8 @@ def diagnosis_to_text(d: Diagnosis) -> str:
         lines.extend(_culprit_lines(n, culprit))
     if len(d.culprits) > TEXT_CULPRITS:
         lines.append(f"   ... and {len(d.culprits) - TEXT_CULPRITS} more culprits (--format json)")
+    if d.capacity is not None:
+        lines.extend(d.capacity.lines())
     if d.deploys:
         lines.append(_deploys_line(d.deploys))
     return "\n".join(lines)
