@@ -1,0 +1,1 @@
+"""PostgreSQL server logs: formats, reading, parsing into events, and a bounded summary."""
