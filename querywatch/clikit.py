@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -19,8 +20,8 @@ import typer
 from rich.console import Console
 
 from . import top
-from .errors import QuerywatchError
-from .settings import Settings, help_text, load
+from .errors import ConfigError, QuerywatchError
+from .settings import ServerEntry, Settings, help_text, load
 from .source.postgres import PostgresSource, server_label
 from .store import Retention, Store
 
@@ -33,6 +34,13 @@ err = Console(stderr=True, highlight=False)
 # help texts (environment variable, default) come from the settings' declaration
 DsnOpt = Annotated[
     str | None, typer.Option("--dsn", help=help_text("dsn", "libpq conninfo or URI"))
+]
+DsnsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dsn",
+        help=help_text("dsn", "libpq conninfo or URI; repeat it to watch several servers"),
+    ),
 ]
 StoreOpt = Annotated[
     str | None, typer.Option("--store", help=help_text("store", "history store file"))
@@ -70,9 +78,33 @@ def server_name(cfg: Settings) -> str:
     return cfg.server_name or server_label(cfg.dsn)
 
 
-def open_source(cfg: Settings) -> PostgresSource:
+def fleet(cfg: Settings) -> tuple[ServerEntry, ...]:
+    """The servers to watch or check, each named: the ``[[servers]]`` tables or repeated
+    ``--dsn`` (unnamed ones named from their DSN), else the one server of ``cfg.dsn`` (a fleet
+    of one); with ``server_name`` set and a fleet configured, only the server of that name."""
+    if not cfg.servers:
+        return (ServerEntry(server_name(cfg), cfg.dsn),)
+    named = tuple(replace(e, name=e.name or server_label(e.dsn)) for e in cfg.servers)
+    names = [e.name for e in named]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(
+            f"servers: two servers are named {twice[0]!r} (fix: give each [[servers]] a name)"
+        )
+    if cfg.server_name:
+        picked = tuple(e for e in named if e.name == cfg.server_name)
+        if not picked:
+            known = ", ".join(repr(n) for n in names)
+            raise ConfigError(f"server {cfg.server_name!r} is not configured (known: {known})")
+        return picked
+    return named
+
+
+def open_source(cfg: Settings, dsn: str | None = None) -> PostgresSource:
+    """A source for ``dsn`` (default: ``cfg.dsn``) with the configured timeouts."""
     return PostgresSource(
-        cfg.dsn, statement_timeout_ms=cfg.statement_timeout_ms, lock_timeout_ms=cfg.lock_timeout_ms
+        cfg.dsn if dsn is None else dsn,
+        statement_timeout_ms=cfg.statement_timeout_ms,
+        lock_timeout_ms=cfg.lock_timeout_ms,
     )
 
 

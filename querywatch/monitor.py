@@ -53,6 +53,7 @@ class Monitor:
     on_transition: Callable[[Transition, Mapping[str, Any]], None] | None = None
     audits: AuditScheduler | None = None  # audits each deploy once its after-window has passed
     last: Observation | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)  # the server's (env, team...)
     capacity: CapacitySettings = field(default_factory=CapacitySettings)  # [capacity]
 
     def __post_init__(self) -> None:
@@ -177,11 +178,13 @@ class Monitor:
     def _handle(self, transition: Transition, interval_s: float) -> None:
         incident = transition.incident
         if transition.status is IncidentState.FIRING:
-            doc = diagnosis_to_json(self.diagnose_incident(incident, interval_s, transition.at))
+            found = self.diagnose_incident(incident, interval_s, transition.at)
+            doc = self._named_doc(diagnosis_to_json(found))
             self._diagnoses[incident.id] = doc
         else:
             kept = self._diagnoses.pop(incident.id, None)
             doc = kept if kept is not None else self._stored_diagnosis(incident, interval_s)
+            doc = self._named_doc(doc)
         status: Literal["firing", "resolved"] = (
             "firing" if transition.status is IncidentState.FIRING else "resolved"
         )
@@ -218,7 +221,7 @@ class Monitor:
             if not joined or incident.state is not IncidentState.FIRING:
                 continue
             found = self.diagnose_incident(incident, interval_s, observation.at)
-            doc = diagnosis_to_json(found)
+            doc = self._named_doc(diagnosis_to_json(found))
             if joined & (_named(doc) - _named(paged)):
                 self._diagnoses[incident.id] = doc
                 self._send_update(incident, doc, observation.at)
@@ -239,6 +242,11 @@ class Monitor:
         log.warning("incident %s updated: %s", incident.id, doc.get("summary", ""))
         if self.dispatcher is not None:
             self.dispatcher.notify(note)
+
+    def _named_doc(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """An incident's diagnosis naming its server and the server's labels, so that every
+        alert (and the stored incident) says which server of a fleet it is about."""
+        return {**doc, "server": self.server_name, "labels": dict(self.labels)}
 
     def diagnose_incident(self, incident: Incident, interval_s: float, now: float) -> Diagnosis:
         start = incident.opened_at - interval_s

@@ -3,6 +3,12 @@ when asked, serve the dashboard, until a stop is requested.
 
 ``querywatch watch`` is this function plus flag parsing and signal handling; a test calls it
 directly with a short interval and a ``stop_event``.
+
+A fleet (``[[servers]]`` in querywatch.toml, or ``--dsn`` repeated) runs one
+:class:`ServerWatch` per server, each in its own thread with its own connection, backoff,
+baselines and incidents; they share the store (its writes are serialized), the alert dispatcher
+(its own threads, one per channel) and the dashboard. One server is a fleet of one and runs in
+the calling thread, as it always did.
 """
 
 from __future__ import annotations
@@ -13,20 +19,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from .alerts import Dispatcher, Notification
 from .alerts.dispatcher import outbox_settings
 from .audit.run import AuditScheduler
-from .clikit import open_source, open_store, server_name
+from .clikit import fleet, open_source, open_store
 from .detect import Detector, DetectSettings, settings_from_mapping
 from .durations import human
+from .errors import SourceError
+from .model import Interval
 from .monitor import Monitor
-from .settings import Settings
+from .settings import ServerEntry, Settings
 from .source.cores import server_cores
-from .source.postgres import PostgresSource
-from .watcher import CollectorStatus, Watcher
+from .source.postgres import PostgresSource, describe_dsn
+from .store import Store
+from .watcher import BACKOFF_MAX_S, BACKOFF_START_S, CollectorStatus, IntervalHook, Watcher
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("querywatch")
 
 STOP_POLL_S = 0.2  # how often a stop_event is looked at
+THREAD_PREFIX = "qw:"  # a fleet's server threads are named qw:<server>
+SERVER_INFO = "server:"  # status key prefix: a server's labels, target and interval
 FLUSH_S = 10.0  # how long queued alerts may take to go out at the end
 
 
@@ -112,58 +123,183 @@ def _store_note(
     return Notification(status, ident, doc, time.time(), source=source, started_at=started)
 
 
+@dataclass
+class ServerWatch:
+    """One server of the fleet: its own connection, watcher (backoff, backlog), monitor
+    (baselines, incidents) and thread, so that a slow or unreachable server never delays the
+    others. ``hooks`` run after the monitor on each stored interval (per-server additions such
+    as replication sampling append theirs); ``error`` is why its thread ended, if it failed."""
+
+    entry: ServerEntry
+    watcher: Watcher
+    monitor: Monitor | None = None
+    hooks: list[IntervalHook] = field(default_factory=list)
+    error: BaseException | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def on_interval(self, interval_id: int, interval: Interval) -> None:
+        if self.monitor is not None:
+            self.monitor.on_interval(interval_id, interval)
+        for hook in self.hooks:
+            hook(interval_id, interval)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every server of one watch shares: settings, store, dispatcher, detection."""
+
+    cfg: Settings
+    options: WatchOptions
+    store: Store
+    dispatcher: Dispatcher
+    detection: DetectSettings
+
+
 def run_watch(
     cfg: Settings, options: WatchOptions, stop_event: threading.Event | None = None
 ) -> CollectorStatus:
-    """Watch ``cfg.dsn`` into ``cfg.store`` until ``stop_event`` is set (or the watcher is
-    stopped otherwise); returns the collector's final status."""
-    detection = detect_settings(cfg, options)
+    """Watch every configured server (``[[servers]]``, repeated ``--dsn``, or ``cfg.dsn``: a
+    fleet of one) into ``cfg.store`` until ``stop_event`` is set (or the watchers are stopped
+    otherwise); returns the collectors' final status (summed over a fleet)."""
+    entries = fleet(cfg)
     outbox = outbox_settings(cfg.sections.get("alerts", {}))  # max_age, max_backoff
     with open_store(cfg) as st, Dispatcher(options.channels, store=st, outbox=outbox) as dispatcher:
-        name = server_name(cfg)
-        watcher = Watcher(open_source(cfg), st, name, cfg.interval, cfg.activity_interval)
-        with _stopped_by(stop_event, watcher):
-            watcher.on_store_error, watcher.on_store_back = store_pages(dispatcher, name)
-            watcher.start()
-            assert watcher.server_id is not None
-            detection = with_cores(detection, watcher.source)
-            monitor = Monitor(st, watcher.server_id, name, Detector(detection), dispatcher)
-            monitor.note_visibility(watcher.source.capabilities)  # a role seeing only its own
-            monitor.audits = AuditScheduler(
-                st,
-                watcher.server_id,
-                name,
-                dispatcher,
-                before_s=options.audit_before_s,
-                after_s=options.audit_after_s,
-            )
-            warmed = monitor.warm_up(time.time(), detection.learning_intervals * cfg.interval * 30)
-            monitor.use_long_run(watcher.source, cfg.interval)
-            watcher.on_interval = monitor.on_interval
+        shared = _Shared(cfg, options, st, dispatcher, detect_settings(cfg, options))
+        units = [_unit(shared, e) for e in entries]
+        with _stopped_by(stop_event, [u.watcher for u in units]), _tagged(len(units) > 1):
+            for unit in units:
+                _announce(shared, unit, fleet=len(units) > 1)
+            if len(units) == 1:  # a fleet of one: start errors are the user's to fix (bad DSN)
+                _prepare(shared, units[0])
             dashboard = _dashboard(cfg) if options.web else None
             if dashboard is not None:
                 log.info("dashboard on %s", dashboard.url)
-            log.info(
-                "watching %s every %s (%d alert channels, %d stored intervals reused)",
-                name,
-                human(cfg.interval),
-                len(options.channels),
-                warmed,
-            )
             try:
-                watcher.run()
+                _run_units(shared, units)
             finally:
                 if dashboard is not None:
                     dashboard.stop()
-        watcher.source.close()
+        for unit in units:
+            unit.watcher.source.close()
         dispatcher.flush(FLUSH_S)
-    log.info("stopped after %d intervals", watcher.status.intervals)
-    return watcher.status
+    total = _total([u.watcher.status for u in units])
+    log.info("stopped after %d intervals", total.intervals)
+    return total
+
+
+def _unit(shared: _Shared, entry: ServerEntry) -> ServerWatch:
+    cfg = shared.cfg
+    source = open_source(cfg, entry.dsn)
+    return ServerWatch(
+        entry, Watcher(source, shared.store, entry.name, cfg.interval, cfg.activity_interval)
+    )
+
+
+def _announce(shared: _Shared, unit: ServerWatch, fleet: bool) -> None:
+    """The server's labels, target and interval in the store (pages, metrics, ``status``); in a
+    fleet its row too, so a server unreachable from the start is listed, with its error."""
+    if fleet:
+        shared.store.server(unit.name, target=describe_dsn(unit.entry.dsn))
+    info = {
+        "labels": dict(unit.entry.labels),
+        "target": describe_dsn(unit.entry.dsn),
+        "interval_s": shared.cfg.interval,
+    }
+    shared.store.set_status(f"{SERVER_INFO}{unit.name}", info)
+
+
+def _prepare(shared: _Shared, unit: ServerWatch) -> None:
+    """Connect the server's watcher and set up its monitor (detection, audits, warm-up)."""
+    cfg, st, watcher, name = shared.cfg, shared.store, unit.watcher, unit.name
+    watcher.on_store_error, watcher.on_store_back = store_pages(shared.dispatcher, name)
+    watcher.start()
+    assert watcher.server_id is not None
+    detection = with_cores(shared.detection, watcher.source)
+    monitor = Monitor(
+        st,
+        watcher.server_id,
+        name,
+        Detector(detection),
+        shared.dispatcher,
+        labels=unit.entry.labels,
+    )
+    monitor.note_visibility(watcher.source.capabilities)  # a role seeing only its own
+    monitor.audits = AuditScheduler(
+        st,
+        watcher.server_id,
+        name,
+        shared.dispatcher,
+        before_s=shared.options.audit_before_s,
+        after_s=shared.options.audit_after_s,
+    )
+    warmed = monitor.warm_up(time.time(), detection.learning_intervals * cfg.interval * 30)
+    monitor.use_long_run(watcher.source, cfg.interval)
+    unit.monitor = monitor
+    watcher.on_interval = unit.on_interval
+    log.info(
+        "watching %s every %s (%d alert channels, %d stored intervals reused)",
+        name,
+        human(cfg.interval),
+        len(shared.options.channels),
+        warmed,
+    )
+
+
+def _run_units(shared: _Shared, units: list[ServerWatch]) -> None:
+    """A fleet of one runs here; a fleet, one thread per server until every one has stopped."""
+    if len(units) == 1:
+        units[0].watcher.run()
+        return
+    threads = [
+        threading.Thread(target=_run_one, args=(shared, u), name=f"{THREAD_PREFIX}{u.name}")
+        for u in units
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():  # short joins: signals reach the main thread meanwhile
+            thread.join(STOP_POLL_S)
+
+
+def _run_one(shared: _Shared, unit: ServerWatch) -> None:
+    """One server's thread: start (retried with backoff while the server cannot be reached,
+    its error in the store for ``status`` and /fleet), then collect until stopped."""
+    watcher = unit.watcher
+    delay = BACKOFF_START_S
+    try:
+        while unit.monitor is None and not watcher.stopping:
+            try:
+                _prepare(shared, unit)
+            except SourceError as exc:
+                watcher.note_failure(exc)
+                log.debug("cannot start, retrying in %s: %s", human(delay), exc)  # logged
+                watcher.pause(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+        if not watcher.stopping:
+            watcher.run()
+    except Exception as exc:  # one server's failure never stops the fleet
+        unit.error = exc
+        log.error("collection stopped: %s", exc, exc_info=True)
+
+
+def _total(statuses: Sequence[CollectorStatus]) -> CollectorStatus:
+    if len(statuses) == 1:
+        return statuses[0]
+    total = CollectorStatus()
+    for s in statuses:
+        total.intervals += s.intervals
+        total.gaps += s.gaps
+        total.dealloc += s.dealloc
+        total.reconnects += s.reconnects
+    return total
 
 
 @contextmanager
-def _stopped_by(stop_event: threading.Event | None, watcher: Watcher) -> Iterator[None]:
-    """Relay ``stop_event`` to ``watcher.stop()`` while the block runs."""
+def _stopped_by(stop_event: threading.Event | None, watchers: Sequence[Watcher]) -> Iterator[None]:
+    """Relay ``stop_event`` to every watcher's ``stop()`` while the block runs."""
     if stop_event is None:
         yield
         return
@@ -172,7 +308,8 @@ def _stopped_by(stop_event: threading.Event | None, watcher: Watcher) -> Iterato
     def relay() -> None:
         while not done.is_set():
             if stop_event.wait(STOP_POLL_S):
-                watcher.stop()
+                for watcher in watchers:
+                    watcher.stop()
                 return
 
     thread = threading.Thread(target=relay, name="querywatch-stop", daemon=True)
@@ -182,6 +319,29 @@ def _stopped_by(stop_event: threading.Event | None, watcher: Watcher) -> Iterato
     finally:
         done.set()
         thread.join()
+
+
+@contextmanager
+def _tagged(on: bool) -> Iterator[None]:
+    """While a fleet runs, what its server threads log starts with ``[server]``."""
+    if not on:
+        yield
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        thread = record.threadName or ""
+        if thread.startswith(THREAD_PREFIX):
+            name = thread[len(THREAD_PREFIX) :].replace("%", "%%")
+            record.msg = f"[{name}] {record.msg}"
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(previous)
 
 
 def _dashboard(cfg: Settings) -> WebServer:

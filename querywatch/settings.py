@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
@@ -151,6 +152,72 @@ class Settings:
         shown="the /docs/ of querywatch serve (http://HOST:PORT/docs/)",
     )
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    servers: tuple[ServerEntry, ...] = ()  # [[servers]] of querywatch.toml, or --dsn repeated
+
+
+# -- the fleet: [[servers]] tables, or --dsn repeated ----------------------------------------------
+SERVERS = "servers"  # the TOML array of tables
+SERVER_KEYS = ("name", "dsn", "labels")  # the keys a [[servers]] table may hold
+LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+MAX_LABELS = 16  # labels per server
+MAX_LABEL_VALUE = 200  # characters
+
+
+@dataclass(frozen=True)
+class ServerEntry:
+    """One monitored server of a fleet: a ``[[servers]]`` table of querywatch.toml (name, dsn,
+    labels such as env/team/role) or one ``--dsn`` of several. ``name`` is "" until it is named
+    from its DSN (querywatch.clikit.fleet); one server is a fleet of one."""
+
+    name: str
+    dsn: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_servers(raw: Any, where: str) -> tuple[ServerEntry, ...]:
+    """The ``[[servers]]`` array of tables, validated; ConfigError naming the table if bad."""
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"{where}: servers must be [[servers]] tables (name, dsn, labels)")
+    entries = tuple(_server_entry(t, f"{where}: [[servers]] #{n}") for n, t in enumerate(raw, 1))
+    names = [e.name for e in entries if e.name]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"{where}: server name {twice[0]!r} is given twice (names are unique)")
+    return entries
+
+
+def _server_entry(table: Mapping[str, Any], where: str) -> ServerEntry:
+    if unknown := sorted(set(table) - set(SERVER_KEYS)):
+        known = ", ".join(sorted(SERVER_KEYS))
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {known})")
+    dsn = _text(f"{where} dsn", table.get("dsn", ""))
+    if not dsn.strip():
+        raise ConfigError(f"{where}: dsn is missing (a libpq conninfo string or URI)")
+    name = _text(f"{where} name", table.get("name", "")).strip()
+    if any(not c.isprintable() for c in name) or len(name) > 200:
+        raise ConfigError(f"{where}: name {name!r} must be printable, at most 200 characters")
+    return ServerEntry(name, dsn, parse_labels(table.get("labels", {}), where))
+
+
+def parse_labels(raw: Any, where: str) -> dict[str, str]:
+    """A server's labels: names as Prometheus label names (not ``server``), text values."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: labels must be a table, e.g. labels = {{ env = "prod" }}')
+    if len(raw) > MAX_LABELS:
+        raise ConfigError(f"{where}: {len(raw)} labels, at most {MAX_LABELS}")
+    labels: dict[str, str] = {}
+    for key, value in raw.items():
+        if not LABEL_NAME.fullmatch(key) or key.startswith("__") or key == "server":
+            raise ConfigError(
+                f"{where}: label name {key!r} must match [A-Za-z_][A-Za-z0-9_]* "
+                "(not 'server', not starting with __)"
+            )
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(f"{where}: label {key} = {value!r} is not text")
+        text = str(value)
+        if len(text) > MAX_LABEL_VALUE or any(not c.isprintable() for c in text):
+            raise ConfigError(f"{where}: label {key} = {text[:40]!r}... is too long or unprintable")
+        labels[key] = text
+    return labels
 
 
 def _declared(f: Field[Any]) -> Setting:
@@ -180,12 +247,45 @@ def load(
     env = os.environ if env is None else env
     path = config or Path(env.get(ENV_PREFIX + "CONFIG", CONFIG_FILE))
     file_values, sections = _read_toml(path, required=config is not None)
+    if SERVERS in sections:  # [servers], one table: the fleet is [[servers]], an array of them
+        file_values[SERVERS] = sections.pop(SERVERS)
+    fleet = _file_servers(file_values, path)
+    flags, flag_fleet = _dsn_flags(flags or {})
     values: dict[str, Any] = {}
     for s in SETTINGS:
-        raw = _pick(s, flags or {}, env, file_values)
+        raw = _pick(s, flags, env, file_values)
         if raw is not None:
             values[s.name] = s.parse(raw)
-    return Settings(**values, sections=sections)
+    if flag_fleet is not None:  # --dsn given: it replaces the file's [[servers]]
+        fleet = flag_fleet
+    elif env.get(BY_NAME["dsn"].env):  # QUERYWATCH_DSN: one server, as a flag would
+        fleet = ()
+    return Settings(**values, sections=sections, servers=fleet)
+
+
+def _file_servers(file_values: dict[str, Any], path: Path) -> tuple[ServerEntry, ...]:
+    """The file's ``[[servers]]`` (taken out of its top-level values); never with ``dsn``."""
+    raw = file_values.pop(SERVERS, None)
+    where = f"config file {str(path)!r}"
+    if raw is None:
+        return ()
+    if "dsn" in file_values:
+        raise ConfigError(f"{where}: give either dsn or [[servers]] tables, not both")
+    return parse_servers(raw, where)
+
+
+def _dsn_flags(flags: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[ServerEntry, ...] | None]:
+    """``--dsn`` given once is the ``dsn`` setting; given several times, a fleet (named later
+    from each DSN). Returns the flags with ``dsn`` as one value, and the fleet when several."""
+    out = dict(flags)
+    given = out.get("dsn")
+    if not isinstance(given, list | tuple):
+        return out, (() if given is not None else None)
+    dsns = [_text("--dsn", d) for d in given]
+    out["dsn"] = dsns[0] if dsns else None
+    if len(dsns) <= 1:
+        return out, (() if dsns else None)
+    return out, tuple(ServerEntry("", d) for d in dsns)
 
 
 def _pick(
@@ -214,7 +314,7 @@ def _read_toml(path: Path, required: bool) -> tuple[dict[str, Any], dict[str, di
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
     values = {k: v for k, v in data.items() if not isinstance(v, dict)}
     sections = {k: v for k, v in data.items() if isinstance(v, dict)}
-    unknown = sorted(set(values) - set(BY_NAME))
+    unknown = sorted(set(values) - set(BY_NAME) - {SERVERS})
     if unknown:
         known = ", ".join(sorted(BY_NAME))
         raise ConfigError(

@@ -47,7 +47,7 @@ from .model import (
     StatementKey,
 )
 from .source.kcache import KcacheUsage
-from .source.postgres import PostgresSource
+from .source.postgres import PostgresSource, describe_dsn
 from .source.queries import MARKER
 from .store import Store
 from .store.snapshots import StoredSnapshot
@@ -131,6 +131,15 @@ class Watcher:
     def stop(self) -> None:
         self._stop.set()
 
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when stopped meanwhile (a fleet's retry before a start)."""
+        self._stop.wait(seconds)
+
+    def note_failure(self, exc: SourceError) -> None:
+        """A failure outside collection (a start that could not connect): in the status, with
+        the time from which the server is unreachable (a gap once it is reached)."""
+        self._failed(exc)
+
     @property
     def server_id(self) -> int | None:
         return self._server_id
@@ -143,7 +152,8 @@ class Watcher:
         """Connect, then load the snapshot a previous run stored (the first interval continues
         from it) or take a first one; errors here are the user's to fix (bad DSN...)."""
         caps = self.source.connect()
-        server = self.store.server(self.server_name, version=caps.version)
+        target = describe_dsn(self.source.dsn)
+        server = self.store.server(self.server_name, target=target, version=caps.version)
         self._server_id = server.id
         self._system_id = self.source.system_identifier()
         self._stored = self._saved = None
