@@ -1,0 +1,322 @@
+"""Server-log events into the history store, beside (or instead of) pg_stat_statements.
+
+:class:`Loader` takes the parser's events one by one and writes them in batches:
+
+* statement durations (``statement`` and ``execute`` phases) become per-bucket, per-fingerprint
+  calls and execution time, the shape the pg_stat_statements collector writes, marked
+  ``source = 'logs'`` (see :mod:`querywatch.store.logevents` for the rules that keep the two
+  sources from counting a statement twice). Buckets between the first and the last duration
+  read are written even when empty: the log was being written, and nothing that long ran;
+* auto_explain plans feed the plan history (``Store.record_plan``) that ``explain``, ``audit``
+  and the dashboard show. JSON plans are stored as logged; text plans as the tree their node
+  lines give (node type, relation, index, costs);
+* lock waits, deadlocks, temp files, errors, checkpoints and autovacuum runs become
+  ``log_events`` rows.
+
+Durations inside spans of log loaded by an earlier run are skipped, so loading a file again, or
+a resumed run overlapping the last one, adds nothing. State is bounded: open buckets are flushed
+once the log is ``FLUSH_LAG`` buckets past them, events every ``BATCH`` rows.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..advise import nodes
+from ..store import Store
+from ..store.logevents import Batch, Bucket, EventRow
+from .records import (
+    Autovacuum,
+    Checkpoint,
+    Deadlock,
+    Error,
+    Event,
+    LockWait,
+    Plan,
+    Statement,
+    TempFile,
+)
+
+log = logging.getLogger("querywatch.logs")
+
+BUCKET_S = 60.0
+FLUSH_LAG = 3  # buckets behind the newest event before a bucket is written
+BATCH = 5000  # events kept before a write
+COUNTED_PHASES = frozenset({"statement", "execute"})  # what pg_stat_statements counts as calls
+OWN_APPLICATION = "querywatch"
+
+
+@dataclass
+class LoadResult:
+    """What a load wrote (counts over the whole run)."""
+
+    statements: int = 0  # durations counted into buckets
+    already_loaded: int = 0  # durations skipped: an earlier run loaded that span of log
+    buckets: int = 0
+    skipped_buckets: int = 0  # pg_stat_statements already covers them
+    events: int = 0  # new log_events rows
+    plans: int = 0
+    first_at: float | None = None
+    last_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Loader:
+    """Feed events with :meth:`add`, then :meth:`close`; ``durations=False`` (``watch --log``,
+    where pg_stat_statements has the statistics) keeps plans and events only."""
+
+    store: Store
+    server_id: int
+    durations: bool = True
+    bucket_s: float = BUCKET_S
+    result: LoadResult = field(default_factory=LoadResult)
+
+    def __post_init__(self) -> None:
+        spans = self.store.log_ranges(self.server_id) if self.durations else []
+        self._loaded_starts = [a for a, _ in spans]
+        self._loaded = spans
+        self._buckets: dict[float, dict[tuple[str, bool], list[float]]] = {}
+        self._texts: dict[str, str] = {}
+        self._events: list[EventRow] = []
+        self._plans: dict[tuple[str, str], tuple[dict[str, Any], float, float]] = {}
+        self._next_bucket: float | None = None  # the first bucket not written yet
+        self._newest: float | None = None
+        self._span: tuple[float, float] | None = None  # of this batch, for log_ranges
+
+    # -- feeding --------------------------------------------------------------------------------
+    def add(self, event: Event) -> None:
+        if event.at is None:
+            return
+        at = event.at.timestamp()
+        self._seen(at)
+        if isinstance(event, Statement):
+            self._statement(event, at)
+        elif isinstance(event, Plan):
+            self._plan(event, at)
+        else:
+            row = event_row(event, at)
+            if row is not None:
+                self._events.append(row)
+        if len(self._events) + len(self._plans) >= BATCH:
+            self.flush()
+
+    def add_all(self, events: Iterable[Event]) -> LoadResult:
+        for event in events:
+            self.add(event)
+        return self.close()
+
+    def _seen(self, at: float) -> None:
+        r = self.result
+        r.first_at = at if r.first_at is None else min(r.first_at, at)
+        r.last_at = at if r.last_at is None else max(r.last_at, at)
+        a, b = self._span or (at, at)
+        self._span = (min(a, at), max(b, at))
+
+    def _statement(self, s: Statement, at: float) -> None:
+        if not self.durations or s.duration_ms is None or s.phase not in COUNTED_PHASES:
+            return
+        if self._was_loaded(at):
+            self.result.already_loaded += 1
+            return
+        start = (at // self.bucket_s) * self.bucket_s
+        if self._next_bucket is None:
+            self._next_bucket = start
+        sums = self._buckets.setdefault(start, {})
+        cell = sums.setdefault((s.fingerprint, s.application == OWN_APPLICATION), [0, 0.0])
+        cell[0] += 1
+        cell[1] += s.duration_ms
+        self._texts.setdefault(s.fingerprint, s.query)
+        self.result.statements += 1
+        if self._newest is None or start > self._newest:
+            self._newest = start
+            if self._next_bucket < start - FLUSH_LAG * self.bucket_s:
+                self.flush()
+
+    def _was_loaded(self, at: float) -> bool:
+        i = bisect.bisect_right(self._loaded_starts, at) - 1
+        return i >= 0 and at <= self._loaded[i][1]
+
+    def _plan(self, p: Plan, at: float) -> None:
+        doc = plan_document(p)
+        if doc is None:
+            return
+        key = (p.fingerprint, nodes.plan_hash(doc))
+        self._plans[key] = (doc, nodes.total_cost(doc), at)
+        self._texts.setdefault(p.fingerprint, p.query)
+
+    # -- writing --------------------------------------------------------------------------------
+    def flush(self, final: bool = False) -> None:
+        """Write the events and plans kept, and the buckets the log has moved past."""
+        batch = Batch(
+            buckets=self._ready_buckets(final),
+            texts=self._texts,
+            events=self._events,
+            ranges=[self._span] if self._span is not None and self.durations else [],
+        )
+        written = self.store.record_log_batch(self.server_id, batch)
+        for (fp, plan_hash), (doc, cost, at) in sorted(self._plans.items()):
+            self.store.record_plan(self.server_id, fp, plan_hash, doc, cost, at)
+        self.result.buckets += written.buckets
+        self.result.skipped_buckets += written.skipped_buckets
+        self.result.events += written.events
+        self.result.plans += len(self._plans)
+        self._texts, self._events, self._plans, self._span = {}, [], {}, None
+
+    def _ready_buckets(self, final: bool) -> list[Bucket]:
+        if self._next_bucket is None or self._newest is None:
+            return []
+        last = self._newest if final else self._newest - FLUSH_LAG * self.bucket_s
+        out = []
+        start = self._next_bucket
+        while start <= last:
+            sums = self._buckets.pop(start, {})
+            frozen = {k: (int(v[0]), float(v[1])) for k, v in sums.items()}
+            out.append(Bucket(start, start + self.bucket_s, frozen))
+            start += self.bucket_s
+        self._next_bucket = start
+        for late in [b for b in self._buckets if b < start]:  # out of order: add to its bucket
+            sums = self._buckets.pop(late)
+            out.append(
+                Bucket(late, late + self.bucket_s, {k: (int(v[0]), v[1]) for k, v in sums.items()})
+            )
+        return out
+
+    def close(self) -> LoadResult:
+        self.flush(final=True)
+        return self.result
+
+
+# -- events as rows -------------------------------------------------------------------------------
+def _detail(**values: Any) -> str:
+    return json.dumps({k: v for k, v in values.items() if v is not None}, sort_keys=True)
+
+
+def event_row(event: Event, at: float) -> EventRow | None:
+    """The ``log_events`` row of an event worth keeping; None for the others."""
+    pid, db, user = event.pid or 0, event.database, event.user
+    if isinstance(event, LockWait):
+        state = "acquired" if event.acquired else "waiting"
+        ident = f"{event.mode}|{event.lock}|{state}|{event.wait_ms}"
+        detail = _detail(
+            mode=event.mode,
+            lock=event.lock,
+            relation=event.relation,
+            acquired=event.acquired,
+            holders=list(event.holders),
+            queue=list(event.queue),
+            query=event.query,
+        )
+        return EventRow(
+            at, pid, "lock_wait", ident, event.fingerprint, event.wait_ms, db, user, detail
+        )
+    if isinstance(event, Deadlock):
+        ident = ",".join(str(p) for p in event.processes)
+        detail = _detail(processes=list(event.processes), detail=event.detail, query=event.query)
+        return EventRow(at, pid, "deadlock", ident, event.fingerprint, None, db, user, detail)
+    if isinstance(event, TempFile):
+        detail = _detail(path=event.path, query=event.query)
+        return EventRow(
+            at, pid, "temp_file", event.path, event.fingerprint, event.size_bytes, db, user, detail
+        )
+    if isinstance(event, Error):
+        ident = f"{event.severity}|{event.sqlstate}|{event.message[:200]}"
+        detail = _detail(
+            severity=event.severity,
+            sqlstate=event.sqlstate,
+            message=event.message,
+            query=event.query,
+        )
+        return EventRow(at, pid, "error", ident, event.fingerprint, None, db, user, detail)
+    if isinstance(event, Checkpoint):
+        detail = _detail(
+            buffers=event.buffers,
+            write_ms=event.write_ms,
+            sync_ms=event.sync_ms,
+            detail=event.detail,
+        )
+        return EventRow(
+            at, pid, "checkpoint", event.detail[:200], None, event.total_ms, db, user, detail
+        )
+    if isinstance(event, Autovacuum):
+        ident = f"{event.action}|{event.table}"
+        detail = _detail(action=event.action, table=event.table, detail=event.detail)
+        return EventRow(at, pid, "autovacuum", ident, None, event.elapsed_ms, db, user, detail)
+    return None
+
+
+# -- plans ----------------------------------------------------------------------------------------
+def plan_document(p: Plan) -> dict[str, Any] | None:
+    """The EXPLAIN (FORMAT JSON) document of an auto_explain plan; a text plan's node lines
+    made into one. None when the plan holds no node."""
+    if p.format == "json":
+        try:
+            doc = json.loads(p.plan)
+        except ValueError:
+            return None
+        if isinstance(doc, list) and doc:
+            doc = doc[0]
+        if isinstance(doc, Mapping) and isinstance(doc.get("Plan"), Mapping):
+            return {**doc, "Query Text": doc.get("Query Text", p.query)}
+        return None
+    root = text_plan(p.plan)
+    if root is None:
+        return None
+    return {"Query Text": p.query, "Plan": root, "Format": "text", "Text": p.plan}
+
+
+_NODE = re.compile(
+    r"^(?P<indent>\s*)(?:->\s+)?(?P<name>[A-Z][\w ]*?)"
+    r"(?: using (?P<index>\S+))?(?: on (?P<rel>\S+)(?: \S+)?)?"
+    r"\s+\(cost=(?P<startup>[\d.]+)\.\.(?P<total>[\d.]+) rows=(?P<rows>\d+)"
+)
+_ACTUAL = re.compile(r"\(actual time=(?P<start>[\d.]+)\.\.(?P<end>[\d.]+) rows=(?P<rows>\d+)")
+
+
+def text_plan(text: str) -> dict[str, Any] | None:
+    """The tree of a text plan's node lines, with EXPLAIN JSON's key names.
+
+    >>> plan = text_plan('''Aggregate  (cost=25.89..25.90 rows=1 width=8)
+    ...   ->  Seq Scan on t  (cost=0.00..25.88 rows=6 width=0)
+    ...         Filter: (v ~~ 'v1%'::text)''')
+    >>> plan["Node Type"], plan["Total Cost"], plan["Plans"][0]["Relation Name"]
+    ('Aggregate', 25.9, 't')
+    """
+    stack: list[tuple[int, dict[str, Any]]] = []
+    root: dict[str, Any] | None = None
+    for line in text.splitlines():
+        m = _NODE.match(line.replace("\t", "    "))
+        if m is None:
+            continue
+        node: dict[str, Any] = {
+            "Node Type": m["name"].strip(),
+            "Startup Cost": float(m["startup"]),
+            "Total Cost": float(m["total"]),
+            "Plan Rows": int(m["rows"]),
+        }
+        if m["rel"]:
+            node["Relation Name"] = m["rel"]
+        if m["index"]:
+            node["Index Name"] = m["index"]
+        if actual := _ACTUAL.search(line):
+            node["Actual Total Time"] = float(actual["end"])
+            node["Actual Rows"] = int(actual["rows"])
+        depth = len(m["indent"].replace("\t", "    "))
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        if stack:
+            stack[-1][1].setdefault("Plans", []).append(node)
+        elif root is None:
+            root = node
+        else:
+            continue  # a second tree (an InitPlan line pattern we do not nest): keep the first
+        stack.append((depth, node))
+    return root

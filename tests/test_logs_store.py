@@ -1,0 +1,234 @@
+"""Server-log events in the history store (querywatch.logs.load, querywatch.store.logevents):
+durations as intervals of source 'logs' that the existing readers sum, no double counting with a
+reload or with pg_stat_statements, plans into the plan history, events kept once."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from querywatch.fingerprint import fingerprint, normalize
+from querywatch.logs.load import Loader, plan_document, text_plan
+from querywatch.logs.records import Event, LockWait, Plan, Statement, TempFile
+from querywatch.model import Counters, Interval, StatementDelta, StatementKey
+from querywatch.store import Store
+from querywatch.store.logevents import log_queryid
+
+T0 = datetime(2026, 11, 30, 10, 0, 0, tzinfo=UTC)
+SLOW = "SELECT * FROM orders WHERE email = 'a@b.c'"
+FAST = "SELECT id FROM users WHERE id = 5"
+
+
+def stmt(
+    seconds: float, text: str, ms: float, phase: str = "statement", app: str = ""
+) -> Statement:
+    return Statement(
+        at=T0 + timedelta(seconds=seconds),
+        line_no=1,
+        pid=100,
+        application=app or None,
+        duration_ms=ms,
+        fingerprint=fingerprint(text),
+        query=normalize(text),
+        phase=phase,
+    )
+
+
+def workload() -> list[Event]:
+    """10 minutes: FAST every 10 s (2 ms), SLOW 3 times a minute in minutes 5-9 (150 ms);
+    parse/bind lines (not calls) and querywatch's own statement beside them."""
+    events: list[Event] = []
+    for s in range(0, 600, 10):
+        events.append(stmt(s, FAST, 2.0, "parse"))
+        events.append(stmt(s + 0.001, FAST, 2.0, "execute"))
+    for minute in range(5, 10):
+        events += [stmt(minute * 60 + k * 15, SLOW, 150.0) for k in range(3)]
+    events.append(stmt(30, "SELECT 1 FROM pg_stat_statements", 1.0, app="querywatch"))
+    return sorted(events, key=lambda e: e.at or T0)
+
+
+def load(store: Store, events: list[Event], server: str = "db1") -> Loader:
+    srv = store.server(server)
+    loader = Loader(store, srv.id)
+    loader.add_all(events)
+    return loader
+
+
+def test_durations_become_intervals_the_readers_sum(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as st:
+        result = load(st, workload()).result
+        srv = st.server("db1")
+        rows, covered = st.totals(srv.id, T0.timestamp() - 1, T0.timestamp() + 600)
+    by_fp = {r.fingerprint: r for r in rows}
+    assert result.statements == 60 + 15 + 1  # execute and statement phases, not parse
+    assert by_fp[fingerprint(FAST)].counters.calls == 60
+    assert by_fp[fingerprint(FAST)].counters.exec_ms == pytest.approx(120.0)
+    assert by_fp[fingerprint(SLOW)].counters.calls == 15
+    assert by_fp[fingerprint(SLOW)].counters.exec_ms == pytest.approx(2250.0)
+    assert fingerprint("SELECT 1 FROM pg_stat_statements") not in by_fp  # own: left out
+    assert by_fp[fingerprint(SLOW)].queryids == ()  # a log has no queryid: none is invented
+    assert by_fp[fingerprint(SLOW)].query == normalize(SLOW)
+    assert covered == pytest.approx(600.0)  # ten 1-minute buckets, empty ones included
+    assert result.buckets == 10
+
+
+def test_loading_the_same_log_again_adds_nothing(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as st:
+        load(st, workload())
+        again = load(st, workload()).result
+        srv = st.server("db1")
+        rows, _ = st.totals(srv.id, T0.timestamp() - 1, T0.timestamp() + 600)
+    assert again.statements == 0 and again.already_loaded == 76
+    assert {r.fingerprint: r.counters.calls for r in rows}[fingerprint(FAST)] == 60
+
+
+def test_a_log_that_goes_on_adds_to_its_last_bucket(tmp_path: Path) -> None:
+    events = workload()
+    cut = next(i for i, e in enumerate(events) if e.at and e.at >= T0 + timedelta(seconds=335))
+    with Store(tmp_path / "s.db") as st:
+        load(st, events[:cut])
+        load(st, events[cut:])
+        srv = st.server("db1")
+        rows, covered = st.totals(srv.id, T0.timestamp() - 1, T0.timestamp() + 600)
+        intervals = st.summaries(srv.id, T0.timestamp(), T0.timestamp() + 600)
+    calls = {r.fingerprint: r.counters.calls for r in rows}
+    assert calls[fingerprint(FAST)] == 60 and calls[fingerprint(SLOW)] == 15
+    assert len(intervals) == 10 and covered == pytest.approx(600.0)
+
+
+def test_pg_stat_statements_intervals_win_over_the_log(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as st:
+        srv = st.server("db1")
+        key = StatementKey(5, 10, 42, True)
+        start = T0.timestamp() + 300  # pg_stat_statements collected minutes 5-9
+        pgss = Interval(
+            start=start,
+            end=start + 300,
+            statements=(StatementDelta(key, Counters(calls=7, exec_ms=70.0)),),
+            database=None,
+        )
+        st.record_interval(srv.id, pgss, {key: fingerprint(SLOW)}, {fingerprint(SLOW): "q"})
+        result = load(st, workload()).result
+        rows, covered = st.totals(srv.id, T0.timestamp() - 1, T0.timestamp() + 600)
+    calls = {r.fingerprint: r.counters.calls for r in rows}
+    assert result.skipped_buckets == 5 and result.buckets == 5
+    assert calls[fingerprint(SLOW)] == 7  # from pg_stat_statements only
+    assert calls[fingerprint(FAST)] == 30  # the log's minutes 0-4
+    assert covered == pytest.approx(600.0)
+    assert {r.fingerprint: r.queryids for r in rows}[fingerprint(SLOW)] == (42,)
+
+
+def test_buckets_behind_the_rollup_marks_are_rolled_up_at_once(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as st:
+        st.server("other")
+        st.maintain(now=T0.timestamp() + 3 * 86400)  # rollups done up to three days later
+        load(st, workload())
+        st.maintain(now=T0.timestamp() + 3 * 86400 + 60)  # raw intervals past retention go
+        srv = st.server("db1")
+        assert st.summaries(srv.id, T0.timestamp(), T0.timestamp() + 600) == []
+        rows, covered = st.totals(srv.id, T0.timestamp(), T0.timestamp() + 600)
+    calls = {r.fingerprint: r.counters.calls for r in rows}
+    assert calls[fingerprint(SLOW)] == 15 and calls[fingerprint(FAST)] == 60
+    assert covered == pytest.approx(600.0)
+
+
+def lock_wait(seconds: float, acquired: bool, wait_ms: float) -> LockWait:
+    return LockWait(
+        at=T0 + timedelta(seconds=seconds),
+        line_no=1,
+        pid=7,
+        mode="ShareLock",
+        lock="transaction 727",
+        relation=None,
+        wait_ms=wait_ms,
+        acquired=acquired,
+        holders=(6,),
+        queue=(7,),
+        fingerprint=fingerprint("UPDATE t SET v = 1 WHERE id = 1"),
+        query=normalize("UPDATE t SET v = 1 WHERE id = 1"),
+    )
+
+
+def test_events_are_kept_once(tmp_path: Path) -> None:
+    events: list[Event] = [
+        lock_wait(1, False, 100.0),
+        lock_wait(1.4, True, 499.9),
+        TempFile(
+            at=T0 + timedelta(seconds=2),
+            line_no=9,
+            pid=7,
+            path="base/pgsql_tmp/pgsql_tmp7.0",
+            size_bytes=1_400_000,
+            fingerprint=None,
+            query=None,
+        ),
+    ]
+    with Store(tmp_path / "s.db") as st:
+        first = load(st, events).result
+        second = load(st, events).result
+        srv = st.server("db1")
+        waits = st.log_events(srv.id, "lock_wait", T0.timestamp(), T0.timestamp() + 10)
+        counts = st.log_event_counts(srv.id, T0.timestamp(), T0.timestamp() + 10)
+    assert (first.events, second.events) == (3, 0)
+    assert counts == {"lock_wait": 2, "temp_file": 1}
+    assert [w.value for w in waits] == [100.0, 499.9]
+    assert json.loads(waits[1].detail)["holders"] == [6]
+
+
+JSON_PLAN = {
+    "Query Text": "SELECT count(*) FROM t WHERE v LIKE 'v1%'",
+    "Plan": {
+        "Node Type": "Aggregate",
+        "Total Cost": 25.9,
+        "Plans": [{"Node Type": "Seq Scan", "Relation Name": "t", "Total Cost": 25.88}],
+    },
+}
+TEXT_PLAN = """Query Text: SELECT count(*) FROM t WHERE id > 10
+Aggregate  (cost=20.38..20.39 rows=1 width=8) (actual time=0.140..0.141 rows=1 loops=1)
+  ->  Index Only Scan using t_pkey on t  (cost=0.28..17.90 rows=990 width=0) (actual rows=990)
+        Index Cond: (id > 10)
+        Heap Fetches: 0"""
+
+
+def plan(fmt: str, text: str, query: str) -> Plan:
+    return Plan(
+        at=T0,
+        line_no=1,
+        duration_ms=0.1,
+        fingerprint=fingerprint(query),
+        query=normalize(query),
+        format=fmt,  # type: ignore[arg-type]
+        plan=text,
+    )
+
+
+def test_plans_feed_the_plan_history(tmp_path: Path) -> None:
+    jq = "SELECT count(*) FROM t WHERE v LIKE 'v1%'"
+    tq = "SELECT count(*) FROM t WHERE id > 10"
+    with Store(tmp_path / "s.db") as st:
+        load(st, [plan("json", json.dumps(JSON_PLAN), jq), plan("text", TEXT_PLAN, tq)])
+        srv = st.server("db1")
+        stored_json = st.plans(fingerprint(jq), srv.id)
+        stored_text = st.plans(fingerprint(tq), srv.id)
+    assert [p.total_cost for p in stored_json] == [25.9]
+    assert stored_json[0].plan["Plan"]["Plans"][0]["Node Type"] == "Seq Scan"
+    assert [p.total_cost for p in stored_text] == [20.39]
+    child = stored_text[0].plan["Plan"]["Plans"][0]
+    assert (child["Node Type"], child["Index Name"], child["Relation Name"]) == (
+        "Index Only Scan",
+        "t_pkey",
+        "t",
+    )
+
+
+def test_a_text_plan_without_nodes_is_not_a_plan() -> None:
+    assert text_plan("Query Text: SELECT 1\nnot a plan") is None
+    assert plan_document(plan("json", "{broken", "SELECT 1")) is None
+
+
+def test_log_statement_ids_never_look_like_a_real_database() -> None:
+    assert log_queryid(fingerprint(SLOW)) == log_queryid(fingerprint(SLOW))
+    assert log_queryid(fingerprint(SLOW)) != log_queryid(fingerprint(FAST))
