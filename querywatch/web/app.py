@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..errors import QuerywatchError, StoreError
 from ..store import Store
-from . import routes, templates, views
+from . import docsite, routes, templates, views
 
 log = logging.getLogger("querywatch.web")
 
@@ -53,8 +53,10 @@ def create_app(
     clock: Callable[[], float] = time.time,
     advice: views.AdviceProvider | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    docs_site: Path = docsite.SITE,
 ) -> FastAPI:
-    """The ASGI app over ``store`` (a Store, or the path of one to open for the app's lifetime)."""
+    """The ASGI app over ``store`` (a Store, or the path of one to open for the app's lifetime);
+    the documentation site built in ``docs_site`` is served at /docs/."""
     owned = not isinstance(store, Store)
     opened = store if isinstance(store, Store) else Store(store, create=False)
     site = views.Site(opened, clock, advice)
@@ -75,7 +77,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.site = site
-    _guard(app, token, loopback, allowed_hosts)
+    docs = docsite.add_docs(app, docs_site)
+    _guard(app, token, loopback, allowed_hosts, docs)
     _errors(app)
     routes.add_pages(app)
     routes.add_api(app)
@@ -99,7 +102,13 @@ def token_ok(header: str, token: str) -> bool:
     return hmac.compare_digest(value.strip().encode(), token.encode())
 
 
-def _guard(app: FastAPI, token: str, loopback: bool, hosts: Sequence[str] | None) -> None:
+def _guard(
+    app: FastAPI,
+    token: str,
+    loopback: bool,
+    hosts: Sequence[str] | None,
+    docs: docsite.DocsApp | None = None,
+) -> None:
     allowed = {h.lower() for h in hosts} if hosts else None
 
     @app.middleware("http")
@@ -115,7 +124,9 @@ def _guard(app: FastAPI, token: str, loopback: bool, hosts: Sequence[str] | None
         if protected and (token or not loopback) and not authorized:
             return _unauthorized(request)
         response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
+        docs_page = docs is not None and docsite.serves(request.url.path)
+        headers = docs.headers() if docs is not None and docs_page else SECURITY_HEADERS
+        response.headers.update(headers)
         return response
 
 

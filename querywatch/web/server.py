@@ -70,13 +70,16 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _server(store_path: str | Path, host: str, token: str) -> uvicorn.Server:
+def _server(
+    store_path: str | Path, host: str, token: str, docs_site: Path | None = None
+) -> uvicorn.Server:
     loopback = is_loopback(host)
     app = create_app(
         store_path,
         token=token,
         loopback=loopback,
         allowed_hosts=LOOPBACK_NAMES if loopback else None,  # DNS rebinding
+        **({"docs_site": docs_site} if docs_site is not None else {}),
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     return _Server(config)
@@ -109,10 +112,13 @@ class WebServer:
         self.thread.join(timeout)
 
 
-def start_in_thread(store_path: str | Path, host: str, port: int, token: str) -> WebServer:
-    """Start serving in a daemon thread (port 0 picks a free port); returns once it listens."""
+def start_in_thread(
+    store_path: str | Path, host: str, port: int, token: str, docs_site: Path | None = None
+) -> WebServer:
+    """Start serving in a daemon thread (port 0 picks a free port); returns once it listens.
+    ``docs_site``: a built documentation site to serve at /docs/ instead of the package's."""
     check_bind(host, token)
-    server = _server(store_path, host, token)
+    server = _server(store_path, host, token, docs_site)
     sock = listen(host, port)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="querywatch-web", daemon=True
