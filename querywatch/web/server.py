@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from ..errors import ConfigError
+from . import docsite
 from .app import create_app
 
 log = logging.getLogger("querywatch.web")
@@ -79,7 +80,7 @@ def _server(
         token=token,
         loopback=loopback,
         allowed_hosts=LOOPBACK_NAMES if loopback else None,  # DNS rebinding
-        **({"docs_site": docs_site} if docs_site is not None else {}),
+        docs_site=docsite.SITE if docs_site is None else docs_site,
     )
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     return _Server(config)
