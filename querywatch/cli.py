@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from . import __version__, check, top
+from . import __version__, check, headroom, top
 from . import status as server_status
 from .advise import commands as advise_commands
 from .alerts import channels_from_settings
@@ -108,22 +109,44 @@ def top_command(
     fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
     store: StoreOpt = None,
     server: ServerOpt = None,
+    capacity: Annotated[
+        bool,
+        typer.Option(
+            "--capacity",
+            help="also the calls/s at which each statement alone would saturate the server's "
+            "cores at its current cost per call, and its share of the cores now",
+        ),
+    ] = False,
+    cpu_cores: Annotated[
+        int | None,
+        typer.Option(
+            "--cpu-cores", min=1, help="with --capacity: the server's cores (default: as watched)"
+        ),
+    ] = None,
 ) -> None:
     """Rank statements by database time (or calls, mean, rows, io) over a recent window."""
     cfg = load_settings(store=store, server_name=server)
     seconds = parse_duration(since, "--since")
+    configured = cpu_cores or settings_from_mapping(cfg.sections.get("detect", {})).cpu_cores
     with open_store(cfg, create=False) as st:
         srv = pick_server(st, cfg)
         end = time.time()
         rows, covered = st.totals(srv.id, end - seconds, end)
+        cores = headroom.cores_of(st, srv.name, configured) if capacity else None
+    if capacity and cores is None:
+        raise InputError(
+            f"top --capacity: the CPU cores of {srv.name!r} are unknown (pass --cpu-cores N or "
+            "set [detect] cpu_cores; `querywatch watch` reads them from the server)"
+        )
     entries = [top.Entry(r.fingerprint, r.queryids, r.query, r.counters) for r in rows]
-    ranked = top.rank(entries, covered, by.value, limit)
+    ranked = top.rank(entries, covered, by.value, limit, cores.count if cores else None)
     if fmt is Format.json:
         doc = {
             "server": srv.name,
             "window": {"start": iso(end - seconds), "end": iso(end)},
             "seconds_covered": round(covered, 3),
             "by": by.value,
+            **({"cores": {"count": cores.count, "how": cores.how}} if cores else {}),
             "statements": [r.as_dict() for r in ranked],
         }
         out.print_json(json.dumps(doc))
@@ -132,23 +155,34 @@ def top_command(
 
 
 def _print_top(ranked: list[top.RankedStatement], server: str, since: str, covered: float) -> None:
-    table = Table(title=f"top statements on {server}, last {since} ({human(covered)} of data)")
+    cores = ranked[0].capacity.cores if ranked and ranked[0].capacity else None
+    title = f"top statements on {server}, last {since} ({human(covered)} of data)"
+    table = Table(title=title + (f", {cores} cores" if cores else ""))
     for name in ("#", "share", "calls/s", "mean ms", "rows/call"):
         table.add_column(name, justify="right")
+    if cores:
+        table.add_column("saturates at /s", justify="right")
+        table.add_column("of cores", justify="right")
     table.add_column("query", justify="left")
     for r in ranked:
+        cap = r.capacity
         table.add_row(
             str(r.rank),
             f"{r.share:.1%}",
             f"{r.calls_per_s:,.2f}",
             f"{r.mean_ms:,.3f}",
             f"{r.rows_per_call:,.1f}",
+            *((_saturating(cap.saturating_calls_per_s), f"{cap.utilisation:.1%}") if cap else ()),
             one_line(r.query, 90),
         )
     if not ranked:
         out.print(f"no statements ran in the last {since}")
         return
     out.print(table)
+
+
+def _saturating(calls_per_s: float) -> str:
+    return f"{calls_per_s:,.0f}" if math.isfinite(calls_per_s) else "-"
 
 
 @app.command("check")

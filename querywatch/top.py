@@ -1,10 +1,13 @@
-"""Pure: rank statements over a window by database time, calls, mean time, rows or I/O."""
+"""Pure: rank statements over a window by database time, calls, mean time, rows or I/O; with the
+server's cores, each one's capacity (querywatch.capacity: the calls/s at which it alone would
+saturate the cores at its current cost per call)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .capacity import StatementCapacity
 from .model import Counters
 
 SORT_KEYS: dict[str, Callable[[Counters], float]] = {
@@ -27,9 +30,11 @@ class RankedStatement:
     calls_per_s: float
     mean_ms: float
     rows_per_call: float
+    capacity: StatementCapacity | None = None  # with the server's cores (top --capacity)
 
     def as_dict(self) -> dict[str, object]:
         c = self.counters
+        extra = {"capacity": self.capacity.as_json()} if self.capacity is not None else {}
         return {
             "rank": self.rank,
             "fingerprint": self.fingerprint,
@@ -44,6 +49,7 @@ class RankedStatement:
             "rows_per_call": round(self.rows_per_call, 2),
             "io_blocks": int(c.io_blocks),
             "temp_blks_written": int(c.temp_blks_written),
+            **extra,
         }
 
 
@@ -56,17 +62,26 @@ class Entry:
 
 
 def rank(
-    entries: Sequence[Entry], seconds: float, by: str = "time", limit: int = 20
+    entries: Sequence[Entry],
+    seconds: float,
+    by: str = "time",
+    limit: int = 20,
+    cores: int | None = None,
 ) -> list[RankedStatement]:
-    """The ``limit`` first entries by ``by``; shares are of the total execution time."""
+    """The ``limit`` first entries by ``by``; shares are of the total execution time. With
+    ``cores``, each statement's capacity against them."""
     key = SORT_KEYS[by]
     total_ms = sum(e.counters.exec_ms for e in entries)
     ordered = sorted(entries, key=lambda e: (-key(e.counters), e.fingerprint))[:limit]
-    return [_ranked(i + 1, e, total_ms, seconds) for i, e in enumerate(ordered)]
+    return [_ranked(i + 1, e, total_ms, seconds, cores) for i, e in enumerate(ordered)]
 
 
-def _ranked(position: int, e: Entry, total_ms: float, seconds: float) -> RankedStatement:
+def _ranked(
+    position: int, e: Entry, total_ms: float, seconds: float, cores: int | None
+) -> RankedStatement:
     c = e.counters
+    calls_per_s = c.calls / seconds if seconds else 0.0
+    capacity = StatementCapacity(cores, c.mean_ms, calls_per_s) if cores else None
     return RankedStatement(
         rank=position,
         fingerprint=e.fingerprint,
@@ -74,7 +89,8 @@ def _ranked(position: int, e: Entry, total_ms: float, seconds: float) -> RankedS
         query=e.query,
         counters=c,
         share=c.exec_ms / total_ms if total_ms else 0.0,
-        calls_per_s=c.calls / seconds if seconds else 0.0,
+        calls_per_s=calls_per_s,
         mean_ms=c.mean_ms,
         rows_per_call=c.rows / c.calls if c.calls else 0.0,
+        capacity=capacity,
     )
