@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import webstore
 from workload import Load, Statement
 
 from querywatch.capacity import read_only
@@ -34,6 +35,7 @@ from querywatch.service import with_cores
 from querywatch.source.postgres import PostgresSource
 from querywatch.store import Store
 from querywatch.watcher import Watcher
+from querywatch.web import create_app
 
 ROWS = 60_000
 READ = "SELECT count(*) FROM cap_items WHERE note = %s"  # a sequential scan: a few ms per call
@@ -235,3 +237,13 @@ def test_top_capacity(cluster: Cluster, tmp_path: Path) -> None:
     assert "3 cores" in stored.stdout and "saturates at /s" in stored.stdout
     plain = run("top", "--store", str(path), "--format", "json")
     assert "capacity" not in plain.stdout
+    # the statement page says the same, from the cores the watcher wrote
+    with Store(path) as store:
+        client = webstore.Client(create_app(store))
+        ctx = client.get(f"/statements/{row['fingerprint']}.json").json()
+        html = client.get(f"/statements/{row['fingerprint']}").text
+    cap, totals = ctx["capacity"], ctx["totals"]
+    assert cap["cores"] == 3 and cap["read_only"] is True
+    assert cap["mean_ms"] == pytest.approx(totals["mean_ms"], rel=1e-3)
+    assert cap["saturating_calls_per_s"] == pytest.approx(3000 / totals["mean_ms"], rel=1e-3)
+    assert 'id="capacity"' in html and "a replica could serve it" in html

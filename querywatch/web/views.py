@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import headroom, top
 from .. import status as server_status
-from .. import top
 from ..advise import findings as plan_findings
+from ..capacity import StatementCapacity, read_only
 from ..detect import Detector
 from ..durations import human, iso, parse_duration, parse_time
 from ..errors import InputError
@@ -304,6 +305,26 @@ def statement(
         "incidents": [_incident_row(s) for s in incidents],
         "plans": plans(site, srv, fingerprint),
         "advice": list(site.advice(fingerprint)) if site.advice else [],
+        "capacity": _capacity(site, srv, known.query, total, covered),
+    }
+
+
+def _capacity(
+    site: Site, srv: Server, query: str, total: Counters, covered: float
+) -> dict[str, Any] | None:
+    """The calls/s at which the statement alone would saturate the server's cores at its cost
+    per call over the range (querywatch.capacity), and whether a replica could run it; None
+    when the server's cores are unknown or it did not run."""
+    cores = headroom.stored_cores(site.store, srv.name) if srv.name else None
+    if not cores or total.calls <= 0 or covered <= 0:
+        return None
+    cap = StatementCapacity(cores, total.mean_ms, total.calls / covered)
+    ro = read_only(query) if query else None
+    return {
+        **cap.as_json(),
+        "sentence": cap.sentence(),
+        "read_only": ro.ok if ro else False,
+        "read_only_reason": ro.reason if ro else "its text is unknown",
     }
 
 

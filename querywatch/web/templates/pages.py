@@ -78,6 +78,7 @@ def statement(ctx: Context) -> str:
         f"{escape(', '.join(ctx['queryids']))}</p>"
         f"<p>{num(t['calls'])} calls ({num(t['calls_per_s'])}/s), mean {num(t['mean_ms'], 3)} ms, "
         f"{num(t['db_time_ms_per_s'])} ms of database time per second</p>"
+        + _capacity(ctx.get("capacity"))
         + ranges(ctx["range"], ctx["ranges"], f"/statements/{ctx['fingerprint']}")
         + f'<div class="grid">{figures}</div>'
         + _plans(ctx["plans"])
@@ -92,6 +93,18 @@ def statement(ctx: Context) -> str:
     )
     json_href = f"/statements/{ctx['fingerprint']}.json?range={ctx['range']}"
     return page("Statement", "overview", body, json_href, ctx["server"])
+
+
+def _capacity(cap: Mapping[str, Any] | None) -> str:
+    """The statement's capacity against the server's cores, and whether a replica could run it."""
+    if not cap:
+        return ""
+    where = (
+        "it only reads: a replica could serve it"
+        if cap["read_only"]
+        else f"not for a replica: {cap['read_only_reason']}"
+    )
+    return f'<p id="capacity">capacity: {escape(cap["sentence"])} · {escape(where)}</p>'
 
 
 def _plans(plans: Sequence[Mapping[str, Any]]) -> str:
