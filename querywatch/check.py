@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .source.capabilities import Capabilities
@@ -73,6 +74,39 @@ def findings(
 
 def failed(results: list[Finding]) -> bool:
     return any(f.level is Level.FAIL for f in results)
+
+
+def unreachable(error: str) -> Finding:
+    """One server of a fleet that cannot be read: a failure, the others are checked on."""
+    return Finding(
+        "connection",
+        Level.FAIL,
+        error,
+        "check its dsn in querywatch.toml, that the server runs, and that it accepts "
+        "connections from this host (pg_hba.conf)",
+    )
+
+
+def server_title(name: str, labels: Mapping[str, str], results: list[Finding]) -> str:
+    """The line above one server's findings in a fleet's ``check``.
+
+    >>> server_title("db1", {"env": "prod"}, [Finding("x", Level.OK, "")])
+    '== db1 [env=prod]: ok'
+    """
+    tags = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    warned = any(f.level is Level.WARN for f in results)
+    worst = "FAIL" if failed(results) else "warn" if warned else "ok"
+    return f"== {name}" + (f" [{tags}]" if tags else "") + f": {worst}"
+
+
+def server_doc(name: str, labels: Mapping[str, str], results: list[Finding]) -> dict[str, object]:
+    """One server of a fleet's ``check --format json``."""
+    return {
+        "server": name,
+        "labels": dict(labels),
+        "ok": not failed(results),
+        "checks": [f.as_dict() for f in results],
+    }
 
 
 def _version(caps: Capabilities) -> Finding:

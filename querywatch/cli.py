@@ -13,12 +13,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from . import __version__, check, headroom, top
+from . import __version__, check, fleet, headroom, top
 from . import status as server_status
 from .advise import commands as advise_commands
 from .alerts import channels_from_settings
@@ -42,10 +43,11 @@ from .clikit import (
     setup_logging,
     stop_on_signals,
 )
+from .clikit import fleet as configured_servers
 from .demo import commands as demo_commands
 from .detect import Detector, settings_from_mapping
 from .durations import human, iso, parse_duration, parse_time
-from .errors import InputError, QuerywatchError
+from .errors import InputError, QuerywatchError, SourceError
 from .gate import commands as gate_commands
 from .loadtest import commands as loadtest_commands
 from .model import Diagnosis
@@ -187,25 +189,52 @@ def _saturating(calls_per_s: float) -> str:
 
 @app.command("check")
 def check_command(
-    dsn: DsnOpt = None,
+    dsn: DsnsOpt = None,
+    server: ServerOpt = None,
     fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
 ) -> None:
-    """Preflight: version, pg_stat_statements, privileges and capacity, with the fix for each."""
-    cfg = load_settings(dsn=dsn)
-    source = open_source(cfg)
+    """Preflight: version, pg_stat_statements, privileges and capacity, with the fix for each;
+    every server of a fleet ([[servers]] or --dsn repeated), an unreachable one as a failure."""
+    cfg = load_settings(dsn=dsn, server_name=server)
+    entries = configured_servers(cfg)
+    if len(entries) == 1 and not cfg.servers:  # one server: unreachable is an error, as ever
+        results = _checks(cfg, cfg.dsn)
+        if fmt is Format.json:
+            doc = {"server": describe_dsn(cfg.dsn), "checks": [f.as_dict() for f in results]}
+            out.print_json(json.dumps(doc))
+        else:
+            _print_checks(results)
+        if check.failed(results):
+            raise typer.Exit(1)
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:  # one slow, not all
+        found = list(pool.map(lambda e: _fleet_checks(cfg, e.dsn), entries))
+    if fmt is Format.json:
+        docs = [check.server_doc(e.name, e.labels, r) for e, r in zip(entries, found, strict=True)]
+        out.print_json(json.dumps({"servers": docs}))
+    else:
+        for entry, results in zip(entries, found, strict=True):
+            out.print(check.server_title(entry.name, entry.labels, results), markup=False)
+            _print_checks(results)
+    if any(check.failed(r) for r in found):
+        raise typer.Exit(1)
+
+
+def _checks(cfg: Settings, dsn: str) -> list[check.Finding]:
+    source = open_source(cfg, dsn)
     caps = source.connect()
     usage = _usage(source)
     cpu = _cpu_cores(cfg, source)
     source.close()
-    results = check.findings(caps, usage, source.kcache_status, cpu)
-    if fmt is Format.json:
-        out.print_json(
-            json.dumps({"server": describe_dsn(cfg.dsn), "checks": [f.as_dict() for f in results]})
-        )
-    else:
-        _print_checks(results)
-    if check.failed(results):
-        raise typer.Exit(1)
+    return check.findings(caps, usage, source.kcache_status, cpu)
+
+
+def _fleet_checks(cfg: Settings, dsn: str) -> list[check.Finding]:
+    """One server of a fleet: its findings, or one failed finding when it cannot be read."""
+    try:
+        return _checks(cfg, dsn)
+    except SourceError as exc:
+        return [check.unreachable(str(exc))]
 
 
 def _cpu_cores(cfg: Settings, source: PostgresSource) -> check.CpuCores:
@@ -408,15 +437,21 @@ def mark_deploy(
 @app.command()
 def status(
     store: StoreOpt = None,
+    server: ServerOpt = None,
     fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
 ) -> None:
-    """Collector health, open incidents and alert channel delivery, from the store."""
-    cfg = load_settings(store=store)
+    """Collector health, open incidents and alert channel delivery, from the store. Several
+    servers: one line each, trouble first (--server NAME: that server in detail)."""
+    cfg = load_settings(store=store, server_name=server)
+    now = time.time()
     with open_store(cfg, create=False) as st:
-        servers = server_status.build(st)  # derived from the store, the same way every time
-        state = server_status.consistent(st.status(), servers)
-        incidents = [i for i in st.incidents(limit=20)]
+        srv = pick_server(st, cfg) if cfg.server_name else None
+        only = srv.name if srv is not None else None
+        servers = server_status.build(st, only)  # derived from the store, the same way every time
+        state = server_status.consistent(st.status(), servers, only)
+        incidents = [i for i in st.incidents(srv.id if srv is not None else None, limit=20)]
         pending = st.outbox_summary()  # alerts not yet delivered, per channel
+        rows = fleet.summarize(server_status.facts(st, now), now) if srv is None else []
     listed: list[dict[str, Any]] = [
         {
             "id": s.incident.id,
@@ -429,14 +464,17 @@ def status(
         }
         for s in incidents
     ]
-    now = time.time()
     if fmt is Format.json:
         outbox = [summary_json(s, now) for s in pending]
         derived = server_status.as_json(servers, now)
         doc = {"status": state, "servers": derived, "incidents": listed, "outbox": outbox}
+        if srv is None:
+            doc["fleet"] = fleet.as_doc(rows)
         out.print_json(json.dumps(doc))
         return
-    for line in server_status.lines(servers, now):
+    # a fleet: one line per server, trouble first; --server NAME for one in detail
+    shown = server_status.fleet_lines(rows) if len(rows) > 1 else server_status.lines(servers, now)
+    for line in shown:
         out.print(line, markup=False)
     _print_status(state, listed)
     for s in pending:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,13 +29,15 @@ from .audit.run import AuditScheduler
 from .clikit import fleet, open_source, open_store
 from .detect import Detector, DetectSettings, settings_from_mapping
 from .durations import human
-from .errors import SourceError
+from .errors import ServerLeased, SourceError, StoreError
 from .model import Interval
 from .monitor import Monitor
 from .settings import ServerEntry, Settings
 from .source.cores import server_cores
 from .source.postgres import PostgresSource, describe_dsn
+from .status import SERVER_INFO
 from .store import Store
+from .store.leases import Lease
 from .watcher import BACKOFF_MAX_S, BACKOFF_START_S, CollectorStatus, IntervalHook, Watcher
 
 if TYPE_CHECKING:
@@ -47,7 +50,8 @@ log = logging.getLogger("querywatch")
 
 STOP_POLL_S = 0.2  # how often a stop_event is looked at
 THREAD_PREFIX = "qw:"  # a fleet's server threads are named qw:<server>
-SERVER_INFO = "server:"  # status key prefix: a server's labels, target and interval
+LEASE_INTERVALS = 3.0  # an owner lease lapses after this many intervals without renewal
+OWNER = f"querywatch watch (pid {os.getpid()})"  # who holds a lease, in a refusal
 FLUSH_S = 10.0  # how long queued alerts may take to go out at the end
 
 
@@ -135,6 +139,7 @@ class ServerWatch:
     monitor: Monitor | None = None
     hooks: list[IntervalHook] = field(default_factory=list)
     error: BaseException | None = None
+    lease: Lease | None = None  # this watcher's right to collect the server (store.leases)
 
     @property
     def name(self) -> str:
@@ -169,11 +174,13 @@ def run_watch(
     with open_store(cfg) as st, Dispatcher(options.channels, store=st, outbox=outbox) as dispatcher:
         shared = _Shared(cfg, options, st, dispatcher, detect_settings(cfg, options))
         units = [_unit(shared, e) for e in entries]
-        with _stopped_by(stop_event, [u.watcher for u in units]), _tagged(len(units) > 1):
-            for unit in units:
-                _announce(shared, unit, fleet=len(units) > 1)
-            if len(units) == 1:  # a fleet of one: start errors are the user's to fix (bad DSN)
-                _prepare(shared, units[0])
+        with (
+            _stopped_by(stop_event, [u.watcher for u in units]),
+            _tagged(len(units) > 1),
+            _leases_kept(shared, units),
+        ):
+            if len(units) == 1:  # a fleet of one: start errors are the user's to fix (bad DSN,
+                _prepare(shared, units[0])  # its lease held by another watcher)
             dashboard = _dashboard(cfg) if options.web else None
             if dashboard is not None:
                 log.info("dashboard on %s", dashboard.url)
@@ -185,6 +192,8 @@ def run_watch(
         for unit in units:
             unit.watcher.source.close()
         dispatcher.flush(FLUSH_S)
+    if len(units) == 1 and isinstance(units[0].error, ServerLeased):
+        raise units[0].error  # taken over by another watcher: said, and a non-zero exit
     total = _total([u.watcher.status for u in units])
     log.info("stopped after %d intervals", total.intervals)
     return total
@@ -198,11 +207,18 @@ def _unit(shared: _Shared, entry: ServerEntry) -> ServerWatch:
     )
 
 
-def _announce(shared: _Shared, unit: ServerWatch, fleet: bool) -> None:
-    """The server's labels, target and interval in the store (pages, metrics, ``status``); in a
-    fleet its row too, so a server unreachable from the start is listed, with its error."""
-    if fleet:
-        shared.store.server(unit.name, target=describe_dsn(unit.entry.dsn))
+def _claim(shared: _Shared, unit: ServerWatch) -> None:
+    """Take the server's owner lease (ServerLeased while another watcher holds it), then say
+    its labels, target and interval in the store, before anything else is written for it."""
+    if unit.lease is not None:
+        return
+    ttl = LEASE_INTERVALS * shared.cfg.interval
+    unit.lease = shared.store.claim_server(unit.name, OWNER, ttl)
+    _announce(shared, unit)
+
+
+def _announce(shared: _Shared, unit: ServerWatch) -> None:
+    """The server's labels, target and interval in the store (pages, metrics, ``status``)."""
     info = {
         "labels": dict(unit.entry.labels),
         "target": describe_dsn(unit.entry.dsn),
@@ -214,6 +230,7 @@ def _announce(shared: _Shared, unit: ServerWatch, fleet: bool) -> None:
 def _prepare(shared: _Shared, unit: ServerWatch) -> None:
     """Connect the server's watcher and set up its monitor (detection, audits, warm-up)."""
     cfg, st, watcher, name = shared.cfg, shared.store, unit.watcher, unit.name
+    _claim(shared, unit)
     watcher.on_store_error, watcher.on_store_back = store_pages(shared.dispatcher, name)
     watcher.start()
     assert watcher.server_id is not None
@@ -273,6 +290,9 @@ def _run_one(shared: _Shared, unit: ServerWatch) -> None:
         while unit.monitor is None and not watcher.stopping:
             try:
                 _prepare(shared, unit)
+            except ServerLeased as exc:  # another watcher collects it: taken once it lapses
+                log.warning("not watched here: %s", exc)
+                watcher.pause(LEASE_INTERVALS * shared.cfg.interval)
             except SourceError as exc:
                 watcher.note_failure(exc)
                 log.debug("cannot start, retrying in %s: %s", human(delay), exc)  # logged
@@ -283,6 +303,54 @@ def _run_one(shared: _Shared, unit: ServerWatch) -> None:
     except Exception as exc:  # one server's failure never stops the fleet
         unit.error = exc
         log.error("collection stopped: %s", exc, exc_info=True)
+
+
+@contextmanager
+def _leases_kept(shared: _Shared, units: Sequence[ServerWatch]) -> Iterator[None]:
+    """Renew every lease held once per interval while the block runs (apart from collection,
+    so a server being reconnected keeps its owner), and release them at the end so that
+    another watcher may take the servers at once. A lease another watcher took over (this one
+    stalled past its ttl) stops that server's collection here."""
+    done = threading.Event()
+
+    def keep() -> None:
+        while not done.wait(shared.cfg.interval):
+            for unit in units:
+                _renew(shared.store, unit)
+
+    thread = threading.Thread(target=keep, name="querywatch-leases", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        for unit in units:
+            _release(shared.store, unit)
+
+
+def _renew(store: Store, unit: ServerWatch) -> None:
+    lease = unit.lease
+    if lease is None or unit.watcher.stopping:
+        return
+    try:
+        unit.lease = store.renew(lease)
+    except ServerLeased as exc:
+        log.error("%s: stopped collecting it: %s", unit.name, exc)
+        unit.error, unit.lease = exc, None
+        unit.watcher.stop()
+    except StoreError as exc:  # tried again next interval; the ttl spans several
+        log.warning("%s: lease not renewed: %s", unit.name, exc)
+
+
+def _release(store: Store, unit: ServerWatch) -> None:
+    lease, unit.lease = unit.lease, None
+    if lease is None:
+        return
+    try:
+        store.release(lease)
+    except StoreError as exc:  # it lapses after its ttl instead
+        log.warning("%s: lease not released: %s", unit.name, exc)
 
 
 def _total(statuses: Sequence[CollectorStatus]) -> CollectorStatus:

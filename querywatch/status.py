@@ -18,17 +18,21 @@ restarted, its statistics were reset, another server), the watcher stored a gap,
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .durations import human, iso
+from .fleet import FleetRow, ServerFacts, headline, sparkline
 from .model import IncidentState
 from .store import Store
 
 OPEN_STATES = (IncidentState.PENDING.value, IncidentState.FIRING.value)
 ALL_TIME = (0.0, 1e18)
+SERVER_INFO = "server:"  # status key prefix: a server's labels, target and interval (watch)
+SPARK_BUCKETS = 30  # buckets of a fleet row's DB time sparkline
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class ServerStatus:
     visibility_note: str = ""
     visibility_fix: str = ""
     stored_by: tuple[str, ...] = field(default=())  # status rows found for it
+    server_id: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)  # from [[servers]] (watch)
+    interval_s: float | None = None  # the watcher's interval, when it said
 
     @property
     def gap_count(self) -> int:
@@ -71,10 +78,10 @@ class ServerStatus:
         return self.last_success is not None and self.last_success > self.last_error_at
 
 
-def build(store: Store) -> list[ServerStatus]:
-    """Every server's status, from the store."""
+def build(store: Store, only: str | None = None) -> list[ServerStatus]:
+    """Every server's status (only the one named ``only`` when given), from the store."""
     rows = store.status()
-    return [_server(store, s.id, s.name, rows) for s in store.servers()]
+    return [_server(store, s.id, s.name, rows) for s in store.servers() if only in (None, s.name)]
 
 
 def _server(
@@ -82,6 +89,8 @@ def _server(
 ) -> ServerStatus:
     collector = rows.get(f"collector:{name}", {})
     visibility = rows.get(f"visibility:{name}", {})
+    info = rows.get(f"{SERVER_INFO}{name}", {})
+    labels = info.get("labels")
     gaps = Counter(g.reason.value for g in store.gaps(server_id, *ALL_TIME))
     incidents = tuple(
         OpenIncident(
@@ -112,7 +121,55 @@ def _server(
         visibility_note=str(visibility.get("note") or ""),
         visibility_fix=str(visibility.get("fix") or ""),
         stored_by=tuple(k for k in (f"collector:{name}", f"detector:{name}") if k in rows),
+        server_id=server_id,
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        interval_s=_number(info.get("interval_s")),
     )
+
+
+def facts(
+    store: Store, now: float, span_s: float = 3600.0, buckets: int = SPARK_BUCKETS
+) -> list[ServerFacts]:
+    """Each server's facts for the fleet view (querywatch.fleet): its status and its DB time
+    per second over the last ``span_s`` in ``buckets`` buckets (a sparkline)."""
+    step = max(1.0, float(math.ceil(span_s / buckets)))
+    start = math.floor(now / step) * step - (buckets - 1) * step
+    return [_facts(s, db_time(store, s.server_id, start, step, buckets)) for s in build(store)]
+
+
+def _facts(s: ServerStatus, spark: list[float | None]) -> ServerFacts:
+    firing = [i for i in s.open_incidents if i.state == IncidentState.FIRING.value]
+    pending = [i for i in s.open_incidents if i.state != IncidentState.FIRING.value]
+    shown = next(iter(firing or pending), None)
+    return ServerFacts(
+        name=s.name,
+        labels=s.labels,
+        interval_s=s.interval_s,
+        intervals=s.intervals,
+        last_success=s.last_success,
+        last_error=s.last_error,
+        last_error_at=s.last_error_at,
+        firing=len(firing),
+        pending=len(pending),
+        learning=bool(s.detector.get("learning", True)) if s.detector else None,
+        db_time=tuple(spark),
+        incident=shown.id if shown else "",
+        summary=shown.summary if shown else "",
+    )
+
+
+def db_time(
+    store: Store, server_id: int, start: float, step: float, buckets: int
+) -> list[float | None]:
+    """DB time (ms per second of collected time) per bucket from ``start``; None: no data."""
+    sums, seconds = store.db_time(server_id, start, start + buckets * step, step)
+    out: list[float | None] = []
+    for n in range(buckets):
+        bucket = start + n * step
+        covered = seconds.get(bucket, 0.0)
+        spent = sum(pair[1] for pair in sums.get(bucket, {}).values())
+        out.append(round(spent / covered, 3) if covered > 0 else None)
+    return out
 
 
 DETECTOR = ("learning", "baseline", "learning_reason", "baseline_intervals", "updated_at")
@@ -161,18 +218,37 @@ def _json(s: ServerStatus, now: float) -> dict[str, Any]:
 
 
 def consistent(
-    rows: Mapping[str, Mapping[str, Any]], servers: list[ServerStatus]
+    rows: Mapping[str, Mapping[str, Any]], servers: list[ServerStatus], only: str | None = None
 ) -> dict[str, dict[str, Any]]:
     """The raw status rows with the figures a process counted in memory (intervals, gaps and
     open incidents since it started) replaced by the store's: JSON readers of ``status`` get
-    one answer."""
-    out = {k: dict(v) for k, v in rows.items()}
+    one answer. With ``only``, that server's rows and the shared ones (no ``:`` in the key)."""
+    out = {
+        k: dict(v)
+        for k, v in rows.items()
+        if only is None or ":" not in k or k.endswith(f":{only}")
+    }
     for s in servers:
         if f"collector:{s.name}" in out:
             out[f"collector:{s.name}"].update(intervals=s.intervals, gaps=s.gap_count)
         if f"detector:{s.name}" in out:
             opened = [{"id": i.id, "key": i.key, "state": i.state} for i in s.open_incidents]
             out[f"detector:{s.name}"]["open_incidents"] = opened
+    return out
+
+
+def fleet_lines(rows: list[FleetRow]) -> list[str]:
+    """The text of ``status`` for a fleet: a headline, then one line per server, trouble first
+    (health, name, labels, DB time sparkline and now, why)."""
+    width = max((len(r.name) for r in rows), default=0)
+    out = [headline(rows)]
+    for r in rows:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(r.facts.labels.items()))
+        spark = sparkline(r.facts.db_time)
+        out.append(
+            f"{r.health.value:<9} {r.name:<{width}} {spark} {r.db_time_now:8.1f} ms/s  "
+            f"{r.reason}" + (f"  [{labels}]" if labels else "")
+        )
     return out
 
 
