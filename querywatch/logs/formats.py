@@ -30,7 +30,12 @@ _TS = rb"(?P<ts>\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?)"
 _TZ = rb"(?:[ ]?(?P<tz>[A-Z]{2,5}(?![A-Za-z])|[+-]\d\d(?::?\d\d)?|Z))?"
 # A generic stderr line: a timestamp first, anything, then the severity. The fields of the prefix
 # text between them are found by _FIELDS (user=, db=, app=, client=, user@db, [pid]).
-_GENERIC = _TS + _TZ + rb"(?P<pre>[^\n]*?)" + _SEV + rb":  ?(?P<msg>[^\n]*)"
+# The message, with the duration and statement header of log_min_duration_statement split off.
+_MSG = (
+    rb":  ?(?:duration: (?P<ms>\d+(?:\.\d+)?) ms  (?P<phase>statement|execute|bind|parse)[^:\n]*: )?"
+    rb"(?P<msg>[^\n]*)"
+)
+_GENERIC = _TS + _TZ + rb"(?P<pre>[^\n]*?)" + _SEV + _MSG
 _CONTINUATION = rb"(?P<more>(?:\n\t[^\n]*)*)"
 
 
@@ -46,6 +51,8 @@ class Entry:
         "hint",
         "line_no",
         "message",
+        "ms",
+        "phase",
         "pid",
         "severity",
         "sqlstate",
@@ -63,6 +70,8 @@ class Entry:
         self.tz = tz
         self.severity = severity
         self.message = message
+        self.ms: float | None = None  # set: `message` is the statement text of this duration
+        self.phase: str | None = None
         self.pid: int | None = None
         self.database: str | None = None
         self.user: str | None = None
@@ -167,7 +176,7 @@ def compile_prefix(prefix: str) -> bytes:
 
 
 def _line_regex(prefix: str | None) -> re.Pattern[bytes]:
-    head = _GENERIC if prefix is None else compile_prefix(prefix) + _SEV + rb":  ?(?P<msg>[^\n]*)"
+    head = _GENERIC if prefix is None else compile_prefix(prefix) + _SEV + _MSG
     return re.compile(rb"^" + head + _CONTINUATION, re.MULTILINE)
 
 
@@ -267,10 +276,21 @@ def _detect_prefix(lines: list[bytes]) -> str | None:
 # --- entries -----------------------------------------------------------------------------------
 
 
-def entries(chunks: Iterable[bytes], fmt: LogFormat) -> Iterator[Entry | BadLine | None]:
-    """Entries of the log in order; None after each chunk that ended a burst (an empty chunk)."""
+# A stderr duration line handed over raw (``timed=True``): line number, the match, the duration,
+# the phase and the statement text (continuation lines joined). Internal to the parser.
+Timed = tuple[int, "re.Match[bytes]", float, bytes, bytes]
+
+
+def entries(
+    chunks: Iterable[bytes], fmt: LogFormat, *, timed: bool = False
+) -> Iterator[Entry | BadLine | Timed | None]:
+    """Entries of the log in order; None after each chunk that ended a burst (an empty chunk).
+
+    ``timed``: stderr ``duration: ... statement|execute|bind|parse: ...`` lines are given as
+    :data:`Timed` tuples instead of entries (the summary's fast path; no object per line).
+    """
     if fmt.name in ("stderr", "rds"):
-        return _stderr(chunks, fmt.prefix)
+        return _stderr(chunks, fmt.prefix, timed)
     if fmt.name == "csvlog":
         return _csvlog(_lines(chunks))
     if fmt.name in ("jsonlog", "cnpg", "cloudsql"):
@@ -299,7 +319,9 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
         yield rest
 
 
-def _stderr(chunks: Iterable[bytes], prefix: str | None) -> Iterator[Entry | BadLine | None]:
+def _stderr(
+    chunks: Iterable[bytes], prefix: str | None, timed: bool
+) -> Iterator[Entry | BadLine | Timed | None]:
     rx = _line_regex(prefix)
     generic = prefix is None
     pending = b""
@@ -324,18 +346,22 @@ def _stderr(chunks: Iterable[bytes], prefix: str | None) -> Iterator[Entry | Bad
                 yield None
             continue
         data, pending = (pending, b"") if flush else (pending[: cut + 1], pending[cut + 1 :])
-        yield from _stderr_block(data, rx, generic, line_no)
+        yield from _stderr_block(data, rx, generic, line_no, timed)
         line_no += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
         if flush and not done:
             yield None
 
 
 def _stderr_block(
-    data: bytes, rx: re.Pattern[bytes], generic: bool, line_no: int
-) -> Iterator[Entry | BadLine]:
+    data: bytes, rx: re.Pattern[bytes], generic: bool, line_no: int, timed: bool = False
+) -> Iterator[Entry | BadLine | Timed]:
     pos = 0
     counted = 0  # data[:counted] holds line_no - first_line_no newlines
     first = line_no
+    names = ("ts", "tz", "sev", "msg", "more", "ms", "phase")
+    fields = ("pid", "user", "db", "app", "client", "sqlstate", "epoch")
+    named = tuple(n for n in fields if n in rx.groupindex)
+    strings = _STRINGS
     for m in rx.finditer(data):
         start = m.start()
         if start > pos:
@@ -343,40 +369,90 @@ def _stderr_block(
         pos = m.end() + 1
         line_no += data.count(b"\n", counted, start)
         counted = start
-        msg = m["msg"]
-        more = m["more"]
+        ts, tz, sev, msg, more, ms, phase = m.group(*names)
         if more:
             msg += more.replace(b"\n\t", b"\n")
-        entry = Entry(line_no, _str(m["ts"]), _str(m["tz"]), m["sev"].decode(), _text(msg))
-        if generic:
-            _fill_generic(entry, m["pre"])
-        else:
-            _fill_named(entry, m)
+        if timed and ms is not None and sev == b"LOG":
+            yield (line_no, m, float(ms), phase, msg)
+            continue
+        stamp = ts.decode() if ts is not None else None
+        entry = Entry(
+            line_no, stamp, _cached(strings, tz), _cached(strings, sev) or "LOG", _text(msg)
+        )
+        if ms is not None and sev == b"LOG":
+            entry.ms = float(ms)
+            entry.phase = _cached(strings, phase)
+        elif ms is not None:  # not a LOG line: the duration header stays in its message
+            entry.message = _text(data[m.start("ms") - 10 : m.start("msg")]) + entry.message
+        fill(entry, m, generic, named)
         yield entry
     if pos < len(data):
         yield from _bad_lines(data, pos, len(data), first + data.count(b"\n", 0, pos))
+
+
+def fill(entry: Entry, m: re.Match[bytes], generic: bool, named: tuple[str, ...]) -> None:
+    """The prefix fields of a stderr line's match into its entry."""
+    if generic:
+        _fill_generic(entry, m["pre"])
+    elif named:
+        _fill_named(entry, _groups(m, named))
+
+
+def entry_of(line: Timed) -> Entry:
+    """The entry of a :data:`Timed` line (built only when an event is wanted of it)."""
+    line_no, m, ms, phase, text = line
+    ts, tz = m.group("ts", "tz")
+    stamp = ts.decode() if ts is not None else None
+    entry = Entry(line_no, stamp, _cached(_STRINGS, tz), "LOG", _text(text))
+    entry.ms = ms
+    entry.phase = _cached(_STRINGS, phase)
+    fields = ("pid", "user", "db", "app", "client", "sqlstate", "epoch")
+    fill(entry, m, "pre" in m.re.groupindex, tuple(n for n in fields if n in m.re.groupindex))
+    return entry
+
+
+_STRINGS: dict[bytes | None, str | None] = {None: None}
+
+
+def _cached(cache: dict[bytes | None, str | None], raw: bytes | None) -> str | None:
+    """Decoded text of a prefix field, cached (users, databases, applications repeat)."""
+    try:
+        return cache[raw]
+    except KeyError:
+        if len(cache) > 50_000:
+            cache.clear()
+            cache[None] = None
+        value = cache[raw] = _field(raw) if raw is not None else None
+        return value
 
 
 def _str(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode()
 
 
-def _fill_named(entry: Entry, m: re.Match[bytes]) -> None:
-    groups = m.re.groupindex
-    if "pid" in groups and m["pid"]:
-        entry.pid = int(m["pid"])
-    if "user" in groups:
-        entry.user = _field(m["user"] or b"")
-    if "db" in groups:
-        entry.database = _field(m["db"] or b"")
-    if "app" in groups:
-        entry.application = _field(m["app"] or b"")
-    if "client" in groups:
-        entry.client = _field(m["client"] or b"")
-    if "sqlstate" in groups and m["sqlstate"]:
-        entry.sqlstate = m["sqlstate"].decode()
-    if "epoch" in groups and m["epoch"] and entry.ts is None:
-        entry.ts = "@" + m["epoch"].decode()
+def _groups(m: re.Match[bytes], names: tuple[str, ...]) -> dict[str, bytes | None]:
+    if len(names) == 1:
+        return {names[0]: m[names[0]]}
+    return dict(zip(names, m.group(*names), strict=True))
+
+
+def _fill_named(entry: Entry, groups: dict[str, bytes | None]) -> None:
+    strings = _STRINGS
+    for name, raw in groups.items():
+        if name == "pid":
+            entry.pid = int(raw) if raw else None
+        elif name == "user":
+            entry.user = _cached(strings, raw)
+        elif name == "db":
+            entry.database = _cached(strings, raw)
+        elif name == "app":
+            entry.application = _cached(strings, raw)
+        elif name == "client":
+            entry.client = _cached(strings, raw)
+        elif name == "sqlstate" and raw:
+            entry.sqlstate = raw.decode()
+        elif name == "epoch" and raw and entry.ts is None:
+            entry.ts = "@" + raw.decode()
 
 
 def _bad_lines(data: bytes, start: int, end: int, line_no: int) -> Iterator[BadLine]:
@@ -577,7 +653,8 @@ def _syslog(lines: Iterable[bytes | None], fmt: LogFormat) -> Iterator[Entry | B
             ts, tz = _syslog_ts(m["ts"]), None
         entry = Entry(line_no, ts, tz, b["sev"].decode(), _text(b["msg"]))
         if fmt.prefix:
-            _fill_named(entry, b)
+            fields = ("pid", "user", "db", "app", "client", "sqlstate", "epoch")
+            _fill_named(entry, _groups(b, tuple(n for n in fields if n in b.re.groupindex)))
         else:
             _fill_generic(entry, b["pre"])
         entry.pid = pid

@@ -1,0 +1,577 @@
+"""Pure: a bounded, streaming summary of a log's events (what the ``logs`` report shows).
+
+State is bounded whatever the log's size: per fingerprint (at most ``max_fingerprints``, then the
+rest is counted under ``OTHER``) a count, total, min, max and a log-scale histogram of durations
+(percentiles within ±4.5 %); the ``keep`` slowest executions, longest lock waits, largest temp
+files and slowest plans; per-hour counters; errors by (severity, SQLSTATE, message), bounded;
+the first unparsed lines as samples.
+
+Statements are counted as PostgreSQL executes them: ``statement`` and ``execute`` phases are
+executions; ``parse`` and ``bind`` durations of the extended protocol are steps of an execution
+(counted apart, in ``counts``). A lock wait is one per waiting process: ``still waiting`` and then
+``acquired`` for the same process and lock is one wait (the longer time); a wait that never
+ends in ``acquired`` (deadlock, cancel) is still one.
+
+>>> from datetime import UTC, datetime
+>>> from querywatch.logs.records import Statement
+>>> s = Summary()
+>>> for ms in (1.0, 2.0, 30.0):
+...     s.add(Statement(at=datetime(2024, 1, 1, 10, 5, tzinfo=UTC), line_no=1, duration_ms=ms,
+...                     fingerprint="f1", query="SELECT $1"))
+>>> st = s.statements()[0]
+>>> st.calls, st.total_ms, st.max_ms
+(3, 33.0, 30.0)
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import count
+from typing import Any
+
+from querywatch.logs import formats
+from querywatch.logs import parser as _parser
+from querywatch.logs import report as rep
+from querywatch.logs.records import (
+    AnyEvent,
+    Autovacuum,
+    Checkpoint,
+    Connection,
+    Deadlock,
+    Disconnection,
+    Error,
+    Event,
+    LockWait,
+    Plan,
+    Statement,
+    TempFile,
+    Unparsed,
+)
+
+__all__ = ["OTHER", "StatementStats", "Summary", "summarize"]
+
+OTHER = "other"  # the fingerprint under which statements past max_fingerprints are counted
+_STEPS = 8  # histogram buckets per doubling: bucket width 2^(1/8) = 9 %, midpoint within 4.5 %
+_EXECUTIONS = frozenset({"statement", "execute"})
+# The values of a statement masked (bytes), the key of the fast path's cache; see parser._MASK.
+_MASK_VALUES = re.compile(rb"'(?:[^']|'')*'|(?<![\w$.\x80-\xff])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_MASK = re.compile(
+    rb"(\"(?:[^\"]|\"\")*\")|'(?:[^']|'')*'|(?<![\w$.\x80-\xff])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+)
+_FAST_CACHE_MAX = 50_000
+
+
+def summarize(
+    data: Iterable[bytes | str],
+    *,
+    fmt: str | None = None,
+    prefix: str | None = None,
+    year: int | None = None,
+    summary: Summary | None = None,
+) -> Summary:
+    """The summary of a whole log, read the fast way: the same figures as feeding it every event.
+
+    stderr ``duration: ... statement`` lines are aggregated as they are matched, without an event
+    object each; the slowest ones still become :class:`Statement` events for the report.
+    """
+    summary = summary if summary is not None else Summary()
+    for event in _parser.parse(data, fmt=fmt, prefix=prefix, year=year, on_timed=summary.timed):
+        summary.add(event)
+    return summary
+
+
+@dataclass(frozen=True, slots=True)
+class StatementStats:
+    """One fingerprint's executions: ``calls`` all, ``timed`` those with a duration."""
+
+    fingerprint: str
+    query: str
+    calls: int
+    timed: int
+    total_ms: float
+    min_ms: float | None
+    max_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+    @property
+    def mean_ms(self) -> float | None:
+        return self.total_ms / self.timed if self.timed else None
+
+
+class _Stats:
+    __slots__ = ("buckets", "calls", "max", "min", "query", "timed", "total")
+
+    def __init__(self, query: str) -> None:
+        self.query = query
+        self.calls = 0
+        self.timed = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = 0.0
+        self.buckets: dict[int, int] = {}
+
+
+def _bucket(ms: float) -> int:
+    return math.floor(math.log2(ms) * _STEPS) if ms > 0 else -10_000
+
+
+def _bucket_value(index: int) -> float:
+    if index == -10_000:
+        return 0.0
+    return float(2 ** ((index + 0.5) / _STEPS))
+
+
+class _Hour:
+    __slots__ = (
+        "connections",
+        "errors",
+        "lock_waits",
+        "statements",
+        "temp_bytes",
+        "temp_files",
+        "total_ms",
+    )
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.total_ms = 0.0
+        self.errors = 0
+        self.temp_files = 0
+        self.temp_bytes = 0
+        self.lock_waits = 0
+        self.connections = 0
+
+
+class Summary:
+    """Feed events with :meth:`add`; read the figures, or :meth:`report` for the ``logs`` report."""
+
+    def __init__(
+        self, *, keep: int = 50, max_fingerprints: int = 50_000, samples: int = 20
+    ) -> None:
+        self.keep = keep
+        self.max_fingerprints = max_fingerprints
+        self.samples = samples
+        self.counts: dict[str, int] = {}
+        self._stats: dict[str, _Stats] = {}
+        self._hours: dict[tuple[int, int, int, int], _Hour] = {}
+        self._hour_keys: dict[tuple[int, int, int, int, Any], tuple[int, int, int, int]] = {}
+        self._seq = count()
+        self._slowest: list[tuple[float, int, Statement]] = []
+        self._plans: dict[str, tuple[float, Plan]] = {}  # slowest plan per fingerprint, bounded
+        self._locks: list[tuple[float, int, LockWait]] = []
+        self._waiting: dict[tuple[int | None, str, str], LockWait] = {}
+        self._deadlocks: list[Deadlock] = []
+        self._temp: dict[str | None, list[Any]] = {}
+        self._errors: dict[tuple[str, str | None, str], list[Any]] = {}
+        self._unparsed: list[Unparsed] = []
+        self.unparsed = 0
+        self.lock_waits = 0
+        self.first: datetime | None = None
+        self.last: datetime | None = None
+        self._fast: dict[bytes, tuple[_Stats, bool]] = {}
+        self._fast_hours: dict[tuple[bytes, bytes | None], _Hour] = {}
+        self._fast_range: dict[
+            bytes | None, list[Any]
+        ] = {}  # tz -> [first ts, line, last ts, line]
+        self._assembler: Any = None
+
+    # -- feeding ------------------------------------------------------------------------------
+
+    def feed(self, events: Iterable[AnyEvent]) -> Summary:
+        for event in events:
+            self.add(event)
+        return self
+
+    def add(self, event: AnyEvent) -> None:
+        kind = type(event)
+        name = kind.__name__
+        counts = self.counts
+        counts[name] = counts.get(name, 0) + 1
+        at = event.at
+        if at is not None:
+            if self.first is None or at < self.first:
+                self.first = at
+            if self.last is None or at > self.last:
+                self.last = at
+        if kind is Statement:
+            self._statement(event)  # type: ignore[arg-type]
+        elif kind is Plan:
+            self._plan(event)  # type: ignore[arg-type]
+        elif kind is LockWait:
+            self._lock(event)  # type: ignore[arg-type]
+        elif kind is TempFile:
+            self._tempfile(event)  # type: ignore[arg-type]
+        elif kind is Error:
+            self._error(event)  # type: ignore[arg-type]
+        elif kind is Deadlock:
+            if len(self._deadlocks) < self.samples:
+                self._deadlocks.append(event)  # type: ignore[arg-type]
+        elif kind is Connection:
+            if event.stage == "received":  # type: ignore[union-attr]
+                self._hour(at).connections += 1
+        elif kind is Unparsed:
+            self.unparsed += 1
+            if len(self._unparsed) < self.samples:
+                self._unparsed.append(event)  # type: ignore[arg-type]
+        elif kind in (Checkpoint, Autovacuum, Disconnection):
+            pass  # counted in `counts`
+
+    def _statement(self, event: Statement) -> None:
+        if event.phase not in _EXECUTIONS:
+            key = "phase:" + event.phase
+            self.counts[key] = self.counts.get(key, 0) + 1
+            return
+        fingerprint = event.fingerprint
+        stats = self._stats.get(fingerprint)
+        if stats is None:
+            if len(self._stats) >= self.max_fingerprints:
+                fingerprint = OTHER
+                stats = self._stats.get(OTHER)
+            if stats is None:
+                stats = self._stats[fingerprint] = _Stats(
+                    event.query if fingerprint != OTHER else OTHER
+                )
+        stats.calls += 1
+        hour = self._hour(event.at)
+        hour.statements += 1
+        ms = event.duration_ms
+        if ms is None:
+            return
+        stats.timed += 1
+        stats.total += ms
+        if ms < stats.min:
+            stats.min = ms
+        if ms > stats.max:
+            stats.max = ms
+        b = _bucket(ms)
+        stats.buckets[b] = stats.buckets.get(b, 0) + 1
+        hour.total_ms += ms
+        slowest = self._slowest
+        if len(slowest) < self.keep:
+            heapq.heappush(slowest, (ms, next(self._seq), event))
+        elif ms > slowest[0][0]:
+            heapq.heapreplace(slowest, (ms, next(self._seq), event))
+
+    def timed(self, line: formats.Timed, assembler: Any) -> None:
+        """The fast path: one stderr duration line, as the parser matched it (see summarize)."""
+        _, m, ms, phase, text = line
+        key = phase + (
+            _MASK_VALUES.sub(b"\0", text) if b'"' not in text else _MASK.sub(b"\\1\0", text)
+        )
+        hit = self._fast.get(key)
+        if hit is None:
+            hit = self._fast_miss(key, line, assembler)
+        stats, execution = hit
+        self.counts["Statement"] = self.counts.get("Statement", 0) + 1
+        if not execution:
+            name = "phase:" + phase.decode()
+            self.counts[name] = self.counts.get(name, 0) + 1
+            return
+        stats.calls += 1
+        stats.timed += 1
+        stats.total += ms
+        if ms < stats.min:
+            stats.min = ms
+        if ms > stats.max:
+            stats.max = ms
+        b = math.floor(math.log2(ms) * _STEPS) if ms > 0 else -10_000
+        buckets = stats.buckets
+        buckets[b] = buckets.get(b, 0) + 1
+        ts, tz = m.group("ts", "tz")
+        hour_key = (ts[:13], tz)
+        hour = self._fast_hours.get(hour_key)
+        if hour is None:
+            hour = self._fast_hour(hour_key, line, assembler)
+        hour.statements += 1
+        hour.total_ms += ms
+        span = self._fast_range.get(tz)
+        if span is None:
+            self._fast_range[tz] = [ts, line, ts, line]
+        elif ts < span[0]:
+            span[0], span[1] = ts, line
+        elif ts > span[2]:
+            span[2], span[3] = ts, line
+        slowest = self._slowest
+        if len(slowest) < self.keep or ms > slowest[0][0]:
+            self._assembler = assembler
+            event = assembler.statement(formats.entry_of(line), ms, None)
+            if len(slowest) < self.keep:
+                heapq.heappush(slowest, (ms, next(self._seq), event))
+            else:
+                heapq.heapreplace(slowest, (ms, next(self._seq), event))
+
+    def _fast_miss(self, key: bytes, line: formats.Timed, assembler: Any) -> tuple[_Stats, bool]:
+        self._assembler = assembler
+        phase = line[3].decode()
+        fingerprint, query = assembler.shape(line[4].decode("utf-8", "replace"))
+        stats = self._stats.get(fingerprint)
+        if stats is None:
+            if len(self._stats) >= self.max_fingerprints:
+                fingerprint = OTHER
+                stats = self._stats.get(OTHER)
+            if stats is None:
+                stats = self._stats[fingerprint] = _Stats(query if fingerprint != OTHER else OTHER)
+        if len(self._fast) >= _FAST_CACHE_MAX:
+            self._fast.clear()
+        hit = self._fast[key] = (stats, phase in _EXECUTIONS)
+        return hit
+
+    def _fast_hour(
+        self, key: tuple[bytes, bytes | None], line: formats.Timed, assembler: Any
+    ) -> _Hour:
+        hour = self._hour(assembler.at(formats.entry_of(line)))
+        if len(self._fast_hours) >= 100_000:
+            self._fast_hours.clear()
+        self._fast_hours[key] = hour
+        return hour
+
+    def _settle(self) -> None:
+        """First and last timestamps of the fast path's lines, as datetimes."""
+        assembler = self._assembler
+        for span in self._fast_range.values():
+            for line in (span[1], span[3]):
+                at = assembler.at(formats.entry_of(line)) if assembler is not None else None
+                if at is not None:
+                    self.first = at if self.first is None or at < self.first else self.first
+                    self.last = at if self.last is None or at > self.last else self.last
+        self._fast_range.clear()
+
+    def _plan(self, event: Plan) -> None:
+        held = self._plans.get(event.fingerprint)
+        if held is None and len(self._plans) >= self.keep * 4:
+            return
+        if held is None or event.duration_ms > held[0]:
+            self._plans[event.fingerprint] = (event.duration_ms, event)
+
+    def _lock(self, event: LockWait) -> None:
+        key = (event.pid, event.mode, event.lock)
+        before = self._waiting.pop(key, None)
+        if before is None:
+            self.lock_waits += 1
+            self._hour(event.at).lock_waits += 1
+        if not event.acquired and len(self._waiting) < 10_000:
+            self._waiting[key] = event
+        locks = self._locks
+        if len(locks) < self.keep:
+            heapq.heappush(locks, (event.wait_ms, next(self._seq), event))
+        elif event.wait_ms > locks[0][0]:
+            heapq.heapreplace(locks, (event.wait_ms, next(self._seq), event))
+
+    def _tempfile(self, event: TempFile) -> None:
+        key = (
+            event.fingerprint
+            if event.fingerprint in self._temp or len(self._temp) < 10_000
+            else None
+        )
+        row = self._temp.get(key)
+        if row is None:
+            row = self._temp[key] = [event.query if key is not None else None, 0, 0, 0]
+        row[1] += 1
+        row[2] += event.size_bytes
+        row[3] = max(row[3], event.size_bytes)
+        hour = self._hour(event.at)
+        hour.temp_files += 1
+        hour.temp_bytes += event.size_bytes
+
+    def _error(self, event: Error) -> None:
+        key = (event.severity, event.sqlstate, event.message)
+        row = self._errors.get(key)
+        if row is None:
+            if len(self._errors) >= 10_000:
+                key = (event.severity, event.sqlstate, OTHER)
+                row = self._errors.get(key)
+            if row is None:
+                row = self._errors[key] = [0, event.query]
+        row[0] += 1
+        self._hour(event.at).errors += 1
+
+    def _hour(self, at: datetime | None) -> _Hour:
+        if at is None:
+            key = (0, 0, 0, 0)
+        else:
+            local = (at.year, at.month, at.day, at.hour, at.tzinfo)
+            found = self._hour_keys.get(local)
+            if found is None:
+                u = at.astimezone(UTC)
+                found = (u.year, u.month, u.day, u.hour)
+                if len(self._hour_keys) > 100_000:
+                    self._hour_keys.clear()
+                self._hour_keys[local] = found
+            key = found
+        hour = self._hours.get(key)
+        if hour is None:
+            hour = self._hours[key] = _Hour()
+        return hour
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def statements(self) -> list[StatementStats]:
+        """Every fingerprint's figures, the most total time first."""
+        rows = [_stats_row(fp, s) for fp, s in self._stats.items()]
+        rows.sort(key=lambda r: (-r.total_ms, -r.calls, r.fingerprint))
+        return rows
+
+    def slowest(self) -> list[Statement]:
+        return [e for _, _, e in sorted(self._slowest, key=lambda t: (-t[0], t[1]))]
+
+    def plans(self) -> list[Plan]:
+        return [p for _, p in sorted(self._plans.values(), key=lambda t: -t[0])]
+
+    def errors_by_sqlstate(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (_, sqlstate, _), row in self._errors.items():
+            out[sqlstate or ""] = out.get(sqlstate or "", 0) + row[0]
+        return out
+
+    def unparsed_samples(self) -> list[Unparsed]:
+        return list(self._unparsed)
+
+    def report(self, files: tuple[str, ...] = (), top: int = 20) -> rep.Report:
+        """The record the text, JSON and HTML renderers of ``logs`` show."""
+        self._settle()
+        stats = self.statements()
+        grand = sum(s.total_ms for s in stats) or 1.0
+        by_time = tuple(_row(s, grand) for s in stats[:top])
+        by_count = tuple(
+            _row(s, grand) for s in sorted(stats, key=lambda r: (-r.calls, r.fingerprint))[:top]
+        )
+        return rep.Report(
+            files=files,
+            first=_iso(self.first),
+            last=_iso(self.last),
+            counts=self._counts(),
+            top_by_time=by_time,
+            top_by_count=by_count,
+            slowest=tuple(self._execution(e) for e in self.slowest()[:top]),
+            lock_waits=tuple(
+                _lock_row(w) for _, _, w in sorted(self._locks, key=lambda t: (-t[0], t[1]))[:top]
+            ),
+            deadlocks=tuple(
+                rep.DeadlockRow(
+                    at=_iso(d.at), processes=d.processes, detail=d.detail, query=d.query
+                )
+                for d in self._deadlocks[:top]
+            ),
+            temp_files=tuple(
+                rep.TempFileRow(
+                    fingerprint=fp, query=r[0], count=r[1], total_bytes=r[2], max_bytes=r[3]
+                )
+                for fp, r in sorted(self._temp.items(), key=lambda kv: -kv[1][2])[:top]
+            ),
+            errors=tuple(
+                rep.ErrorRow(severity=k[0], sqlstate=k[1], message=k[2], count=r[0], query=r[1])
+                for k, r in sorted(self._errors.items(), key=lambda kv: -kv[1][0])[:top]
+            ),
+            hours=tuple(
+                rep.HourRow(
+                    hour=datetime(*k, tzinfo=UTC).isoformat() if k != (0, 0, 0, 0) else "unknown",
+                    statements=h.statements,
+                    total_ms=round(h.total_ms, 3),
+                    errors=h.errors,
+                    temp_files=h.temp_files,
+                    temp_bytes=h.temp_bytes,
+                    lock_waits=h.lock_waits,
+                    connections=h.connections,
+                )
+                for k, h in sorted(self._hours.items())
+            ),
+            unparsed=self.unparsed,
+            unparsed_samples=tuple(
+                rep.UnparsedSample(line_no=u.line_no, reason=u.reason, sample=u.sample)
+                for u in self._unparsed
+            ),
+        )
+
+    def _counts(self) -> dict[str, int]:
+        out = dict(sorted(self.counts.items()))
+        out["executions"] = sum(s.calls for s in self._stats.values())
+        out["lock_waits"] = self.lock_waits
+        out["temp_files"] = sum(r[1] for r in self._temp.values())
+        out["errors"] = sum(r[0] for r in self._errors.values())
+        return out
+
+    def _execution(self, e: Statement) -> rep.Execution:
+        held = self._plans.get(e.fingerprint)
+        plan = held[1] if held is not None else None
+        return rep.Execution(
+            at=_iso(e.at),
+            duration_ms=e.duration_ms or 0.0,
+            fingerprint=e.fingerprint,
+            query=e.query,
+            database=e.database,
+            user=e.user,
+            pid=e.pid,
+            params=e.params,
+            text=e.text,
+            plan=plan.plan if plan is not None else None,
+            plan_format=plan.format if plan is not None else None,
+        )
+
+
+def _stats_row(fingerprint: str, s: _Stats) -> StatementStats:
+    return StatementStats(
+        fingerprint=fingerprint,
+        query=s.query,
+        calls=s.calls,
+        timed=s.timed,
+        total_ms=round(s.total, 6),
+        min_ms=s.min if s.timed else None,
+        max_ms=s.max if s.timed else None,
+        p50_ms=_percentile(s, 0.50),
+        p95_ms=_percentile(s, 0.95),
+        p99_ms=_percentile(s, 0.99),
+    )
+
+
+def _percentile(s: _Stats, q: float) -> float | None:
+    """The q-quantile from the histogram (bucket midpoint), clamped to the exact min and max."""
+    if not s.timed:
+        return None
+    rank = q * s.timed
+    seen = 0
+    for index in sorted(s.buckets):
+        seen += s.buckets[index]
+        if seen >= rank:
+            return min(max(_bucket_value(index), s.min), s.max)
+    return s.max
+
+
+def _row(s: StatementStats, grand: float) -> rep.StatementRow:
+    return rep.StatementRow(
+        fingerprint=s.fingerprint,
+        query=s.query,
+        calls=s.calls,
+        total_ms=s.total_ms,
+        mean_ms=s.mean_ms or 0.0,
+        max_ms=s.max_ms or 0.0,
+        share=s.total_ms / grand,
+    )
+
+
+def _lock_row(w: LockWait) -> rep.LockWaitRow:
+    return rep.LockWaitRow(
+        at=_iso(w.at),
+        pid=w.pid,
+        mode=w.mode,
+        lock=w.lock,
+        relation=w.relation,
+        wait_ms=w.wait_ms,
+        acquired=w.acquired,
+        holders=w.holders,
+        query=w.query,
+    )
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def _event_at(event: Event) -> datetime | None:
+    return event.at
