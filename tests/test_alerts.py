@@ -216,9 +216,16 @@ def test_webhook_receives_exactly_the_contract_payload(serve: Serve, dispatch: A
     assert [r.path for r in rec.requests] == ["/hook", "/hook"]
     assert rec.requests[0].headers["Content-Type"] == "application/json"
     firing, resolved = rec.bodies()
-    assert set(firing) == {"status", "incident", "diagnosis"}
-    assert firing == {"status": "firing", "incident": "inc-1", "diagnosis": sample_diagnosis()}
-    assert resolved["status"] == "resolved" and set(resolved) == {"status", "incident", "diagnosis"}
+    keys = {"status", "incident", "diagnosis", "docs_url"}  # the contract + the docs link
+    assert set(firing) == keys
+    docs_url = "http://127.0.0.1:8080/docs/reference/verdicts/query_regression/"
+    assert firing == {
+        "status": "firing",
+        "incident": "inc-1",
+        "diagnosis": sample_diagnosis(),
+        "docs_url": docs_url,
+    }
+    assert resolved["status"] == "resolved" and set(resolved) == keys
     assert d.status()[0].sent == 2 and d.status()[0].failed == 0
 
 

@@ -141,8 +141,9 @@ def test_frequency_x10_after_deploy_pages_names_culprit_and_resolves(
         end = time.time()
     alert = firing(receiver)[0]
     diagnosis = alert["diagnosis"]
-    assert set(alert) == {"status", "incident", "diagnosis"}
+    assert set(alert) == {"status", "incident", "diagnosis", "docs_url"}
     assert diagnosis["verdict"] == "query_regression", diagnosis["summary"]
+    assert alert["docs_url"].endswith("/docs/reference/verdicts/query_regression/")
     culprit = diagnosis["culprits"][0]
     assert culprit["query"] == "SELECT count(*) FROM wl_items WHERE category = $1"
     assert culprit["kind"] == "frequency"

@@ -2,9 +2,10 @@
 
 Alertmanager tells alerts apart by their labels, so the labels hold only what stays the same
 from firing to resolved (the incident and the monitored server); the verdict, summary and
-culprit go in annotations. A resolved alert carries ``endsAt``. An alert without ``endsAt`` is
-resolved by Alertmanager after its ``resolve_timeout`` (5 minutes by default) unless it is sent
-again, so this channel asks the dispatcher to re-send firing incidents.
+culprit go in annotations, with ``runbook_url``: the documentation page of the verdict. A
+resolved alert carries ``endsAt``. An alert without ``endsAt`` is resolved by Alertmanager after
+its ``resolve_timeout`` (5 minutes by default) unless it is sent again, so this channel asks the
+dispatcher to re-send firing incidents.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from querywatch.alerts.channel import checked_url, redact
 from querywatch.alerts.message import (
     Notification,
     culprit_text,
+    docs_link,
     iso,
     severity,
     summary,
@@ -33,6 +35,7 @@ def alert_annotations(n: Notification) -> dict[str, str]:
     notes = {"summary": summary(n), "description": culprit_text(n) or summary(n)}
     notes["verdict"] = verdict(n)
     notes["severity"] = severity(n)
+    notes["runbook_url"] = docs_link(n)  # the annotation Alertmanager templates link to
     return notes
 
 

@@ -16,6 +16,7 @@ Without one (tests, one-off sends) the in-memory lanes below keep their bounded 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -26,9 +27,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
+from querywatch import docs
 from querywatch.alerts.alertmanager import AlertmanagerChannel
 from querywatch.alerts.channel import Channel
-from querywatch.alerts.message import Notification, clip
+from querywatch.alerts.message import Notification, clip, docs_link
 from querywatch.alerts.outbox import (
     OutboxLane,
     OutboxStore,
@@ -286,7 +288,8 @@ class Dispatcher:
 
     ``store`` turns on the outbox: ``outbox.max_age`` bounds how long a notification is retried
     and ``outbox.max_backoff`` the wait between tries (``retries`` and ``queue_size`` then do not
-    apply).
+    apply). ``docs_base`` is the base URL of the documentation (the ``docs_url`` setting): every
+    notification without its own ``docs_url`` gets the page of its verdict there.
     """
 
     def __init__(
@@ -301,7 +304,9 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         store: OutboxStore | None = None,
         outbox: OutboxSettings = OutboxSettings(),
+        docs_base: str = docs.DEFAULT_BASE,
     ) -> None:
+        self._docs_base = docs_base
         policy = Policy(timeout=timeout, retries=retries, backoff=backoff, queue_size=queue_size)
         _check(policy)
         self._policy, self._store, self._clock = policy, store, clock
@@ -328,14 +333,21 @@ class Dispatcher:
         transaction (``Store.save_incident(..., notify=...)``); none without a store."""
         if self._store is None or not self._channels:
             return []
+        n = self._with_docs(n)
         try:
             return entries(self._channels, n, self._clock())
         except (TypeError, ValueError) as exc:  # a diagnosis that is not JSON: sent from memory
             log.warning("alert %s incident %s cannot be stored: %s", n.status, n.incident, exc)
             return []
 
+    def _with_docs(self, n: Notification) -> Notification:
+        if n.docs_url is not None:
+            return n
+        return dataclasses.replace(n, docs_url=docs_link(n, self._docs_base))
+
     def notify(self, n: Notification) -> None:
         """Queue ``n`` for every channel (in the outbox when there is a store) and return."""
+        n = self._with_docs(n)
         if self._stop.is_set():
             log.warning(
                 "alert dropped: %s incident %s after the dispatcher closed", n.status, n.incident

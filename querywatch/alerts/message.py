@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from querywatch import docs
+
 Status = Literal["firing", "resolved"]
 
 STORE_UNWRITABLE = "store_unwritable"  # the verdict of querywatch's own alert: its store is full
@@ -42,6 +44,8 @@ class Notification:
     password), ``started_at`` is when a resolved incident first fired (when known) and ``link`` an
     optional URL to the incident in querywatch's web UI. ``revision`` is 0 for the page itself and
     n for its n-th update: a firing incident that more statements joined, sent again under its id.
+    ``docs_url`` is the page of the verdict in the documentation (the dispatcher sets it from the
+    ``docs_url`` setting; :func:`docs_link` falls back to the default base).
     """
 
     status: Status
@@ -52,6 +56,7 @@ class Notification:
     started_at: float | None = None
     link: str | None = None
     revision: int = 0
+    docs_url: str | None = None
 
 
 def iso(ts: float) -> str:
@@ -76,6 +81,15 @@ def severity(n: Notification) -> str:
 def summary(n: Notification) -> str:
     """The diagnosis' one-sentence summary, or a generic one when it has none."""
     return _text(n.diagnosis, "summary") or f"querywatch incident {n.incident}: {verdict(n)}"
+
+
+def docs_link(n: Notification, base: str = docs.DEFAULT_BASE) -> str:
+    """The documentation page of the notification's verdict: what it means and how to fix it.
+
+    >>> docs_link(Notification("firing", "1", {"verdict": "lock_contention"}, 0.0))
+    'http://127.0.0.1:8080/docs/reference/verdicts/lock_contention/'
+    """
+    return n.docs_url or docs.verdict_link(verdict(n), base)
 
 
 def title(n: Notification) -> str:

@@ -98,6 +98,7 @@ def to_json(n: Notification) -> str:
             "started_at": n.started_at,
             "link": n.link,
             "revision": n.revision,
+            "docs_url": n.docs_url,
         }
     )
 
@@ -113,6 +114,7 @@ def from_json(text: str) -> Notification:
         started_at=d.get("started_at"),
         link=d.get("link"),
         revision=int(d.get("revision") or 0),
+        docs_url=d.get("docs_url"),
     )
 
 

@@ -14,6 +14,7 @@ from querywatch.alerts.message import (
     clip,
     culprit_text,
     culprits,
+    docs_link,
     iso,
     severity,
     summary,
@@ -33,6 +34,7 @@ def dedup_key(n: Notification) -> str:
 
 def _details(n: Notification) -> dict[str, object]:
     details: dict[str, object] = {"incident": n.incident, "verdict": verdict(n)}
+    details["docs_url"] = docs_link(n)
     details["culprit"] = culprit_text(n)
     for key in ("traffic_factor", "window", "baseline", "deploys"):
         if key in n.diagnosis:
@@ -71,6 +73,9 @@ def payload(n: Notification, routing_key: str) -> dict[str, object]:
         event["client"] = "querywatch"
         if n.link:
             event["client_url"] = n.link
+        event["links"] = [
+            {"href": docs_link(n), "text": f"What to do: {verdict(n)} (querywatch docs)"}
+        ]
     return event
 
 

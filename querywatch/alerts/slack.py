@@ -14,6 +14,7 @@ from querywatch.alerts.message import (
     Notification,
     clip,
     culprits,
+    docs_link,
     evidence,
     summary,
     title,
@@ -68,6 +69,7 @@ def _context(n: Notification) -> dict[str, object]:
         facts.append(f"traffic x{factor:.2g}")
     if n.link:
         facts.append(f"<{n.link}|open in querywatch>")
+    facts.append(f"<{docs_link(n)}|what to do: {escape(verdict(n))}>")
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(facts)}]}
 
 

@@ -1,8 +1,9 @@
-"""The contract webhook: ``{"status", "incident", "diagnosis"}`` POSTed as JSON.
+"""The contract webhook: ``{"status", "incident", "diagnosis"}`` POSTed as JSON, and
+``docs_url``, the documentation page of the verdict (an addition to the contract).
 
 >>> n = Notification("resolved", "7", {"verdict": "healthy"}, 0.0)
 >>> payload(n)
-{'status': 'resolved', 'incident': '7', 'diagnosis': {'verdict': 'healthy'}}
+{'status': 'resolved', 'incident': '7', 'diagnosis': {'verdict': 'healthy'}, 'docs_url': 'http://127.0.0.1:8080/docs/reference/verdicts/healthy/'}
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from querywatch.alerts.channel import checked_url, redact
-from querywatch.alerts.message import Notification
+from querywatch.alerts.message import Notification, docs_link
 
 
 def payload(n: Notification) -> dict[str, object]:
-    """Exactly the keys of the public contract, the diagnosis copied as given."""
-    return {"status": n.status, "incident": n.incident, "diagnosis": dict(n.diagnosis)}
+    """The keys of the public contract, the diagnosis copied as given, and the docs link."""
+    return {
+        "status": n.status,
+        "incident": n.incident,
+        "diagnosis": dict(n.diagnosis),
+        "docs_url": docs_link(n),
+    }
 
 
 @dataclass(frozen=True)
