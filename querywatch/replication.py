@@ -31,6 +31,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import median
+from typing import Any
 
 from .durations import clock
 from .errors import ConfigError
@@ -171,6 +172,7 @@ class ReplicationSettings:
     lag_factor: float = 5.0  # and it must be this many times the replica's usual lag
     hold: int = 2  # samples in a row above the threshold before it fires
     history: int = 360  # samples of lag history the baseline is taken from
+    min_history: int = 10  # samples needed before the baseline counts (the floor alone before)
     slot_inactive_bytes: float = 1 * MiB  # an inactive slot holding this much WAL is a finding
     slot_retained_bytes: float = 1024 * MiB  # an active slot holding this much WAL is a finding
 
@@ -178,33 +180,44 @@ class ReplicationSettings:
 def settings_from_mapping(table: Mapping[str, object]) -> ReplicationSettings:
     """``[replication]`` of querywatch.toml as settings; a wrong key or value is a ConfigError."""
     known = ReplicationSettings.__dataclass_fields__
-    values: dict[str, float | int] = {}
+    values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in known:
             raise ConfigError(f"[replication]: unknown setting {key!r} (known: {', '.join(known)})")
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(float(value)) or float(value) < 0:  # type: ignore[arg-type]
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if number is None or not math.isfinite(number) or number < 0:
             raise ConfigError(f"[replication] {key}: {value!r} is not a number >= 0")
-        values[key] = int(value) if key in {"hold", "history"} else float(value)  # type: ignore[arg-type]
-    return ReplicationSettings(**values)  # type: ignore[arg-type]
+        values[key] = int(number) if key in {"hold", "history", "min_history"} else float(number)
+    return ReplicationSettings(**values)
+
+
+def settings_from_sections(sections: Mapping[str, Mapping[str, object]]) -> ReplicationSettings:
+    """The ``[replication]`` table of querywatch.toml's tables (defaults when absent)."""
+    return settings_from_mapping(sections.get("replication", {}))
 
 
 # -- failover: what changed between two samples of one server ------------------------------------
-def changes(previous: NodeState | None, current: NodeState) -> list[TopologyEvent]:
-    """Events between a server's last reachable sample (or its last one, when unreachable) and
-    ``current``. A first sample has nothing to compare with: no event."""
+def changes(
+    previous: NodeState | None, current: NodeState, known: NodeState | None = None
+) -> list[TopologyEvent]:
+    """Events between a server's last sample ``previous``, its last reachable one ``known``
+    (default: ``previous`` when reachable) and ``current``: reachability is compared with the
+    last sample, role and identity with the last reachable one. A first sample: no event."""
     if previous is None:
         return []
+    known = known if known is not None else (previous if previous.reachable else None)
     at, name = current.at, current.server
     if not current.reachable:
         if not previous.reachable:
             return []
-        return [TopologyEvent(name, at, UNREACHABLE, f"{previous.role} unreachable")]
+        role = known.role if known is not None else "server"
+        return [TopologyEvent(name, at, UNREACHABLE, f"{role} unreachable")]
     events = []
     if not previous.reachable:
         events.append(TopologyEvent(name, at, REACHABLE, f"reachable again, {current.role}"))
-    events.extend(_identity(previous, current))
-    events.extend(_role(previous, current))
+    if known is not None:
+        events.extend(_identity(known, current))
+        events.extend(_role(known, current))
     return events
 
 
@@ -292,14 +305,17 @@ def lag_value(replica: ReplicaState, settings: ReplicationSettings) -> tuple[flo
 
 def lag_threshold(history: Sequence[float], floor: float, settings: ReplicationSettings) -> float:
     """The lag above which a sample is high: the floor, or ``lag_factor`` x the median of the
-    replica's history when that is larger (a replica that always lags a little).
+    replica's history when that is larger (a replica that always lags a little, e.g. a delayed
+    one). A history shorter than ``min_history`` is not a baseline yet: the floor alone.
 
-    >>> lag_threshold([0.0, 0.1, 0.2], 30.0, ReplicationSettings())
+    >>> lag_threshold([0.0, 0.1, 0.2] * 4, 30.0, ReplicationSettings())
     30.0
-    >>> lag_threshold([10.0, 12.0, 14.0], 30.0, ReplicationSettings())
+    >>> lag_threshold([10.0, 12.0, 14.0] * 4, 30.0, ReplicationSettings())
     60.0
+    >>> lag_threshold([10.0, 12.0, 14.0], 30.0, ReplicationSettings())
+    30.0
     """
-    usual = median(history) if history else 0.0
+    usual = median(history) if len(history) >= settings.min_history else 0.0
     return max(floor, settings.lag_factor * usual)
 
 

@@ -32,12 +32,14 @@ from .durations import human
 from .errors import ServerLeased, SourceError, StoreError
 from .model import Interval
 from .monitor import Monitor
+from .replication import settings_from_sections as replication_settings
 from .settings import ServerEntry, Settings
 from .source.cores import server_cores
 from .source.postgres import PostgresSource, describe_dsn
 from .status import SERVER_INFO
 from .store import Store
 from .store.leases import Lease
+from .topology import TopologyMonitor
 from .watcher import BACKOFF_MAX_S, BACKOFF_START_S, CollectorStatus, IntervalHook, Watcher
 
 if TYPE_CHECKING:
@@ -256,6 +258,12 @@ def _prepare(shared: _Shared, unit: ServerWatch) -> None:
     monitor.use_long_run(watcher.source, cfg.interval)
     unit.monitor = monitor
     watcher.on_interval = unit.on_interval
+    topology = TopologyMonitor(  # replication state, failover and lag (querywatch.topology)
+        st, watcher.server_id, name, watcher.source, replication_settings(cfg.sections)
+    )
+    topology.labels, topology.dispatcher = unit.entry.labels, shared.dispatcher
+    unit.hooks.append(topology.on_interval)
+    watcher.on_failure = topology.on_failure
     log.info(
         "watching %s every %s (%d alert channels, %d stored intervals reused)",
         name,

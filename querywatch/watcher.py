@@ -76,6 +76,7 @@ class CollectorStatus:
 
 IntervalHook = Callable[[int, Interval], None]
 StoreHook = Callable[[str], None]
+FailureHook = Callable[[SourceError], None]
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class Watcher:
     on_store_error: StoreHook | None = None  # called once per outage of the store, with why
     on_store_back: StoreHook | None = None  # called once the intervals kept meanwhile are written
     backlog_s: float = BACKLOG_S  # intervals kept in memory while the store fails, at most
+    on_failure: FailureHook | None = None  # called when the server could not be read
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -485,6 +487,8 @@ class Watcher:
         self.status.last_error_at = now
         self._samples = []
         self._save_status()
+        if self.on_failure is not None:
+            self.on_failure(exc)
 
     def _record_down_gap(self) -> None:
         if self._down_since is None or self._server_id is None:

@@ -15,9 +15,10 @@ function takes a DB-API connection; none commits.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from ..replication import NodeState, ReplicaState, SlotState, TopologyEvent
+from .db import Connection
 
 REPLICATION = """
 CREATE TABLE node_states (
@@ -147,12 +148,6 @@ PRUNE = (
 )
 
 
-class Connection(Protocol):
-    """The DB-API connection methods used here (sqlite3 and psycopg both have them)."""
-
-    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
-
-
 def save(
     conn: Connection,
     server_id: int,
@@ -170,8 +165,8 @@ def save(
     if slots is not None:
         conn.execute(DELETE_SLOTS, (server_id,))
         for s in slots:
-            row = (server_id, s.slot_name, s.at, s.slot_type, int(s.active), s.retained_bytes)
-            conn.execute(INSERT_SLOT, (*row, s.wal_status))
+            slot = (server_id, s.slot_name, s.at, s.slot_type, int(s.active), s.retained_bytes)
+            conn.execute(INSERT_SLOT, (*slot, s.wal_status))
     for e in events:
         conn.execute(INSERT_EVENT, (server_id, e.at, e.kind, e.detail))
 

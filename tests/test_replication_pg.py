@@ -1,0 +1,205 @@
+"""Acceptance of replication health and failover detection on real PostgreSQL (issue 15A).
+
+One primary (db-1) and one streaming replica made with pg_basebackup (db-2), both watched by one
+``run_watch`` (a fleet of two, 1 s intervals) with a webhook to a real HTTP receiver on
+127.0.0.1. The tests run in order on the same pair and the same watch: the replica discovered,
+its lag rising while replay is paused and falling back once resumed, an inactive slot holding
+WAL, then a failover (db-1 stopped, db-2 promoted with pg_ctl) at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from conftest import MakePg
+from replica_fixtures import promote, start_replica
+
+from querywatch.alerts.webhook import WebhookChannel
+from querywatch.demo.receiver import Alert, AlertReceiver
+from querywatch.localpg import LocalPostgres
+from querywatch.replication import LAG, LAG_BACK, PROMOTED, SLOT_INACTIVE, UNREACHABLE
+from querywatch.service import WatchOptions, run_watch
+from querywatch.settings import ServerEntry, Settings
+from querywatch.store import Store
+from querywatch.topology import STATUS
+
+INTERVAL = 1.0
+LAG_S = 2.0  # [replication] lag_s for the test: a paused replay is past it in ~3 s
+T = TypeVar("T")
+
+
+@dataclass
+class Pair:
+    primary: LocalPostgres
+    replica: LocalPostgres
+    store: Path
+    receiver: AlertReceiver
+
+    def open_store(self) -> Store:
+        return Store(self.store)
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not seen within {timeout:g} s: {what}")
+
+
+def _writes(dsn: str, stop: threading.Event) -> None:
+    """Writes on the primary all along, so WAL keeps coming to the replica."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS ticks (n int, pad text)")
+        while not stop.wait(0.05):
+            try:
+                conn.execute(
+                    "INSERT INTO ticks SELECT g, repeat('x', 100) FROM generate_series(1, 200) g"
+                )
+            except psycopg.OperationalError:
+                return  # the primary was stopped (the failover test)
+
+
+@pytest.fixture(scope="module")
+def pair(make_pg: MakePg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    primary = make_pg()
+    replica = start_replica(primary, "db-2")
+    receiver = AlertReceiver().start()
+    store = tmp_path_factory.mktemp("replication") / "qw.db"
+    Store(store).close()  # created (migrated) before the watch and the tests open it
+    cfg = Settings(
+        store=str(store),
+        interval=INTERVAL,
+        servers=(
+            ServerEntry("db-1", primary.dsn, {"env": "prod", "role": "primary"}),
+            ServerEntry("db-2", replica.dsn, {"env": "prod", "role": "replica"}),
+        ),
+        sections={"replication": {"lag_s": LAG_S, "hold": 2}},
+    )
+    stop, writing = threading.Event(), threading.Event()
+    options = WatchOptions(channels=[WebhookChannel(receiver.url)])
+    watch = threading.Thread(target=run_watch, args=(cfg, options, stop), daemon=True)
+    writer = threading.Thread(target=_writes, args=(primary.dsn, writing), daemon=True)
+    watch.start()
+    writer.start()
+    try:
+        yield Pair(primary, replica, store, receiver)
+    finally:
+        writing.set()
+        stop.set()
+        watch.join(30)
+        writer.join(10)
+        receiver.stop()
+        replica.cleanup()
+
+
+def _server_id(store: Store, name: str) -> int | None:
+    return next((s.id for s in store.servers() if s.name == name), None)
+
+
+def _alerts(receiver: AlertReceiver, verdict: str, status: str) -> list[Alert]:
+    return [
+        a
+        for a in list(receiver.alerts)
+        if a.status == status and a.body["diagnosis"].get("verdict") == verdict
+    ]
+
+
+def test_replica_discovered_and_its_lag_detected_then_back(pair: Pair) -> None:
+    with pair.open_store() as store:
+        primary = wait_for("db-1 in the store", lambda: _server_id(store, "db-1"))
+        replicas = wait_for("db-2 listed by db-1", lambda: store.replicas(primary))
+        assert [(r.name, r.watched, r.state) for r in replicas] == [("db-2", "db-2", "streaming")]
+        with psycopg.connect(pair.replica.dsn, autocommit=True) as conn:
+            paused_at = time.time()
+            conn.execute("SELECT pg_wal_replay_pause()")
+            fired = wait_for(
+                "a lag alert", lambda: _alerts(pair.receiver, "replication_lag", "firing")
+            )
+            event = next(e for e in store.topology_events(primary) if e.kind == LAG)
+            peak = max(
+                r.replay_lag_s or 0.0 for r in store.replica_lag(primary, paused_at, time.time())
+            )
+            resumed_at = time.time()
+            conn.execute("SELECT pg_wal_replay_resume()")
+        wait_for("the lag resolved", lambda: _alerts(pair.receiver, "replication_lag", "resolved"))
+        back = next(e for e in store.topology_events(primary) if e.kind == LAG_BACK)
+        history = store.replica_lag(primary, paused_at - 5, time.time(), "db-2")
+    print(
+        f"\nlag: detected {event.at - paused_at:.1f} s after the pause ({event.detail}), "
+        f"alert {fired[0].received_at - paused_at:.1f} s, peak {peak:.1f} s; back "
+        f"{back.at - resumed_at:.1f} s after resume ({back.detail})"
+    )
+    assert "db-2" in fired[0].body["diagnosis"]["summary"]
+    assert event.at - paused_at < 10 * INTERVAL
+    after = [r.replay_lag_s or 0.0 for r in history if r.at > back.at]
+    assert peak >= LAG_S and all(lag < LAG_S for lag in after)
+
+
+def test_inactive_slot_holding_wal_is_a_finding_with_its_fix(pair: Pair) -> None:
+    with psycopg.connect(pair.primary.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_physical_replication_slot('stale_slot', true)")
+        conn.execute(
+            "INSERT INTO ticks SELECT g, repeat('y', 500) FROM generate_series(1, 20000) g"
+        )
+    with pair.open_store() as store:
+
+        def finding() -> dict[str, Any] | None:
+            found = store.status().get(f"{STATUS}db-1", {}).get("findings", [])
+            return next((f for f in found if f["subject"] == "stale_slot"), None)
+
+        found = wait_for("the slot finding", finding)
+        print(f"\nfinding: {found['message']}; fix: {found['fix']}")
+        assert found["id"] == SLOT_INACTIVE
+        with psycopg.connect(pair.primary.dsn, autocommit=True) as conn:
+            conn.execute(found["fix"])  # the fix as given drops the slot
+        wait_for("the finding gone", lambda: finding() is None)
+
+
+def test_promotion_is_a_failover_event_alerted_and_history_stays(pair: Pair) -> None:
+    with pair.open_store() as store:
+        ids = {
+            name: wait_for(name, lambda n=name: _server_id(store, n)) for name in ("db-1", "db-2")
+        }
+        before = {name: store.interval_count(sid) for name, sid in ids.items()}
+        pair.primary.stop()
+        stopped_at = time.time()
+        wait_for(
+            "db-1 unreachable",
+            lambda: [e for e in store.topology_events(ids["db-1"]) if e.kind == UNREACHABLE],
+        )
+        promoted_at = time.time()
+        promote(pair.replica)
+        event = wait_for(
+            "db-2 promoted",
+            lambda: next(
+                (e for e in store.topology_events(ids["db-2"]) if e.kind == PROMOTED), None
+            ),
+        )
+        alert = wait_for("the failover alert", lambda: _alerts(pair.receiver, "failover", "firing"))
+        time.sleep(3 * INTERVAL)
+        after = {name: store.interval_count(sid) for name, sid in ids.items()}
+        gaps = store.gaps(ids["db-2"], promoted_at - 5, time.time())
+        replica_node = store.node_state(ids["db-2"])
+    summary = alert[0].body["diagnosis"]["summary"]
+    print(
+        f"\nfailover: event {event.at - promoted_at:.2f} s after pg_ctl promote, alert "
+        f"{alert[0].received_at - promoted_at:.2f} s; db-1 stopped {promoted_at - stopped_at:.1f} s "
+        f"before; intervals before {before}, after {after}; summary: {summary}"
+    )
+    assert event.at - promoted_at <= 2 * INTERVAL + 0.5
+    assert summary.startswith("replica db-2 promoted at ") and "timeline 1 -> 2" in summary
+    assert "db-1 unreachable since" in summary
+    assert after["db-1"] >= before["db-1"] > 0  # the stopped primary keeps its history
+    assert after["db-2"] > before["db-2"] > 0  # the promoted replica goes on collecting
+    assert not [g for g in gaps if not g.partial], "promotion is no gap on db-2"
+    assert replica_node is not None and replica_node.role == "primary"
