@@ -46,6 +46,7 @@ from .clikit import (
 from .clikit import fleet as configured_servers
 from .demo import commands as demo_commands
 from .detect import Detector, settings_from_mapping
+from .docs import INSTALL, configured_base, page_url, verdict_link
 from .durations import human, iso, parse_duration, parse_time
 from .errors import InputError, QuerywatchError, SourceError
 from .gate import commands as gate_commands
@@ -201,6 +202,7 @@ def check_command(
         results = _checks(cfg, cfg.dsn)
         if fmt is Format.json:
             doc = {"server": describe_dsn(cfg.dsn), "checks": [f.as_dict() for f in results]}
+            doc["docs_url"] = _install_docs()
             out.print_json(json.dumps(doc))
         else:
             _print_checks(results)
@@ -211,7 +213,7 @@ def check_command(
         found = list(pool.map(lambda e: _fleet_checks(cfg, e.dsn), entries))
     if fmt is Format.json:
         docs = [check.server_doc(e.name, e.labels, r) for e, r in zip(entries, found, strict=True)]
-        out.print_json(json.dumps({"servers": docs}))
+        out.print_json(json.dumps({"servers": docs, "docs_url": _install_docs()}))
     else:
         for entry, results in zip(entries, found, strict=True):
             out.print(check.server_title(entry.name, entry.labels, results), markup=False)
@@ -268,6 +270,13 @@ def _print_checks(results: list[check.Finding]) -> None:
         out.print(f"{_MARKS[f.level]} {f.name}: {f.message}")
         if f.fix and f.level is not check.Level.OK:
             out.print(f"      fix: {f.fix}")
+    if any(f.level is not check.Level.OK for f in results):
+        out.print(f"docs: {_install_docs()}", markup=False)
+
+
+def _install_docs() -> str:
+    """The install page: how to enable what `check` looks for, managed services included."""
+    return page_url(INSTALL, configured_base())
 
 
 @app.command()
@@ -405,10 +414,11 @@ def _diagnose_now(dsn: str | None, sample_s: float) -> Diagnosis:
 
 
 def _print_diagnosis(result: Diagnosis, fmt: Format) -> None:
+    link = verdict_link(result.verdict.value, configured_base())  # what to do
     if fmt is Format.json:
-        out.print_json(json.dumps(diagnosis_to_json(result)))
+        out.print_json(json.dumps({**diagnosis_to_json(result), "docs_url": link}))
     else:
-        out.print(diagnosis_to_text(result), markup=False)
+        out.print(f"{diagnosis_to_text(result)}\ndocs: {link}", markup=False)
 
 
 mark_app = typer.Typer(

@@ -29,6 +29,10 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from querywatch.settings import Settings
 
 KINDS = ("verdicts", "rules", "findings", "health", "alerts")
 TITLES: Mapping[str, str] = {
@@ -42,6 +46,7 @@ DOCS_PATH = "/docs/"  # where `querywatch serve` serves the built site
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 DEFAULT_BASE = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}{DOCS_PATH}"
 REFERENCE = "reference/"
+INSTALL = "install/"  # the page `querywatch check` links to: how to enable what it checks
 FIX_HEADING = "## Fix"
 _ANY_ADDRESS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
@@ -56,6 +61,14 @@ def base_url(docs_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) 
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"http://{host}:{port}{DOCS_PATH}"
+
+
+def configured_base(cfg: Settings | None = None) -> str:
+    """The base URL the settings give (``docs_url``, ``host``, ``port``; loaded when not given)."""
+    from querywatch.settings import load
+
+    cfg = load() if cfg is None else cfg
+    return base_url(cfg.docs_url, cfg.host, cfg.port)
 
 
 def page_url(page: str, base: str = DEFAULT_BASE) -> str:
