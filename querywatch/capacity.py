@@ -141,9 +141,9 @@ class Headroom:
 
     def sentence(self) -> str:
         return (
-            f"statements keep {figure(self.busy_cores)} of {self.cores} cores busy "
+            f"statements keep {self.busy_cores:.1f} of {self.cores} cores busy "
             f"({self.used:.0%}, {self.db_ms_per_s:,.0f} ms of DB time per second): "
-            f"{figure(self.left_cores)} cores left"
+            f"{self.left_cores:.1f} cores left"
         )
 
     def as_json(self) -> dict[str, object]:
@@ -406,9 +406,9 @@ def place(
     calls = max(min(fit, statement.calls_per_s), 0.0)
     after = before + calls * statement.mean_ms / 1000.0
     limit = f"{settings.max_busy:.0%} of {replica.cores} cores"
-    busy = f"{figure(before)} -> {figure(after)} busy cores, lag {figure(lag)} s"
+    busy = f"{before:.1f} -> {after:.1f} busy cores, lag {figure(lag)} s"
     if calls <= 0:
-        why = f"already {figure(before)} of {replica.cores} cores busy (limit {limit})"
+        why = f"already {before:.1f} of {replica.cores} cores busy (limit {limit})"
         return Placement(replica.name, 0.0, False, why, replica.cores, before, before, lag)
     whole = calls >= statement.calls_per_s
     what = "all" if whole else f"{_rate(calls)} of the"

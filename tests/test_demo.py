@@ -54,6 +54,10 @@ def check_demo(result: subprocess.CompletedProcess[str], out: Path) -> str:
     for heading in ("## Timeline", "## Culprit", "## Ruled out", "## Fix and verification"):
         assert heading in report
     assert "lower(email)" in report and "traffic_surge" in report
+    # act 3: the primary got a streaming replica, and the culprit (a read) could have run there
+    assert "## Headroom and where the load could go" in report
+    assert "the culprit could have been served by replica shop-replica" in report
+    assert re.search(r"saturates \d+ cores at [\d,.]+ calls/s", report)
     # everything the demo started has stopped: the server, the API, the watcher
     ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", text)]
     assert ports and all(port_closed(p) for p in ports)

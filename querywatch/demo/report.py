@@ -30,6 +30,7 @@ class DemoFacts:
     surge: dict[str, Any] = field(default_factory=dict)
     loadtest: str = ""
     html_report: str = ""
+    replica: dict[str, Any] = field(default_factory=dict)  # act 3 (querywatch.demo.redistribute)
 
 
 def render(facts: DemoFacts) -> str:
@@ -89,6 +90,7 @@ def render(facts: DemoFacts) -> str:
             else "- no resolved notification arrived in time"
         ),
         "",
+        *_headroom(d, facts.replica),
         "## Diagnosis (JSON)",
         "",
         "```json",
@@ -114,6 +116,22 @@ def _ruled_out(d: dict[str, Any], surge: dict[str, Any]) -> list[str]:
             f"{sd.get('summary', '')}"
         )
     return lines
+
+
+def _headroom(d: dict[str, Any], replica: dict[str, Any]) -> list[str]:
+    """Headroom during the incident (the alert's diagnosis) and whether the replica made at the
+    end could have served the culprit (act 3)."""
+    at_alert = (d.get("capacity") or {}).get("lines") or []
+    lines = replica.get("lines") or []
+    if not at_alert and not lines:
+        return []
+    parts = ["## Headroom and where the load could go", ""]
+    if at_alert:
+        parts += ["When the alert fired:", "", *[f"- {line}" for line in at_alert], ""]
+    if lines:
+        parts += ["Act 3, the primary with a streaming replica:", ""]
+        parts += [f"- {line}" for line in lines] + [""]
+    return parts
 
 
 def _verification(v: dict[str, Any]) -> str:

@@ -212,9 +212,37 @@ class Demo:
         for line in facts.loadtest.splitlines():
             self.say("   " + line)
         facts.surge = self._surge(store, traffic, receiver)
+        facts.replica = self._replica(pg, store, firing.body, rollout, fix_started)
         facts.html_report = self._html_report(store, firing.body["incident"])
         self.say("stopping the traffic, the API, querywatch watch and PostgreSQL")
         return facts
+
+    def _replica(
+        self, pg: LocalPostgres, store: Store, firing: dict[str, Any], rollout: float, fixed: float
+    ) -> dict[str, Any]:
+        """Act 3: the primary gets a streaming replica; could the culprit have run there?"""
+        from .redistribute import incident_figures, replica_act
+
+        self.say("act 3: the shop's primary gets a streaming replica (pg_basebackup)", "bold")
+        culprit = (firing["diagnosis"].get("culprits") or [{}])[0]
+        figures = incident_figures(store, culprit, rollout + self.plan.interval, fixed)
+        if figures is None:
+            self.say("   no figures of the culprit between the rollout and the fix", "yellow")
+            return {}
+
+        def loadtest(dsn: str) -> Any:
+            from ..loadtest import run_loadtest
+
+            rate, seconds = self.plan.loadtest_rate, self.plan.loadtest_s
+            emails = [(f"customer{1 + (i * 7919) % 100_000}@example.com",) for i in range(500)]
+            return run_loadtest(
+                dsn, figures.query, rate, seconds, concurrency=4, params=emails, drain_s=2.0
+            )
+
+        act = replica_act(pg, figures, loadtest, self.say)
+        for line in act.lines:
+            self.say("   " + line, "bold green" if line.startswith("the culprit could") else "")
+        return act.as_json()
 
     def _html_report(self, store: Store, incident_id: str) -> str:
         """The dashboard's standalone HTML page of the incident, saved beside the Markdown one."""
@@ -524,6 +552,7 @@ def _diagnosis_lines(doc: dict[str, Any]) -> list[str]:
         )
     for d in doc.get("deploys", []):
         lines.append(f"deploy {d['version']}: {'SUSPECT' if d['suspect'] else 'not a suspect'}")
+    lines.extend((doc.get("capacity") or {}).get("lines", [])[:2])  # headroom, capacity
     return lines
 
 
