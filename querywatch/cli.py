@@ -51,6 +51,7 @@ from .durations import human, iso, parse_duration, parse_time
 from .errors import InputError, QuerywatchError, SourceError
 from .gate import commands as gate_commands
 from .loadtest import commands as loadtest_commands
+from .logs import commands as logs_commands
 from .model import Diagnosis
 from .monitor import Monitor
 from .oneshot import diagnose_now
@@ -546,6 +547,7 @@ FEATURES: tuple[Callable[[typer.Typer], None], ...] = (
     gate_commands.register,
     advise_commands.register,
     web_commands.register,
+    logs_commands.register,
 )
 for register in FEATURES:
     register(app)

@@ -20,6 +20,7 @@ from querywatch.store.logevents import log_queryid
 T0 = datetime(2026, 11, 30, 10, 0, 0, tzinfo=UTC)
 SLOW = "SELECT * FROM orders WHERE email = 'a@b.c'"
 FAST = "SELECT id FROM users WHERE id = 5"
+LAST = 590.001  # seconds after T0 of the workload's last statement
 
 
 def stmt(
@@ -71,7 +72,8 @@ def test_durations_become_intervals_the_readers_sum(tmp_path: Path) -> None:
     assert fingerprint("SELECT 1 FROM pg_stat_statements") not in by_fp  # own: left out
     assert by_fp[fingerprint(SLOW)].queryids == ()  # a log has no queryid: none is invented
     assert by_fp[fingerprint(SLOW)].query == normalize(SLOW)
-    assert covered == pytest.approx(600.0)  # ten 1-minute buckets, empty ones included
+    # ten 1-minute buckets, empty ones included; the last one ends with the log's last line
+    assert covered == pytest.approx(LAST)
     assert result.buckets == 10
 
 
@@ -96,7 +98,7 @@ def test_a_log_that_goes_on_adds_to_its_last_bucket(tmp_path: Path) -> None:
         intervals = st.summaries(srv.id, T0.timestamp(), T0.timestamp() + 600)
     calls = {r.fingerprint: r.counters.calls for r in rows}
     assert calls[fingerprint(FAST)] == 60 and calls[fingerprint(SLOW)] == 15
-    assert len(intervals) == 10 and covered == pytest.approx(600.0)
+    assert len(intervals) == 10 and covered == pytest.approx(LAST)
 
 
 def test_pg_stat_statements_intervals_win_over_the_log(tmp_path: Path) -> None:
@@ -132,7 +134,7 @@ def test_buckets_behind_the_rollup_marks_are_rolled_up_at_once(tmp_path: Path) -
         rows, covered = st.totals(srv.id, T0.timestamp(), T0.timestamp() + 600)
     calls = {r.fingerprint: r.counters.calls for r in rows}
     assert calls[fingerprint(SLOW)] == 15 and calls[fingerprint(FAST)] == 60
-    assert covered == pytest.approx(600.0)
+    assert covered == pytest.approx(LAST)
 
 
 def lock_wait(seconds: float, acquired: bool, wait_ms: float) -> LockWait:

@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..advise import nodes
@@ -88,6 +88,7 @@ class Loader:
         self._texts: dict[str, str] = {}
         self._events: list[EventRow] = []
         self._plans: dict[tuple[str, str], tuple[dict[str, Any], float, float]] = {}
+        self._alike: dict[tuple[float, int, str, str], int] = {}
         self._next_bucket: float | None = None  # the first bucket not written yet
         self._newest: float | None = None
         self._span: tuple[float, float] | None = None  # of this batch, for log_ranges
@@ -105,7 +106,7 @@ class Loader:
         else:
             row = event_row(event, at)
             if row is not None:
-                self._events.append(row)
+                self._events.append(self._numbered(row))
         if len(self._events) + len(self._plans) >= BATCH:
             self.flush()
 
@@ -113,6 +114,15 @@ class Loader:
         for event in events:
             self.add(event)
         return self.close()
+
+    def _numbered(self, row: EventRow) -> EventRow:
+        """Two alike events of one process in one instant (two syntax errors in a millisecond)
+        stay two rows: the second gets ``#2`` in its ident, the same on every load."""
+        key = (row.at, row.pid, row.kind, row.ident)
+        if len(self._alike) > 10_000:
+            self._alike.clear()
+        n = self._alike[key] = self._alike.get(key, 0) + 1
+        return row if n == 1 else replace(row, ident=f"{row.ident}#{n}")
 
     def _seen(self, at: float) -> None:
         r = self.result
@@ -180,7 +190,10 @@ class Loader:
         while start <= last:
             sums = self._buckets.pop(start, {})
             frozen = {k: (int(v[0]), float(v[1])) for k, v in sums.items()}
-            out.append(Bucket(start, start + self.bucket_s, frozen))
+            end = start + self.bucket_s
+            if final and start == last and self.result.last_at is not None:
+                end = min(end, max(self.result.last_at, start + 1.0))  # the log stops here
+            out.append(Bucket(start, end, frozen))
             start += self.bucket_s
         self._next_bucket = start
         for late in [b for b in self._buckets if b < start]:  # out of order: add to its bucket
@@ -228,7 +241,7 @@ def event_row(event: Event, at: float) -> EventRow | None:
             at, pid, "temp_file", event.path, event.fingerprint, event.size_bytes, db, user, detail
         )
     if isinstance(event, Error):
-        ident = f"{event.severity}|{event.sqlstate}|{event.message[:200]}"
+        ident = f"{event.severity}|{event.message[:200]}"  # stderr may lack the SQLSTATE
         detail = _detail(
             severity=event.severity,
             sqlstate=event.sqlstate,

@@ -48,6 +48,7 @@ SELECT count(*) FROM intervals WHERE server_id = ? AND source <> 'logs' AND "end
 SELECT_LOG_INTERVAL = """
 SELECT id FROM intervals WHERE server_id = ? AND source = 'logs' AND start = ?
 """
+EXTEND_LOG_INTERVAL = 'UPDATE intervals SET "end" = ? WHERE id = ? AND "end" < ?'
 INSERT_LOG_INTERVAL = """
 INSERT INTO intervals (server_id, start, "end", complete, dealloc, source)
 VALUES (?, ?, ?, 1, 0, 'logs') RETURNING id
@@ -93,7 +94,10 @@ SELECT kind, count(*) FROM log_events WHERE server_id = ? AND at >= ? AND at < ?
 
 @dataclass(frozen=True)
 class Bucket:
-    """Statement durations of one bucket [start, end): per (fingerprint, own) calls and ms."""
+    """Statement durations of one bucket [start, end): per (fingerprint, own) calls and ms.
+
+    ``end`` is the bucket's end, or the time of the log's last line for the last bucket of a
+    log read up to now (a later load extends it)."""
 
     start: float
     end: float
@@ -179,6 +183,8 @@ def _save_bucket(
     if found is None:
         found = conn.execute(INSERT_LOG_INTERVAL, (server_id, bucket.start, bucket.end)).fetchone()
     interval_id = int(found[0])
+    if not created:  # the log went on: the bucket's interval covers it up to its new end
+        conn.execute(EXTEND_LOG_INTERVAL, (bucket.end, interval_id, bucket.end))
     minute_mark, hour_mark = marks
     folded = [  # rollups that maintain() has already made past this bucket: add to them too
         (res, (bucket.start // res) * res)

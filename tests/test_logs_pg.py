@@ -1,0 +1,139 @@
+"""`querywatch logs` on logs written by real PostgreSQL servers: stderr, csvlog and jsonlog of one
+server, a second server with another log_line_prefix; auto_explain plans, a lock wait, a deadlock,
+temp files and errors. What the report and the store say is compared with what the test ran and
+with pg_stat_statements of the same server (same fingerprints, same call counts)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from querywatch.store import Store
+from tests import logkit
+from tests.logkit import Ran
+from tests.test_cli import run
+
+FORMATS = ("stderr", "csvlog", "jsonlog")
+
+
+@pytest.fixture(scope="module")
+def ran(make_pg: Any, tmp_path_factory: pytest.TempPathFactory) -> Ran:
+    return logkit.write_logs(make_pg, tmp_path_factory.mktemp("logs-a"))
+
+
+@pytest.fixture(scope="module")
+def ran_b(make_pg: Any, tmp_path_factory: pytest.TempPathFactory) -> Ran:
+    return logkit.write_logs(
+        make_pg, tmp_path_factory.mktemp("logs-b"), prefix=logkit.PREFIX_B, destinations="stderr"
+    )
+
+
+def report(*args: str) -> dict[str, Any]:
+    result = run("logs", *args, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
+
+
+def by_fp(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["fingerprint"]: r for r in rows}
+
+
+def check_statements(doc: dict[str, Any], ran: Ran) -> None:
+    """Calls per statement as pg_stat_statements counted them, under its fingerprint."""
+    counted = by_fp(doc["top_by_count"])
+    for name in ("lookup", "count"):
+        fp, calls = ran.pgss[name]
+        assert counted[fp]["calls"] == calls, (name, counted.get(fp))
+    assert ran.pgss["lookup"][1] == logkit.LOOKUPS and ran.pgss["count"][1] == logkit.COUNTS
+    timed = by_fp(doc["top_by_time"])
+    assert timed[ran.fp("lookup")]["total_ms"] > 0
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_report_matches_what_ran(ran: Ran, kind: str) -> None:
+    doc = report(str(ran.logs[kind]))
+    check_statements(doc, ran)
+    assert doc["unparsed"]["count"] == 0, doc["unparsed"]
+    # temp files: the sort spilled, and the log names its statement
+    temp = by_fp([t for t in doc["temp_files"] if t["fingerprint"]])
+    assert temp[ran.fp("sort")]["count"] >= 1 and temp[ran.fp("sort")]["total_bytes"] > 0
+    # the lock wait: still waiting after deadlock_timeout, then acquired after the holder's commit
+    waits = [w for w in doc["lock_waits"] if w["query"] and "UPDATE items" in w["query"]]
+    acquired = [w for w in waits if w["acquired"]]
+    assert any(w["wait_ms"] >= logkit.LOCK_HELD_S * 1000 * 0.8 for w in acquired), waits
+    assert all(w["wait_ms"] <= ran.lock_wait_s * 1000 + 50 for w in acquired)
+    assert any(not w["acquired"] and w["holders"] for w in waits)
+    # the deadlock, once, and its error
+    assert len(doc["deadlocks"]) == ran.deadlocks == 1
+    errors = {e["message"].split(" at or near")[0]: e for e in doc["errors"]}
+    assert errors["deadlock detected"]["count"] == 1
+    assert errors["division by zero"]["count"] == 1
+    assert errors["syntax error"]["count"] == logkit.SYNTAX_ERRORS
+    if kind != "stderr":  # csvlog and jsonlog carry the SQLSTATE (stderr only with %e)
+        states = {e["sqlstate"]: e["count"] for e in doc["errors"]}
+        assert (states["40P01"], states["22012"], states["42601"]) == (1, 1, 2)
+    # auto_explain plans beside their executions, JSON and text
+    plans = {e["fingerprint"]: e for e in doc["plans"]}
+    assert plans[ran.fp("plan_json")]["plan_format"] == "json"
+    assert '"Node Type"' in plans[ran.fp("plan_json")]["plan"]
+    assert plans[ran.fp("plan_text")]["plan_format"] == "text"
+    assert "Scan" in plans[ran.fp("plan_text")]["plan"]
+    # per hour: every execution of the log counted once
+    assert sum(h["statements"] for h in doc["hours"]) == doc["counts"]["executions"]
+
+
+def test_another_log_line_prefix(ran_b: Ran) -> None:
+    doc = report(str(ran_b.logs["stderr"]))
+    check_statements(doc, ran_b)
+    assert doc["unparsed"]["count"] == 0
+    assert len(doc["deadlocks"]) == 1
+
+
+def test_the_three_formats_agree(ran: Ran) -> None:
+    docs = [report(str(ran.logs[k])) for k in FORMATS]
+    keys = ("executions", "lock_waits", "Deadlock", "temp_files", "errors", "Plan")
+    assert len({tuple(d["counts"].get(k) for k in keys) for d in docs}) == 1, [
+        d["counts"] for d in docs
+    ]
+    assert len({json.dumps(d["top_by_count"], sort_keys=True) for d in docs}) == 1
+
+
+def test_store_from_logs_serves_top_diagnose_and_plans(ran: Ran, tmp_path: Path) -> None:
+    """A server known only from its log: top and diagnose read it, plans are in the history."""
+    db = tmp_path / "qw.db"
+    doc = report(str(ran.logs["stderr"]), "--store", str(db), "--server", "from-logs")
+    assert doc["loaded"]["server"] == "from-logs" and doc["loaded"]["buckets"] >= 1
+    since = f"{int(time.time() - ran.started + 120)}s"
+    top = run("top", "--store", str(db), "--since", since, "--by", "calls", "--format", "json")
+    assert top.returncode == 0, top.stderr
+    listed = by_fp(json.loads(top.stdout)["statements"])
+    assert listed[ran.fp("lookup")]["calls"] == logkit.LOOKUPS
+    assert listed[ran.fp("count")]["calls"] == logkit.COUNTS
+    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ran.started - 60))
+    end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ran.ended + 60))
+    diag = run("diagnose", "--store", str(db), "--start", start, "--end", end, "--format", "json")
+    assert diag.returncode == 0, diag.stderr
+    assert json.loads(diag.stdout)["verdict"]
+    with Store(db, create=False) as st:
+        srv = next(s for s in st.servers() if s.name == "from-logs")
+        json_plans = st.plans(ran.fp("plan_json"), srv.id)
+        text_plans = st.plans(ran.fp("plan_text"), srv.id)
+        waits = st.log_events(srv.id, "lock_wait", ran.started - 5, ran.ended + 5)
+        temps = st.log_events(srv.id, "temp_file", ran.started - 5, ran.ended + 5)
+        dead = st.log_events(srv.id, "deadlock", ran.started - 5, ran.ended + 5)
+    assert json_plans and json_plans[0].plan["Plan"]["Node Type"] == "Aggregate"
+    assert text_plans and text_plans[0].total_cost > 0
+    assert any(w.fingerprint == ran.fp("locked") for w in waits)
+    assert [t.fingerprint for t in temps] == [ran.fp("sort")]
+    assert len(dead) == 1
+    kinds = ("LockWait", "Deadlock", "TempFile", "Error", "Checkpoint", "Autovacuum")
+    assert doc["loaded"]["events"] == sum(doc["counts"].get(k, 0) for k in kinds)
+    again = report(str(ran.logs["stderr"]), "--store", str(db), "--server", "from-logs")
+    assert again["loaded"]["statements"] == 0 and again["loaded"]["events"] == 0
+    other = report(str(ran.logs["csvlog"]), "--store", str(db), "--server", "from-logs")
+    assert other["loaded"]["statements"] == 0  # the same span of log in another format: skipped
