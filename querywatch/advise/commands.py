@@ -24,6 +24,7 @@ from ..clikit import (
     out,
     server_name,
 )
+from ..docs import configured_base
 from ..durations import iso, parse_duration
 from ..errors import InputError
 from ..fingerprint import display
@@ -58,7 +59,7 @@ def advise_command(
     seconds = parse_duration(since, "--since")
     with Session.open(cfg.dsn, timeout_ms=cfg.statement_timeout_ms) as session:
         review = _review(cfg, session, top, seconds)
-    _print_review(out, review, fmt)
+    _print_review(out, review, fmt, configured_base(cfg))
 
 
 def explain_command(
@@ -78,12 +79,12 @@ def explain_command(
         advice = advisor.advise_with(session, found, None, 0.0, analyze)
     history = _remember(cfg, [advice], found.fingerprint)
     if fmt is Format.json:
-        doc = report.advice_to_json(advice)
+        doc = report.advice_to_json(advice, docs_base=configured_base(cfg))
         doc["plan_document"] = advice.plan
         doc["plan_history"] = history
         out.print_json(json.dumps(doc))
         return
-    _print_advice(out, 1, advice)
+    _print_advice(out, 1, advice, configured_base(cfg))
     _print_history(out, history)
 
 
@@ -169,12 +170,12 @@ def _lookup(cfg: Settings, session: Session, wanted: str) -> Statement:
     )
 
 
-def _print_review(out: Console, review: Review, fmt: ReportFormat) -> None:
+def _print_review(out: Console, review: Review, fmt: ReportFormat, docs_base: str) -> None:
     if fmt is ReportFormat.json:
-        out.print_json(json.dumps(report.review_to_json(review)))
+        out.print_json(json.dumps(report.review_to_json(review, docs_base)))
         return
     if fmt is ReportFormat.markdown:
-        out.print(report.review_to_markdown(review), markup=False, highlight=False)
+        out.print(report.review_to_markdown(review, docs_base), markup=False, highlight=False)
         return
     start = iso(review.window_start) or "statistics start"
     out.print(
@@ -198,12 +199,13 @@ def _print_review(out: Console, review: Review, fmt: ReportFormat) -> None:
     out.print(table)
     for rank, a in enumerate(review.statements, 1):
         if a.findings or a.indexes or a.error:
-            _print_advice(out, rank, a)
+            _print_advice(out, rank, a, docs_base)
     for h in review.health:
         out.print(f"health {h.severity.value} {h.check} {h.subject}: {h.message}", markup=False)
+        out.print(f"        docs: {report.health_docs(h, docs_base)}", markup=False)
 
 
-def _print_advice(out: Console, rank: int, a: Advice) -> None:
+def _print_advice(out: Console, rank: int, a: Advice, docs_base: str) -> None:
     out.print(f"\n[bold]{rank}. {display(a.query, 110)}[/]", markup=True, highlight=False)
     if a.error:
         out.print(f"   no plan: {a.error}", markup=False)
@@ -219,6 +221,7 @@ def _print_advice(out: Console, rank: int, a: Advice) -> None:
         out.print(f"   {f.severity.value:<4} {f.rule}: {f.message}", markup=False)
         for e in f.evidence:
             out.print(f"        {e}", markup=False)
+        out.print(f"        docs: {report.finding_docs(f, docs_base)}", markup=False)
     for i in a.indexes:
         mark = "verified" if i.verified else "UNVERIFIED"
         out.print(f"   fix [{mark}] {i.ddl}", markup=False)

@@ -1,16 +1,29 @@
-"""Pure: the review as JSON (a dict) and as Markdown. The Rich text view lives in commands.py."""
+"""Pure: the review as JSON (a dict) and as Markdown. The Rich text view lives in commands.py.
+
+Each finding and health check carries the link to its documentation page (``docs_url``, under the
+base URL ``docs_base``: the ``docs_url`` setting).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..docs import DEFAULT_BASE, link
 from ..durations import iso
 from ..fingerprint import display
 from ..text import md_escape
 from .records import Advice, Finding, HealthFinding, IndexAdvice, Review
 
 
-def finding_to_json(f: Finding) -> dict[str, Any]:
+def finding_docs(f: Finding, docs_base: str = DEFAULT_BASE) -> str:
+    return link(f"findings/{f.rule}", docs_base)
+
+
+def health_docs(h: HealthFinding, docs_base: str = DEFAULT_BASE) -> str:
+    return link(f"health/{h.check}", docs_base)
+
+
+def finding_to_json(f: Finding, docs_base: str = DEFAULT_BASE) -> dict[str, Any]:
     return {
         "rule": f.rule,
         "severity": f.severity.value,
@@ -18,6 +31,7 @@ def finding_to_json(f: Finding) -> dict[str, Any]:
         "evidence": list(f.evidence),
         "relation": f.relation,
         "fix": f.fix,
+        "docs_url": finding_docs(f, docs_base),
     }
 
 
@@ -47,17 +61,20 @@ def index_to_json(a: IndexAdvice) -> dict[str, Any]:
     }
 
 
-def health_to_json(h: HealthFinding) -> dict[str, Any]:
+def health_to_json(h: HealthFinding, docs_base: str = DEFAULT_BASE) -> dict[str, Any]:
     return {
         "check": h.check,
         "severity": h.severity.value,
         "subject": h.subject,
         "message": h.message,
         "fix": h.fix,
+        "docs_url": health_docs(h, docs_base),
     }
 
 
-def advice_to_json(a: Advice, rank: int | None = None) -> dict[str, Any]:
+def advice_to_json(
+    a: Advice, rank: int | None = None, docs_base: str = DEFAULT_BASE
+) -> dict[str, Any]:
     s = a.stats
     doc: dict[str, Any] = {
         "fingerprint": a.fingerprint,
@@ -70,7 +87,7 @@ def advice_to_json(a: Advice, rank: int | None = None) -> dict[str, Any]:
         "rows_per_call": round(s.rows_per_call, 3) if s else None,
         "error": a.error or None,
         "plan": None,
-        "findings": [finding_to_json(f) for f in a.findings],
+        "findings": [finding_to_json(f, docs_base) for f in a.findings],
         "indexes": [index_to_json(i) for i in a.indexes],
         "notes": list(a.notes),
     }
@@ -88,7 +105,7 @@ def advice_to_json(a: Advice, rank: int | None = None) -> dict[str, Any]:
     return doc
 
 
-def review_to_json(r: Review) -> dict[str, Any]:
+def review_to_json(r: Review, docs_base: str = DEFAULT_BASE) -> dict[str, Any]:
     return {
         "server": r.server,
         "version": r.version,
@@ -96,12 +113,12 @@ def review_to_json(r: Review) -> dict[str, Any]:
         "window": {"start": iso(r.window_start), "end": iso(r.window_end)},
         "stats_source": r.stats_source,
         "hypopg": r.hypopg,
-        "statements": [advice_to_json(a, i) for i, a in enumerate(r.statements, 1)],
-        "health": [health_to_json(h) for h in r.health],
+        "statements": [advice_to_json(a, i, docs_base) for i, a in enumerate(r.statements, 1)],
+        "health": [health_to_json(h, docs_base) for h in r.health],
     }
 
 
-def _md_statement(rank: int, a: Advice) -> list[str]:
+def _md_statement(rank: int, a: Advice, docs_base: str) -> list[str]:
     s = a.stats
     lines = [f"### {rank}. `{md_escape(display(a.query, 100))}`", ""]
     if s is not None:
@@ -125,6 +142,7 @@ def _md_statement(rank: int, a: Advice) -> list[str]:
         lines += [f"  - {e}" for e in f.evidence]
         if f.fix:
             lines.append(f"  - fix: {f.fix}")
+        lines.append(f"  - docs: <{finding_docs(f, docs_base)}>")
     if a.findings:
         lines.append("")
     for i in a.indexes:
@@ -141,7 +159,7 @@ def _md_statement(rank: int, a: Advice) -> list[str]:
     return lines
 
 
-def review_to_markdown(r: Review) -> str:
+def review_to_markdown(r: Review, docs_base: str = DEFAULT_BASE) -> str:
     lines = [
         f"# querywatch review of {r.server}",
         "",
@@ -153,13 +171,14 @@ def review_to_markdown(r: Review) -> str:
         "",
     ]
     for rank, a in enumerate(r.statements, 1):
-        lines += _md_statement(rank, a)
+        lines += _md_statement(rank, a, docs_base)
     if not r.statements:
         lines += ["No statement ran in the window.", ""]
     lines += ["## Health", ""]
     lines += [
         f"- **{h.severity.value}** `{h.check}` {h.subject}: {h.message}"
         + (f" Fix: `{h.fix}`" if h.fix else "")
+        + f" Docs: <{health_docs(h, docs_base)}>"
         for h in r.health
     ] or ["Nothing to report."]
     return "\n".join(lines).rstrip() + "\n"
