@@ -100,14 +100,21 @@ def verdicts() -> tuple[str, ...]:
 
 def rules() -> tuple[str, ...]:
     from querywatch.detect.rules import RULES
+    from querywatch.replication import RULE_IDS
 
-    return _unique(rule.__name__ for rule in RULES)
+    return _unique([*(rule.__name__ for rule in RULES), *_names(RULE_IDS)])
 
 
 def findings() -> tuple[str, ...]:
     from querywatch.advise.findings import RULES
+    from querywatch.replication import FINDING_IDS
 
-    return _unique(rule.__name__ for rule in RULES)
+    return _unique([*(rule.__name__ for rule in RULES), *_names(FINDING_IDS)])
+
+
+def _names(doc_ids: Iterable[str]) -> list[str]:
+    """``<kind>/<name>`` ids as their names (a module that keeps its ids as a table)."""
+    return [doc_id.split("/", 1)[1] for doc_id in doc_ids]
 
 
 def health_checks() -> tuple[str, ...]:

@@ -33,6 +33,9 @@ SEVERITY_BY_VERDICT: Mapping[str, str] = {
     "traffic_surge": "warning",
     "healthy": "info",
     STORE_UNWRITABLE: "error",
+    "failover": "critical",  # querywatch.topology: a replica promoted, a DSN that moved
+    "server_unreachable": "critical",  # a watched primary gone
+    "replication_lag": "warning",  # a replica replaying far behind
 }
 
 
