@@ -26,6 +26,7 @@ from .alerts import channels_from_settings
 from .alerts.outbox import summary_json, summary_line
 from .alerts.pagerduty import EVENTS_URL
 from .audit import commands as audit_commands
+from .capacity import settings_from_mapping as capacity_settings
 from .clikit import (
     DsnOpt,
     DsnsOpt,
@@ -397,7 +398,12 @@ def diagnose(
     with open_store(cfg, create=False) as st:
         srv = pick_server(st, cfg)
         monitor = Monitor(
-            st, srv.id, srv.name, Detector(), baseline_s=parse_duration(baseline, "--baseline")
+            st,
+            srv.id,
+            srv.name,
+            Detector(),
+            baseline_s=parse_duration(baseline, "--baseline"),
+            capacity=capacity_settings(cfg.sections.get("capacity", {})),
         )
         result = monitor.diagnose_window(window_start, window_end)
     _print_diagnosis(result, fmt)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .alerts import Dispatcher, Notification
 from .alerts.dispatcher import outbox_settings
 from .audit.run import AuditScheduler
+from .capacity import settings_from_mapping as capacity_settings
 from .clikit import fleet, open_source, open_store
 from .detect import Detector, DetectSettings, settings_from_mapping
 from .durations import human
@@ -244,6 +245,7 @@ def _prepare(shared: _Shared, unit: ServerWatch) -> None:
         Detector(detection),
         shared.dispatcher,
         labels=unit.entry.labels,
+        capacity=capacity_settings(cfg.sections.get("capacity", {})),  # replicas proposed
     )
     monitor.note_visibility(watcher.source.capabilities)  # a role seeing only its own
     monitor.audits = AuditScheduler(
