@@ -1,10 +1,14 @@
-"""A standalone HTML incident report: the incident page with its stylesheet inlined, one file."""
+"""A standalone HTML incident report: the incident page with its stylesheet inlined, one file.
+
+Its links to the documentation (the dashboard's ``/docs/...``) point at ``docs_base`` instead (the
+``docs_url`` setting), since a file has no server to serve them."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
+from ..docs import DEFAULT_BASE, DOCS_PATH
 from ..errors import InputError
 from ..store import Store
 from . import templates, views
@@ -15,7 +19,10 @@ ICON_LINK = '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
 
 
 def render_incident_report(
-    store: Store, incident_id: str, clock: Callable[[], float] = time.time
+    store: Store,
+    incident_id: str,
+    clock: Callable[[], float] = time.time,
+    docs_base: str = DEFAULT_BASE,
 ) -> str:
     """One self-contained HTML page (no external resource) for the incident ``incident_id``."""
     context = views.incident(views.Site(store, clock), incident_id)
@@ -23,4 +30,5 @@ def render_incident_report(
         raise InputError(f"incident report: no incident {incident_id!r} in the store")
     html = templates.render("incident", context)
     css = (STATIC / "querywatch.css").read_text(encoding="utf-8")
+    html = html.replace(f'href="{DOCS_PATH}', f'href="{docs_base.rstrip("/")}/')
     return html.replace(ICON_LINK, "").replace(STYLESHEET_LINK, f"<style>{css}</style>")

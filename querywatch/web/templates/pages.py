@@ -1,4 +1,8 @@
-"""Pure: one function per dashboard page, page context -> HTML (the context of views.py)."""
+"""Pure: one function per dashboard page, page context -> HTML (the context of views.py).
+
+Verdicts, detection rules and plan findings link to their page of the documentation site that
+the same server serves at /docs/ (querywatch.docs ids), so the links work offline.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,20 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from ...docs import DOCS_PATH, known
+from ...docs import link as doc_url
 from . import charts
 from .layout import badge, code, link, num, page, ranges, table
 
 Context = Mapping[str, Any]
+
+
+def docs_link(doc_id: str, text: str = "what to do") -> str:
+    """A link to an id's documentation page on this server, or nothing for an unknown id."""
+    if not known(doc_id):
+        return ""
+    href = escape(doc_url(doc_id, DOCS_PATH))
+    return f' <a class="docs" data-doc="{escape(doc_id)}" href="{href}">{escape(text)}</a>'
 
 
 def overview(ctx: Context) -> str:
@@ -22,7 +36,7 @@ def overview(ctx: Context) -> str:
     body = (
         f'<section id="verdict" class="verdict verdict-{escape(v["verdict"])}">'
         f"<strong>{escape(v['verdict'].replace('_', ' '))}</strong> "
-        f"{escape(v['summary'])}{incident}</section>"
+        f"{escape(v['summary'])}{incident}{docs_link('verdicts/' + v['verdict'])}</section>"
         + ranges(ctx["range"], ctx["ranges"], "/")
         + "<h2>Database time per second, by statement</h2>"
         + charts.stacked(ctx["chart"], "db-time", "ms/s")
@@ -115,6 +129,7 @@ def _plans(plans: Sequence[Mapping[str, Any]]) -> str:
         findings = "".join(
             f"<li>{badge(f['severity'])} {escape(f['message'])}"
             + (f" <em>fix:</em> <code>{escape(f['fix'])}</code>" if f["fix"] else "")
+            + docs_link(f"findings/{f['rule']}", "docs")
             + "</li>"
             for f in p["findings"]
         )
@@ -152,7 +167,7 @@ def _incidents_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 badge(r["state"]),
                 escape(r["opened_at"] or ""),
                 escape(r["resolved_at"] or "–"),
-                escape(r["verdict"]),
+                escape(r["verdict"]) + docs_link(f"verdicts/{r['verdict']}", "docs"),
                 escape(r["summary"]),
             )
             for r in rows
@@ -172,9 +187,9 @@ def incident(ctx: Context) -> str:
         f"<h1>Incident {escape(ctx['id'])} {badge(ctx['state'])}</h1>"
         f'<section class="verdict verdict-{escape(ctx["verdict"] or "unknown")}">'
         f"<strong>{escape((ctx['verdict'] or 'no diagnosis').replace('_', ' '))}</strong> "
-        f"{escape(ctx['summary'])}</section>"
+        f"{escape(ctx['summary'])}{docs_link('verdicts/' + (ctx['verdict'] or ''))}</section>"
         f"<p class=note>opened {escape(ctx['opened_at'] or '')}, fired {escape(ctx['fired_at'] or '–')}, "
-        f"resolved {escape(ctx['resolved_at'] or '–')}; rules {escape(', '.join(ctx['rules']))}</p>"
+        f"resolved {escape(ctx['resolved_at'] or '–')}; rules {_rules(ctx['rules'])}</p>"
     )
     body = (
         head
@@ -191,6 +206,11 @@ def incident(ctx: Context) -> str:
     return page(
         f"Incident {ctx['id']}", "incidents", body, f"/incidents/{ctx['id']}.json", ctx["server"]
     )
+
+
+def _rules(rules: Sequence[str]) -> str:
+    """The incident's detection rules, each linked to its page."""
+    return ", ".join(docs_link(f"rules/{r}", r).lstrip() or escape(r) for r in rules)
 
 
 def _diagnosis(d: Mapping[str, Any], culprits: Sequence[Mapping[str, Any]]) -> str:
