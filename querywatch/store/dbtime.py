@@ -9,9 +9,9 @@ Top-level statements only, querywatch's own left out (as everywhere in diagnosis
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
+from .db import Connection, Cursor
 from .rollup import HOUR, MINUTE
 
 Sums = dict[float, dict[str, list[float]]]  # bucket -> fingerprint -> [calls, exec ms]
@@ -42,7 +42,7 @@ FROM intervals WHERE server_id = ? AND end > ? AND start >= ? AND start < ? GROU
 
 
 def sums(
-    conn: sqlite3.Connection,
+    conn: Connection,
     server_id: int,
     start: float,
     end: float,
@@ -80,12 +80,12 @@ def sums(
     return out, seconds
 
 
-def _mark(conn: sqlite3.Connection, key: str) -> float:
+def _mark(conn: Connection, key: str) -> float:
     row = conn.execute(GET_MARK, (key,)).fetchone()
     return float(row[0]) if row else 0.0
 
 
-def _add(out: Sums, rows: sqlite3.Cursor, step: float) -> None:
+def _add(out: Sums, rows: Cursor, step: float) -> None:
     for b, fp, calls, exec_us in rows:
         by_fp = out.setdefault(b * step, {})
         known = by_fp.get(fp)
@@ -96,7 +96,7 @@ def _add(out: Sums, rows: sqlite3.Cursor, step: float) -> None:
             known[1] += (exec_us or 0) / 1000.0
 
 
-def _add_seconds(seconds: dict[float, float], rows: sqlite3.Cursor, step: float) -> None:
+def _add_seconds(seconds: dict[float, float], rows: Cursor, step: float) -> None:
     for b, secs in rows:
         bucket = b * step
         seconds[bucket] = seconds.get(bucket, 0.0) + float(secs or 0)

@@ -10,16 +10,19 @@ part of what the server's CPU did.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 
 from ..model import StatementKey
 from ..source.kcache import CpuUsage, KcacheCounters, KcacheUsage
+from .db import Connection
 
 INSERT_KCACHE = """
-INSERT OR REPLACE INTO kcache (interval_id, statement_id, user_us, system_us, reads_bytes,
+INSERT INTO kcache (interval_id, statement_id, user_us, system_us, reads_bytes,
     writes_bytes, minflts, majflts)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (interval_id, statement_id) DO UPDATE SET user_us = excluded.user_us,
+    system_us = excluded.system_us, reads_bytes = excluded.reads_bytes,
+    writes_bytes = excluded.writes_bytes, minflts = excluded.minflts, majflts = excluded.majflts
 """
 SELECT_KCACHE = """
 SELECT s.fingerprint, sum(k.user_us), sum(k.system_us), sum(k.reads_bytes), sum(k.writes_bytes),
@@ -36,7 +39,7 @@ WHERE i.server_id = ? AND i.end > ? AND i.start < ? AND i.complete = 1
 
 
 def save(
-    conn: sqlite3.Connection,
+    conn: Connection,
     interval_id: int,
     usage: KcacheUsage,
     ids: Mapping[StatementKey, int],
@@ -62,7 +65,7 @@ def _row(c: KcacheCounters) -> tuple[int, ...]:
     )
 
 
-def load(conn: sqlite3.Connection, server_id: int, start: float, end: float) -> CpuUsage | None:
+def load(conn: Connection, server_id: int, start: float, end: float) -> CpuUsage | None:
     """The usage per fingerprint over the complete intervals overlapping [start, end), or None
     when pg_stat_kcache recorded none of them."""
     params = (server_id, start, end)

@@ -6,11 +6,11 @@ One row per server and snapshot time, with per-fingerprint counters in querywatc
 
 from __future__ import annotations
 
-import sqlite3
 from types import MappingProxyType
 
 from ..longrun import LongRun
 from ..model import COUNTER_FIELDS, Counters
+from .db import Connection
 
 _COLS = ", ".join(COUNTER_FIELDS)
 
@@ -36,7 +36,7 @@ SELECT fingerprint, {_COLS} FROM long_run_statements WHERE server_id = ? AND tak
 """
 
 
-def save(conn: sqlite3.Connection, server_id: int, long_run: LongRun) -> None:
+def save(conn: Connection, server_id: int, long_run: LongRun) -> None:
     """Keep ``long_run`` (within the caller's transaction)."""
     key = (server_id, long_run.taken_at)
     conn.execute(INSERT_LONG_RUN, (*key, long_run.since, int(long_run.trusted), long_run.reason))
@@ -46,7 +46,7 @@ def save(conn: sqlite3.Connection, server_id: int, long_run: LongRun) -> None:
     )
 
 
-def load(conn: sqlite3.Connection, server_id: int, at: float) -> LongRun | None:
+def load(conn: Connection, server_id: int, at: float) -> LongRun | None:
     """The long run taken last at or before ``at``, else the first one after it."""
     row = conn.execute(SELECT_LONG_RUN, (server_id, at, at)).fetchone()
     if row is None:

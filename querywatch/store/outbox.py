@@ -11,10 +11,11 @@ notification travels as JSON text.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .db import Connection
 
 PENDING, SENT, FAILED, EXPIRED = "pending", "sent", "failed", "expired"
 DONE_STATES = (SENT, FAILED, EXPIRED)
@@ -63,8 +64,9 @@ class OutboxSummary:
 
 
 INSERT = """
-INSERT OR IGNORE INTO outbox (channel, target, source, key, incident, status, notification,
+INSERT INTO outbox (channel, target, source, key, incident, status, notification,
     created_at, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (channel, source, key) DO NOTHING
 """
 _COLUMNS = """
 id, channel, target, source, key, incident, status, notification, created_at, state, attempts,
@@ -87,7 +89,9 @@ WHERE id = ? AND state = 'pending'
 """
 SELECT_SUMMARY = """
 SELECT channel, max(target),
-    sum(state = 'pending'), sum(state = 'sent'), sum(state = 'failed'), sum(state = 'expired'),
+    sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), sum(CASE WHEN state = 'sent' THEN 1 ELSE 0 END),
+    sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END),
+    sum(CASE WHEN state = 'expired' THEN 1 ELSE 0 END),
     min(CASE WHEN state = 'pending' THEN created_at END),
     sum(CASE WHEN state = 'pending' THEN attempts ELSE 0 END),
     (SELECT o.last_error FROM outbox o WHERE o.channel = outbox.channel AND o.state = 'pending'
@@ -97,10 +101,9 @@ FROM outbox GROUP BY channel ORDER BY min(id)
 PRUNE = "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?"
 
 
-def add(conn: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> int:
+def add(conn: Connection, entries: Sequence[OutboxEntry]) -> int:
     """Write ``entries`` (within the caller's transaction); returns how many were new."""
-    before = conn.total_changes
-    conn.executemany(
+    cur = conn.executemany(
         INSERT,
         [
             (
@@ -117,27 +120,27 @@ def add(conn: sqlite3.Connection, entries: Sequence[OutboxEntry]) -> int:
             for e in entries
         ],
     )
-    return conn.total_changes - before
+    return int(cur.rowcount)
 
 
-def head(conn: sqlite3.Connection, channel: str) -> OutboxRow | None:
+def head(conn: Connection, channel: str) -> OutboxRow | None:
     """The channel's oldest pending row: rows go out in the order they were written."""
     row = conn.execute(SELECT_HEAD, (channel,)).fetchone()
     return _row(row) if row is not None else None
 
 
-def rows(conn: sqlite3.Connection, channel: str) -> list[OutboxRow]:
+def rows(conn: Connection, channel: str) -> list[OutboxRow]:
     """Every stored row of ``channel``, oldest first."""
     return [_row(r) for r in conn.execute(SELECT_ROWS, (channel,)).fetchall()]
 
 
-def stale(conn: sqlite3.Connection, created_before: float) -> list[OutboxRow]:
+def stale(conn: Connection, created_before: float) -> list[OutboxRow]:
     """Pending rows of any channel written before ``created_before``."""
     return [_row(r) for r in conn.execute(SELECT_STALE, (created_before,)).fetchall()]
 
 
 def done(
-    conn: sqlite3.Connection, row_id: int, state: str, at: float, tried: bool, error: str | None
+    conn: Connection, row_id: int, state: str, at: float, tried: bool, error: str | None
 ) -> bool:
     """Close a pending row as ``sent``, ``failed`` or ``expired``; False if it was not pending."""
     assert state in DONE_STATES, state
@@ -145,12 +148,12 @@ def done(
     return cur.rowcount == 1
 
 
-def retry(conn: sqlite3.Connection, row_id: int, next_at: float, error: str) -> None:
+def retry(conn: Connection, row_id: int, next_at: float, error: str) -> None:
     """Count a failed attempt and put the next one at ``next_at``."""
     conn.execute(MARK_RETRY, (next_at, error, row_id))
 
 
-def summary(conn: sqlite3.Connection) -> list[OutboxSummary]:
+def summary(conn: Connection) -> list[OutboxSummary]:
     return [
         OutboxSummary(
             channel=r[0],
@@ -167,7 +170,7 @@ def summary(conn: sqlite3.Connection) -> list[OutboxSummary]:
     ]
 
 
-def prune(conn: sqlite3.Connection, now: float) -> int:
+def prune(conn: Connection, now: float) -> int:
     """Delete rows done more than :data:`KEEP_S` ago; returns how many."""
     return conn.execute(PRUNE, (now - KEEP_S,)).rowcount
 

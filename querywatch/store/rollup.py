@@ -8,10 +8,10 @@ add to a bucket's covered seconds.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from .db import Connection
 from .schema import COUNTER_COLUMNS
 
 MINUTE = 60
@@ -37,7 +37,8 @@ SELECT {MINUTE}, server_id, CAST(start / {MINUTE} AS INTEGER) * {MINUTE},
     sum(CASE WHEN complete = 1 THEN end - start ELSE 0 END)
 FROM intervals WHERE end > ? AND end <= ?
 GROUP BY server_id, CAST(start / {MINUTE} AS INTEGER)
-ON CONFLICT (resolution, server_id, bucket) DO UPDATE SET seconds = seconds + excluded.seconds
+ON CONFLICT (resolution, server_id, bucket)
+DO UPDATE SET seconds = rollup_buckets.seconds + excluded.seconds
 """
 ROLL_MINUTES = f"""
 INSERT INTO rollups (resolution, server_id, bucket, statement_id, {_COLS})
@@ -52,7 +53,8 @@ INSERT INTO rollup_buckets (resolution, server_id, bucket, seconds)
 SELECT {HOUR}, server_id, CAST(bucket / {HOUR} AS INTEGER) * {HOUR}, sum(seconds)
 FROM rollup_buckets WHERE resolution = {MINUTE} AND bucket >= ? AND bucket < ?
 GROUP BY server_id, CAST(bucket / {HOUR} AS INTEGER)
-ON CONFLICT (resolution, server_id, bucket) DO UPDATE SET seconds = seconds + excluded.seconds
+ON CONFLICT (resolution, server_id, bucket)
+DO UPDATE SET seconds = rollup_buckets.seconds + excluded.seconds
 """
 GET_MARK = "SELECT value FROM meta WHERE key = ?"
 SET_MARK = (
@@ -80,15 +82,16 @@ class Retention:
     hour_s: float = 90 * 86400
 
 
-def _mark(conn: sqlite3.Connection, key: str) -> float:
+def mark(conn: Connection, key: str) -> float:
+    """How far the resolution ``key`` (rollup_minute, rollup_hour) was rolled up."""
     row = conn.execute(GET_MARK, (key,)).fetchone()
     return float(row[0]) if row else 0.0
 
 
-def roll_up(conn: sqlite3.Connection, now: float) -> None:
+def roll_up(conn: Connection, now: float) -> None:
     """Fold every complete minute and hour not yet rolled up (inside the caller's transaction)."""
     minute_end = (now // MINUTE) * MINUTE
-    done = _mark(conn, "rollup_minute")
+    done = mark(conn, "rollup_minute")
     if minute_end > done:
         conn.execute(ROLL_RAW, (done, minute_end))
         conn.execute(ROLL_RAW_SECONDS, (done, minute_end))
@@ -96,20 +99,23 @@ def roll_up(conn: sqlite3.Connection, now: float) -> None:
     # An interval is in the minute bucket its start falls in, but is rolled up once it has ended:
     # fold an hour only when no interval that started in it can still arrive.
     hour_end = ((minute_end - SETTLE_S) // HOUR) * HOUR
-    done_h = _mark(conn, "rollup_hour")
+    done_h = mark(conn, "rollup_hour")
     if hour_end > done_h:
         conn.execute(ROLL_MINUTES, (done_h, hour_end))
         conn.execute(ROLL_MINUTE_SECONDS, (done_h, hour_end))
         conn.execute(SET_MARK, ("rollup_hour", repr(hour_end)))
 
 
-def apply_retention(conn: sqlite3.Connection, now: float, retention: Retention) -> None:
-    raw_cut = min(now - retention.raw_s, _mark(conn, "rollup_minute"))
-    old = "SELECT id FROM intervals WHERE end <= ?"
-    conn.execute(f"DELETE FROM deltas WHERE interval_id IN ({old})", (raw_cut,))
-    conn.execute(f"DELETE FROM activity WHERE interval_id IN ({old})", (raw_cut,))
-    conn.execute("DELETE FROM intervals WHERE end <= ?", (raw_cut,))
-    minute_cut = min(now - retention.minute_s, _mark(conn, "rollup_hour"))
+def apply_retention(conn: Connection, now: float, retention: Retention, raw: bool = True) -> None:
+    """Delete what is past retention; ``raw=False`` leaves raw intervals to the caller (the
+    PostgreSQL store drops their daily partitions instead)."""
+    if raw:
+        raw_cut = min(now - retention.raw_s, mark(conn, "rollup_minute"))
+        old = "SELECT id FROM intervals WHERE end <= ?"
+        conn.execute(f"DELETE FROM deltas WHERE interval_id IN ({old})", (raw_cut,))
+        conn.execute(f"DELETE FROM activity WHERE interval_id IN ({old})", (raw_cut,))
+        conn.execute("DELETE FROM intervals WHERE end <= ?", (raw_cut,))
+    minute_cut = min(now - retention.minute_s, mark(conn, "rollup_hour"))
     for table in ("rollups", "rollup_buckets"):
         conn.execute(
             f"DELETE FROM {table} WHERE resolution = ? AND bucket < ?", (MINUTE, minute_cut)
@@ -121,9 +127,7 @@ def apply_retention(conn: sqlite3.Connection, now: float, retention: Retention) 
     conn.execute("DELETE FROM gaps WHERE end < ?", (now - retention.hour_s,))
 
 
-def totals(
-    conn: sqlite3.Connection, server_id: int, start: float, end: float
-) -> tuple[list[Any], float]:
+def totals(conn: Connection, server_id: int, start: float, end: float) -> tuple[list[Any], float]:
     """Per-fingerprint sums from the finest rollup that still covers ``start``."""
     oldest_minute = conn.execute(
         "SELECT min(bucket) FROM rollup_buckets WHERE resolution = ? AND server_id = ?",
@@ -136,7 +140,7 @@ def totals(
     return rows, float(seconds)
 
 
-def covers(conn: sqlite3.Connection, server_id: int, start: float, before: float) -> bool:
+def covers(conn: Connection, server_id: int, start: float, before: float) -> bool:
     """True when rollups hold data between ``start`` and ``before`` (older than raw intervals)."""
     row = conn.execute(
         "SELECT count(*) FROM rollup_buckets WHERE server_id = ? AND bucket < ? AND bucket >= ?",

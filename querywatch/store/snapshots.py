@@ -15,7 +15,6 @@ wrote in between), the whole snapshot is written again. Called inside the interv
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,16 +27,30 @@ from ..model import (
     StatementKey,
     StatementStats,
 )
+from .db import Connection
 from .schema import DATABASE_COLUMNS
 
 _KEY = "dbid, userid, queryid, toplevel"
 _COUNTERS = ", ".join(COUNTER_FIELDS)
 _DATABASE = ", ".join(DATABASE_COLUMNS)
+_SNAPSHOT_UPDATE = ", ".join(
+    f"{c} = excluded.{c}"
+    for c in (
+        "taken_at",
+        "server_taken_at",
+        "system_identifier",
+        "server_started",
+        "stats_reset",
+        "dealloc",
+        *DATABASE_COLUMNS,
+    )
+)
 
 UPSERT_SNAPSHOT = f"""
-INSERT OR REPLACE INTO snapshots (server_id, taken_at, server_taken_at, system_identifier,
+INSERT INTO snapshots (server_id, taken_at, server_taken_at, system_identifier,
     server_started, stats_reset, dealloc, {_DATABASE})
 VALUES ({", ".join("?" * (7 + len(DATABASE_COLUMNS)))})
+ON CONFLICT (server_id) DO UPDATE SET {_SNAPSHOT_UPDATE}
 """
 SELECT_SNAPSHOT = f"""
 SELECT taken_at, server_taken_at, system_identifier, server_started, stats_reset, dealloc,
@@ -71,7 +84,7 @@ class StoredSnapshot:
 
 
 def save(
-    conn: sqlite3.Connection,
+    conn: Connection,
     server_id: int,
     stored: StoredSnapshot,
     base: Snapshot | None,
@@ -93,7 +106,7 @@ def save(
     conn.execute(UPSERT_SNAPSHOT, _snapshot_row(server_id, stored))
 
 
-def load(conn: sqlite3.Connection, server_id: int) -> StoredSnapshot | None:
+def load(conn: Connection, server_id: int) -> StoredSnapshot | None:
     """The server's last snapshot, or None when none was stored."""
     row = conn.execute(SELECT_SNAPSHOT, (server_id,)).fetchone()
     if row is None:

@@ -47,6 +47,7 @@ from . import (
     schema,
     snapshots,
 )
+from .db import Connection
 from .leases import Lease
 from .outbox import OutboxEntry, OutboxRow, OutboxSummary
 from .rollup import Retention
@@ -116,6 +117,7 @@ INSERT INTO intervals (server_id, start, end, complete, dealloc, {", ".join(DATA
     act_samples, act_sessions_mean, act_active_mean, act_idle_in_transaction_mean,
     act_lock_waiting_mean, act_sessions_max, act_max_connections, catch_up)
 VALUES ({", ".join("?" * (5 + len(DATABASE_COLUMNS) + 8))})
+RETURNING id
 """
 INSERT_DELTA = f"""
 INSERT INTO deltas (interval_id, statement_id, {", ".join(COUNTER_COLUMNS)})
@@ -131,7 +133,10 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (server_id, dbid, userid, queryid, toplevel) DO UPDATE SET fingerprint = excluded.fingerprint
 RETURNING id
 """
-INSERT_TEXT = "INSERT OR IGNORE INTO texts (fingerprint, query, first_seen) VALUES (?, ?, ?)"
+INSERT_TEXT = """
+INSERT INTO texts (fingerprint, query, first_seen) VALUES (?, ?, ?)
+ON CONFLICT (fingerprint) DO NOTHING
+"""
 INSERT_GAP = """
 INSERT INTO gaps (server_id, start, end, reason, detail, partial) VALUES (?, ?, ?, ?, ?, ?)
 """
@@ -180,7 +185,19 @@ SELECT_QUERYIDS = (  # log statements have no queryid (querywatch.store.logevent
 
 
 class Store:
-    """All reads and writes of querywatch's history. Open one per process."""
+    """All reads and writes of querywatch's history. Open one per process.
+
+    ``Store(path)`` is the SQLite engine; a ``postgresql://`` location opens the PostgreSQL
+    engine (``querywatch.store.postgres.PgStore``, a subclass overriding the engine's hooks).
+    """
+
+    def __new__(cls, path: str | Path, *args: Any, **kwargs: Any) -> Store:
+        if cls is Store:
+            from .postgres import PgStore, pg_target
+
+            if pg_target(path) is not None:
+                return super().__new__(PgStore)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -196,7 +213,17 @@ class Store:
         self._statement_ids: dict[int, dict[StatementKey, int]] = {}
         self._known_texts: set[str] = set()
         self._lock = threading.RLock()
-        self._conn = self._open(create)
+        self.location = str(path)
+        self._db: sqlite3.Connection = self._open(create)
+
+    @property
+    def _conn(self) -> Connection:
+        """The connection of this thread's store operation (the one SQLite connection here)."""
+        return self._db
+
+    @property
+    def engine(self) -> str:
+        return "sqlite"
 
     # -- opening ------------------------------------------------------------------------------
     def _open(self, create: bool) -> sqlite3.Connection:
@@ -279,7 +306,7 @@ class Store:
         return StoreError(f"store {where!r}: {text}")
 
     @contextmanager
-    def _transaction(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, conn: Connection | None = None) -> Iterator[Connection]:
         conn = conn or self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -299,7 +326,7 @@ class Store:
                 raise self._translate(exc) from None
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -389,7 +416,7 @@ class Store:
             rows = sorted(  # in key order, so the table's pages fill up
                 [interval_id, ids[d.key], *counters_to_row(d.counters)] for d in interval.statements
             )
-            conn.executemany(INSERT_DELTA, rows)
+            self._insert_deltas(conn, rows)
             if activity is not None:
                 conn.executemany(INSERT_ACTIVITY, _activity_rows(interval_id, activity))
             for gap in interval.gaps:
@@ -402,7 +429,7 @@ class Store:
 
     def _insert_statements(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         server_id: int,
         interval: Interval,
         fingerprints: Mapping[StatementKey, str],
@@ -431,36 +458,22 @@ class Store:
             ).fetchone()
             ids[key] = row[0]
 
-    def _insert_texts(self, conn: sqlite3.Connection, texts: Mapping[str, str]) -> None:
+    def _insert_texts(self, conn: Connection, texts: Mapping[str, str]) -> None:
         now = self.clock()
         conn.executemany(INSERT_TEXT, [(fp, q, now) for fp, q in texts.items()])
 
     def _insert_interval(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         server_id: int,
         interval: Interval,
         activity: ActivitySummary | None,
     ) -> int:
-        database = interval.database
-        db_values = (
-            [round(v) for v in database.values()] if database else [None] * len(DATABASE_COLUMNS)
-        )
-        act: list[Any] = [0, None, None, None, None, None, None]
-        if activity is not None:
-            act = [
-                activity.samples,
-                activity.sessions_mean,
-                activity.active_mean,
-                activity.idle_in_transaction_mean,
-                activity.lock_waiting_mean,
-                activity.sessions_max,
-                activity.max_connections,
-            ]
-        params = [server_id, interval.start, interval.end, int(interval.complete), interval.dealloc]
-        cur = conn.execute(INSERT_INTERVAL, [*params, *db_values, *act, int(interval.catch_up)])
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        values = interval_values(server_id, interval, activity)
+        return int(conn.execute(INSERT_INTERVAL, values).fetchone()[0])
+
+    def _insert_deltas(self, conn: Connection, rows: list[list[Any]]) -> None:
+        conn.executemany(INSERT_DELTA, rows)
 
     def record_gap(self, server_id: int, gap: Gap) -> None:
         """A gap outside any interval (e.g. the server was down)."""
@@ -583,7 +596,9 @@ class Store:
 
     def _server_name(self, server_id: int) -> str:
         with self._errors():
-            row = self._conn.execute("SELECT name FROM servers WHERE id = ?", (server_id,)).fetchone()
+            row = self._conn.execute(
+                "SELECT name FROM servers WHERE id = ?", (server_id,)
+            ).fetchone()
         return str(row[0]) if row else ""
 
     # -- reading --------------------------------------------------------------------------------
@@ -844,9 +859,13 @@ class Store:
         now = self.clock() if now is None else now
         with self._errors(), self._transaction() as conn:
             rollup.roll_up(conn, now)
-            rollup.apply_retention(conn, now, self.retention)
+            self._retain(conn, now)
             replication.prune(conn, now - self.retention.raw_s)
             outbox.prune(conn, now)
+
+    def _retain(self, conn: Connection, now: float) -> None:
+        """Drop raw intervals, rollups and gaps past retention (PostgreSQL drops partitions)."""
+        rollup.apply_retention(conn, now, self.retention)
 
     def size_bytes(self) -> int:
         with self._errors():
@@ -972,6 +991,29 @@ class Store:
         return WEB_CACHE.get(key, lambda: self._conn.execute(sql, params).fetchall())
 
 
+def interval_values(
+    server_id: int, interval: Interval, activity: ActivitySummary | None
+) -> list[Any]:
+    """The values of INSERT_INTERVAL for one interval (both engines)."""
+    database = interval.database
+    db_values = (
+        [round(v) for v in database.values()] if database else [None] * len(DATABASE_COLUMNS)
+    )
+    act: list[Any] = [0, None, None, None, None, None, None]
+    if activity is not None:
+        act = [
+            activity.samples,
+            activity.sessions_mean,
+            activity.active_mean,
+            activity.idle_in_transaction_mean,
+            activity.lock_waiting_mean,
+            activity.sessions_max,
+            activity.max_connections,
+        ]
+    params = [server_id, interval.start, interval.end, int(interval.complete), interval.dealloc]
+    return [*params, *db_values, *act, int(interval.catch_up)]
+
+
 @dataclass(frozen=True)
 class StoredIncident:
     incident: Incident
@@ -1050,9 +1092,7 @@ class StoredPlan:
     total_cost: float
 
 
-def _web_segments(
-    conn: sqlite3.Connection, start: float, end: float, step: float
-) -> list[_Segment]:
+def _web_segments(conn: Connection, start: float, end: float, step: float) -> list[_Segment]:
     minute_mark = float((conn.execute(WEB_MARK, ("rollup_minute",)).fetchone() or (0,))[0])
     hour_mark = float((conn.execute(WEB_MARK, ("rollup_hour",)).fetchone() or (0,))[0])
     marks = (minute_mark, hour_mark)  # hour buckets below the hour mark never change again

@@ -1,0 +1,292 @@
+"""The PostgreSQL store engine: a shared store for many watchers (``store = "postgresql://..."``).
+
+``PgStore`` is the ``Store`` with the engine's hooks replaced: a psycopg connection pool (one
+connection per thread for the duration of a store operation), the same migrations translated to
+PostgreSQL (``querywatch.store.pgschema``) with the version in ``qw_schema``, interval rows written
+with COPY, and retention that drops whole daily partitions of the raw tables instead of DELETE.
+Every other query is the engine-neutral SQL of the concept modules, run through ``PgConnection``,
+which translates SQLite's dialect (``?`` placeholders, ``CAST(x AS INTEGER)`` truncation, the
+``end`` column) on the fly.
+
+The location is a libpq URI; its ``search_path`` option names the schema (created on first use),
+else ``public``. ``QUERYWATCH_TEST_PG_STORE`` (tests only) maps every file store to a schema of
+that database named after the file's path, so the whole test suite can run on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.adapt import Loader
+from psycopg_pool import ConnectionPool
+
+from ..errors import StoreError, StoreUnreachable
+from ..model import ActivitySummary, Interval
+from . import pgschema, rollup
+from .db import Connection
+from .sqlite import Store, interval_values
+
+log = logging.getLogger("querywatch.store.postgres")
+
+TEST_STORE_ENV = "QUERYWATCH_TEST_PG_STORE"
+PREFIXES = ("postgresql://", "postgres://")
+POOL_MAX = 4
+CONNECT_TIMEOUT_S = 5
+
+
+def pg_target(location: str | Path) -> tuple[str, str | None] | None:
+    """(DSN, schema) when ``location`` names a PostgreSQL store, else None (a SQLite file).
+
+    A file path becomes a schema of the ``QUERYWATCH_TEST_PG_STORE`` database when that is set.
+    """
+    text = str(location)
+    if text.startswith(PREFIXES):
+        return text, None
+    redirect = os.environ.get(TEST_STORE_ENV, "")
+    if redirect.startswith(PREFIXES):
+        digest = hashlib.sha1(str(Path(text).absolute()).encode()).hexdigest()[:20]
+        return redirect, f"qwt_{digest}"
+    return None
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1@", dsn)
+
+
+# -- dialect translation ------------------------------------------------------------------------
+_CAST_INT = re.compile(r"CAST\(((?:[^()]|\((?:[^()]|\([^()]*\))*\))*?) AS INTEGER\)")
+_END = re.compile(r'(?<![\w"])end(?![\w"])')
+_OR_IGNORE = re.compile(r"INSERT OR IGNORE INTO")
+
+
+@lru_cache(maxsize=2048)
+def translate(query: str, bound: bool = True) -> str:
+    """SQLite-flavoured portable SQL -> PostgreSQL (``bound``: parameters follow, so ``?`` and
+    ``%`` become psycopg's ``%s`` and ``%%``).
+
+    >>> translate("SELECT CAST(start / ? AS INTEGER), max(end) FROM intervals WHERE end > ?")
+    'SELECT trunc(start / %s)::bigint, max("end") FROM intervals WHERE "end" > %s'
+    >>> translate("SELECT CASE WHEN x = 1 THEN i.end - i.start ELSE 0 END FROM t", bound=False)
+    'SELECT CASE WHEN x = 1 THEN i."end" - i.start ELSE 0 END FROM t'
+    """
+    if "INSERT OR REPLACE" in query:
+        raise StoreError("store: INSERT OR REPLACE is not portable (use ON CONFLICT ... DO UPDATE)")
+    out = _CAST_INT.sub(r"trunc(\1)::bigint", query)
+    out = _END.sub('"end"', out)
+    if _OR_IGNORE.search(out):
+        out = _OR_IGNORE.sub("INSERT INTO", out).rstrip() + " ON CONFLICT DO NOTHING"
+    if bound:
+        out = out.replace("%", "%%").replace("?", "%s")
+    return out
+
+
+class _Number(Loader):
+    """numeric (what sum() of bigint gives) as int or float, as SQLite returns them."""
+
+    def load(self, data: Any) -> int | float:
+        text = bytes(data).decode()
+        if "." in text or "e" in text or "N" in text:
+            return float(text)
+        return int(text)
+
+
+class PgConnection:
+    """A psycopg connection that speaks the DB-API subset of ``querywatch.store.db``."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, query: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        cur = self.raw.cursor()
+        if parameters:
+            cur.execute(translate(query), tuple(parameters))
+        else:
+            cur.execute(translate(query, bound=False))
+        return cur
+
+    def executemany(
+        self, query: str, seq_of_parameters: Iterable[Sequence[Any]], /
+    ) -> psycopg.Cursor[Any]:
+        cur = self.raw.cursor()
+        rows = [tuple(p) for p in seq_of_parameters]
+        if rows:
+            cur.executemany(translate(query), rows)
+        return cur
+
+
+def _configure(raw: psycopg.Connection[Any]) -> None:
+    raw.adapters.register_loader("numeric", _Number)
+
+
+class PgStore(Store):
+    """The Store on PostgreSQL; see the module docstring."""
+
+    def _open(self, create: bool) -> Any:
+        target = pg_target(self.location)
+        assert target is not None
+        self.dsn, self._schema = target
+        self.location = redact(self.dsn) if self._schema is None else str(self.path)
+        self._local = threading.local()
+        self._known_days: set[int] = set()
+        try:
+            first = psycopg.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                cursor_factory=psycopg.ClientCursor,
+            )
+        except psycopg.Error as exc:
+            raise self._unreachable(exc) from None
+        with first:
+            _configure(first)
+            try:
+                schema = self._use_schema(first, create)
+                pgschema.migrate(PgConnection(first), self.location, create)
+            except psycopg.Error as exc:
+                raise self._failed(exc) from None
+        options = f"-csearch_path={schema}"
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=POOL_MAX,
+            kwargs={
+                "autocommit": True,
+                "cursor_factory": psycopg.ClientCursor,
+                "options": options,
+                "connect_timeout": CONNECT_TIMEOUT_S,
+            },
+            configure=_configure,
+            open=True,
+            name="querywatch-store",
+        )
+        return None
+
+    def _unreachable(self, exc: psycopg.Error) -> StoreError:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = redact(self.dsn)
+        if isinstance(exc, psycopg.OperationalError):
+            return StoreUnreachable(
+                f"cannot reach store {where!r}: {first} (fix: check the store DSN, that the "
+                "server is up and the role may connect)"
+            )
+        return StoreError(f"bad store location {where!r}: {first} (fix: a postgresql:// URI)")
+
+    def _failed(self, exc: psycopg.Error) -> StoreError:
+        if isinstance(exc, psycopg.OperationalError):
+            return self._unreachable(exc)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        return StoreError(f"store {self.location!r}: {first}")
+
+    def _use_schema(self, raw: psycopg.Connection[Any], create: bool) -> str:
+        """Select (and create when allowed) the store's schema; returns its name."""
+        name = self._schema
+        if name is None:
+            row = raw.execute("SELECT (current_schemas(false))[1], current_setting('search_path')")
+            found = row.fetchone()
+            assert found is not None
+            path = [p.strip().strip('"') for p in str(found[1]).split(",") if p.strip()]
+            name = found[0] or (path[0] if path and path[0] != "$user" else "public")
+        exists = raw.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,)).fetchone()
+        if not exists:
+            if not create:
+                raise StoreError(
+                    f"no store at {self.location!r} (fix: run `querywatch collect` first, "
+                    "or pass --store)"
+                )
+            raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(name)))
+        raw.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(name)))
+        return name
+
+    # -- the engine's hooks ---------------------------------------------------------------------
+    @property
+    def _conn(self) -> Connection:
+        held: PgConnection | None = getattr(self._local, "conn", None)
+        if held is None:
+            raise StoreError("store: used outside a store operation (internal error)")
+        return held
+
+    @property
+    def engine(self) -> str:
+        return "postgresql"
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Hold one pooled connection for this thread's operation; translate psycopg errors."""
+        if getattr(self._local, "conn", None) is not None:
+            yield
+            return
+        try:
+            with self._pool.connection() as raw:
+                self._local.conn = PgConnection(raw)
+                try:
+                    yield
+                finally:
+                    self._local.conn = None
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith("psycopg_pool"):
+                raise StoreUnreachable(
+                    f"cannot reach store {self.location!r}: {exc} (fix: check that the store "
+                    "server is up)"
+                ) from None
+            raise
+
+    @contextmanager
+    def _transaction(self, conn: Connection | None = None) -> Iterator[Connection]:
+        held = conn or self._conn
+        assert isinstance(held, PgConnection)
+        with held.raw.transaction():
+            yield held
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def size_bytes(self) -> int:
+        with self._errors():
+            row = self._conn.execute(pgschema.SIZE).fetchone()
+        return int(row[0] or 0)
+
+    def _insert_interval(
+        self,
+        conn: Connection,
+        server_id: int,
+        interval: Interval,
+        activity: ActivitySummary | None,
+    ) -> int:
+        day = pgschema.day_of(interval.start)
+        self._ensure_day(conn, day)
+        values = interval_values(server_id, interval, activity)
+        return int(conn.execute(pgschema.INSERT_INTERVAL, [day, *values]).fetchone()[0])
+
+    def _insert_deltas(self, conn: Connection, rows: list[list[Any]]) -> None:
+        assert isinstance(conn, PgConnection)
+        with conn.raw.cursor().copy(pgschema.COPY_DELTAS) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def _ensure_day(self, conn: Connection, day: int) -> None:
+        if day in self._known_days:
+            return
+        assert isinstance(conn, PgConnection)
+        pgschema.ensure_partitions(conn.raw, day)
+        self._known_days.add(day)
+
+    def _retain(self, conn: Connection, now: float) -> None:
+        assert isinstance(conn, PgConnection)
+        raw_cut = min(now - self.retention.raw_s, rollup.mark(conn, "rollup_minute"))
+        pgschema.drop_partitions_before(conn.raw, raw_cut)
+        self._known_days = {d for d in self._known_days if pgschema.day_end(d) > raw_cut}
+        rollup.apply_retention(conn, now, self.retention, raw=False)
