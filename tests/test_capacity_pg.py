@@ -36,6 +36,7 @@ from querywatch.source.postgres import PostgresSource
 from querywatch.store import Store
 from querywatch.watcher import Watcher
 from querywatch.web import create_app
+from querywatch.web.templates import pages
 
 ROWS = 60_000
 READ = "SELECT count(*) FROM cap_items WHERE note = %s"  # a sequential scan: a few ms per call
@@ -177,6 +178,8 @@ def test_a_read_only_culprit_is_proposed_for_the_replica(
     assert capacity["read_only"] is True
     assert f"saturates {cores} cores at" in text and "replica db-2 could take" in text
     assert "headroom: statements keep" in text
+    html = pages.incident_diagnosis(doc, [])  # the incident page and its HTML report
+    assert 'id="headroom"' in html and "replica db-2 could take all" in html
 
 
 def test_a_write_culprit_is_never_proposed(cluster: Cluster, watched: Watched) -> None:

@@ -196,7 +196,7 @@ def incident(ctx: Context) -> str:
         + "<h2>Database time per second around the incident</h2>"
         + charts.stacked(ctx["chart"], "incident-db-time", "ms/s")
         + charts.legend(ctx["chart"]["series"])
-        + _diagnosis(d, ctx["culprits"])
+        + incident_diagnosis(d, ctx["culprits"])
         + "<h2>Timeline</h2>"
         + table(
             ("at", "state", "detail"),
@@ -213,7 +213,8 @@ def _rules(rules: Sequence[str]) -> str:
     return ", ".join(docs_link(f"rules/{r}", r).lstrip() or escape(r) for r in rules)
 
 
-def _diagnosis(d: Mapping[str, Any], culprits: Sequence[Mapping[str, Any]]) -> str:
+def incident_diagnosis(d: Mapping[str, Any], culprits: Sequence[Mapping[str, Any]]) -> str:
+    """An incident's stored diagnosis: culprits with evidence, headroom, deploys."""
     if not d:
         return "<h2>Diagnosis</h2><p class=note>no diagnosis was stored with this incident</p>"
     window = d.get("window", {})
@@ -234,6 +235,10 @@ def _diagnosis(d: Mapping[str, Any], culprits: Sequence[Mapping[str, Any]]) -> s
             f"since {escape(str(c.get('onset') or '–'))}</p>"
             f'<ul class="evidence">{evidence}</ul></article>'
         )
+    headroom = (d.get("capacity") or {}).get("lines") or []
+    if headroom:  # the culprit's capacity, the headroom left, replicas (querywatch.capacity)
+        items = "".join(f"<li>{escape(str(line))}</li>" for line in headroom)
+        parts.append(f'<h3>Headroom</h3><ul id="headroom">{items}</ul>')
     deploys = d.get("deploys", [])
     if deploys:
         rows = (
