@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+import webstore
 from conftest import MakePg
 from replica_fixtures import promote, start_replica
 
@@ -29,6 +30,7 @@ from querywatch.service import WatchOptions, run_watch
 from querywatch.settings import ServerEntry, Settings
 from querywatch.store import Store
 from querywatch.topology import STATUS
+from querywatch.web import create_app
 
 INTERVAL = 1.0
 LAG_S = 2.0  # [replication] lag_s for the test: a paused replay is past it in ~3 s
@@ -129,6 +131,7 @@ def test_replica_discovered_and_its_lag_detected_then_back(pair: Pair) -> None:
             peak = max(
                 r.replay_lag_s or 0.0 for r in store.replica_lag(primary, paused_at, time.time())
             )
+            shown = webstore.Client(create_app(store)).get("/replication.json").json()
             resumed_at = time.time()
             conn.execute("SELECT pg_wal_replay_resume()")
         wait_for("the lag resolved", lambda: _alerts(pair.receiver, "replication_lag", "resolved"))
@@ -140,6 +143,9 @@ def test_replica_discovered_and_its_lag_detected_then_back(pair: Pair) -> None:
         f"{back.at - resumed_at:.1f} s after resume ({back.detail})"
     )
     assert "db-2" in fired[0].body["diagnosis"]["summary"]
+    [db1] = [n for n in shown["nodes"] if n["server"] == "db-1"]
+    assert db1["replicas"][0]["name"] == "db-2" and db1["replicas"][0]["replay_lag_s"] >= LAG_S
+    assert "replication_lag" in [e["kind"] for e in shown["events"]]
     assert event.at - paused_at < 10 * INTERVAL
     after = [r.replay_lag_s or 0.0 for r in history if r.at > back.at]
     assert peak >= LAG_S and all(lag < LAG_S for lag in after)

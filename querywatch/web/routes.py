@@ -26,6 +26,7 @@ from .. import top
 from ..durations import iso, parse_time
 from ..errors import InputError
 from . import metrics, templates, views
+from . import replication as replication_view
 
 log = logging.getLogger("querywatch.web")
 
@@ -110,6 +111,16 @@ def health(site: SiteDep) -> dict[str, Any]:
     return views.health(site)
 
 
+def replication(site: SiteDep, range: RangeQuery = None) -> dict[str, Any]:
+    """Every watched server's role, timeline and replication findings, each replica's replay
+    lag now and over the range, and the topology events (promotions, unreachable servers, lag)."""
+    name = views.pick_range(_range(range))
+    now = site.clock()
+    start, end, _ = views.window(name, now)
+    found = replication_view.context(site.store, now, start, end)
+    return {**found, "range": name, "ranges": list(views.RANGES)}
+
+
 def api(request: Request) -> dict[str, Any]:
     """The operations of the OpenAPI document."""
     spec: dict[str, Any] = request.app.openapi()
@@ -143,6 +154,7 @@ PAGES = (
     Page("/incidents/{incident_id}", incident, "incident", missing=True),
     Page("/deploys", deploys, "deploys"),
     Page("/health", health, "health"),
+    Page("/replication", replication, "replication"),
     Page("/api", api, "api", twin=False),
 )
 

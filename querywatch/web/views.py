@@ -27,6 +27,7 @@ from ..store import Store
 from ..store.series import Series
 from ..store.sqlite import Server, StoredIncident
 from . import health as health_rules
+from .replication import event_markers, timeline_entries
 
 AdviceProvider = Callable[[str], Sequence[Mapping[str, Any]]]
 
@@ -186,7 +187,9 @@ def overview(
     start, end, step = window(name, now)
     chart, totals, covered = stacked_chart(site, srv, start, end, step)
     incidents = site.store.incidents(srv.id, limit=200) if srv.id else []
-    chart["markers"] = _markers(site, start, end)
+    chart["markers"] = _markers(site, start, end) + event_markers(
+        site.store, srv.id or None, start, end
+    )
     chart["bands"] = _bands(incidents, start, end)
     return {
         "page": "overview",
@@ -427,17 +430,21 @@ def incident(site: Site, incident_id: str) -> dict[str, Any] | None:
     srv = next((s for s in site.store.servers() if s.id == found.server_id), NO_SERVER)
     chart, _, _ = stacked_chart(site, srv, start, end, step, limit=5)
     _trim_leading(chart)
-    chart["markers"] = _markers(site, start, end)
+    chart["markers"] = _markers(site, start, end) + event_markers(site.store, None, start, end)
     chart["bands"] = _bands([found], start, end)
     diagnosis = found.diagnosis or {}
     return {
         "page": "incident",
         "server": srv.name,
         **_incident_row(found),
-        "timeline": [
-            {"at": iso(e.at), "t": e.at, "state": e.state.value, "detail": e.detail}
-            for e in i.timeline
-        ],
+        "timeline": sorted(  # the incident's states and the servers' topology events
+            [
+                {"at": iso(e.at), "t": e.at, "state": e.state.value, "detail": e.detail}
+                for e in i.timeline
+            ]
+            + timeline_entries(site.store, start, end),
+            key=lambda e: float(e["t"]),
+        ),
         "diagnosis": diagnosis,
         "culprits": [
             {**c, "href": f"/statements/{c.get('fingerprint', '')}"}

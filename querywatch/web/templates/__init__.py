@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import pages
+from . import pages, replication
 
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "overview": pages.overview,
@@ -17,6 +17,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "incident": pages.incident,
     "deploys": pages.deploys,
     "health": pages.health,
+    "replication": replication.render,
     "api": pages.api,
 }
 

@@ -10,6 +10,7 @@ NAV = (
     ("incidents", "/incidents", "Incidents"),
     ("deploys", "/deploys", "Deploys"),
     ("health", "/health", "Health"),
+    ("replication", "/replication", "Replication"),
     ("api", "/api", "API"),
 )
 

@@ -1,0 +1,72 @@
+"""The replication page and its JSON twin, and topology events on the overview chart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import webstore
+
+from querywatch.replication import NodeState, ReplicaState, SlotState, TopologyEvent
+from querywatch.store import Store
+from querywatch.topology import STATUS
+from querywatch.web import create_app
+
+NOW = time.time()
+
+
+def _replica(at: float, lag: float) -> ReplicaState:
+    return ReplicaState(
+        "db-1", "db-2", "db-2", "127.0.0.1", "streaming", "async", lag, 1e6, at, "db-2"
+    )
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[webstore.Client]:
+    with Store(tmp_path / "s.db") as store:
+        one, two = store.server("db-1").id, store.server("db-2").id
+        for n, lag in enumerate((0.1, 0.2, 5.0, 9.0)):
+            at = NOW - 40 + n * 10
+            node = NodeState("db-1", at, True, in_recovery=False, timeline=1, system_identifier=7)
+            slot = SlotState("db-1", "stale", "physical", False, 3e7, "reserved", at)
+            store.record_replication(one, node, [_replica(at, lag)], [slot])
+            replica = NodeState("db-2", at, True, in_recovery=True, timeline=1, upstream="h:1")
+            store.record_replication(two, replica)
+        lag = TopologyEvent(
+            "db-1", NOW - 15, "replication_lag", "replica db-2 replays 5.0 s behind"
+        )
+        store.add_topology_events(one, [lag])
+        finding = {
+            "id": "findings/replication_slot_inactive",
+            "server": "db-1",
+            "subject": "stale",
+            "message": "replication slot stale (physical) is inactive and holds 28.6 MiB of WAL",
+            "fix": "SELECT pg_drop_replication_slot('stale');",
+        }
+        store.set_status(f"{STATUS}db-1", {"role": "primary", "findings": [finding]})
+        yield webstore.Client(create_app(store, clock=lambda: NOW))
+
+
+def test_replication_json_shows_roles_lag_findings_and_events(client: webstore.Client) -> None:
+    doc = client.get("/replication.json?range=15m").json()
+    servers = {s["server"]: s for s in doc["nodes"]}
+    assert (servers["db-1"]["role"], servers["db-2"]["role"]) == ("primary", "replica")
+    assert servers["db-2"]["upstream"] == "h:1"
+    [replica] = servers["db-1"]["replicas"]
+    assert (replica["name"], replica["replay_lag_s"]) == ("db-2", 9.0)
+    assert replica["lag"]["seconds"] == [0.1, 0.2, 5.0, 9.0]
+    assert servers["db-1"]["findings"][0]["fix"] == "SELECT pg_drop_replication_slot('stale');"
+    assert [(e["kind"], e["rule"]) for e in doc["events"]] == [
+        ("replication_lag", "rules/replication_lag")
+    ]
+
+
+def test_replication_page_and_overview_marker(client: webstore.Client) -> None:
+    html = client.get("/replication").text
+    assert "pg_drop_replication_slot(&#x27;stale&#x27;)" in html and "<svg" in html
+    assert "replica db-2 replays 5.0 s behind" in html
+    overview = client.get("/index.json?range=15m&server=db-1").json()
+    markers = [m for m in overview["chart"]["markers"] if m["href"] == "/replication"]
+    assert [m["label"] for m in markers] == ["replication_lag"]
