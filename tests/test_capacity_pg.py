@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 import webstore
-from workload import Load, Statement
+from workload import Load, Receiver, Statement, learned, wait_until, watch_process
 
 from querywatch.capacity import read_only
 from querywatch.demo.replica import start_replica
@@ -250,3 +250,49 @@ def test_top_capacity(cluster: Cluster, tmp_path: Path) -> None:
     assert cap["mean_ms"] == pytest.approx(totals["mean_ms"], rel=1e-3)
     assert cap["saturating_calls_per_s"] == pytest.approx(3000 / totals["mean_ms"], rel=1e-3)
     assert 'id="capacity"' in html and "a replica could serve it" in html
+
+
+def test_watch_pages_with_the_replica_named(cluster: Cluster, tmp_path: Path) -> None:
+    """The whole path: `querywatch watch` on the primary and the replica (--dsn twice), the
+    replica found in the primary's pg_stat_replication (querywatch.topology), a read-only
+    culprit pages, and the page names the replica with the headroom figures."""
+    path = tmp_path / "fleet.db"
+    receiver = Receiver()
+    light = {"light": Statement(LIGHT, 20.0, lambda r: (r.randint(1, ROWS),))}
+    culprit = {"culprit": Statement(READ, 0.0, lambda r: (f"x{r.random()}",))}
+    args = ("--dsn", cluster.replica.dsn, "--alert-webhook", receiver.url)
+    try:
+        with (
+            watch_process(cluster.primary.dsn, path, *args),
+            Load(cluster.primary.dsn, light, max_s=150),
+            Load(cluster.primary.dsn, culprit, max_s=150) as load,
+        ):
+            assert learned(path, timeout=90), "the watcher did not finish learning"
+            time.sleep(2.0)
+            load.set_rate("culprit", 25.0)
+            fired = wait_until(lambda: _firing(receiver), timeout=40)
+            assert fired, "no page for the read-only culprit"
+    finally:
+        receiver.close()
+    doc = fired["diagnosis"]
+    with Store(path) as store:
+        names = {s.name for s in store.servers()}
+    replica = next(n for n in names if n != doc["server"])
+    assert "cap_items WHERE note" in doc["culprits"][0]["query"]
+    capacity = doc["capacity"]
+    print(json.dumps(capacity["lines"], indent=1))
+    assert capacity["read_only"] is True
+    assert capacity["proposed"] == [replica], capacity["replicas"]
+    assert capacity["headroom"]["cores"] >= 1 and capacity["headroom"]["db_ms_per_s"] > 0
+    assert any(f"replica {replica} could take" in line for line in capacity["lines"])
+
+
+def _firing(receiver: Receiver) -> dict[str, Any] | None:
+    for body in receiver.bodies():
+        diagnosis = body.get("diagnosis") or {}
+        culprits = diagnosis.get("culprits") or [{}]
+        if body.get("status") == "firing" and "cap_items WHERE note" in culprits[0].get(
+            "query", ""
+        ):
+            return dict(body)
+    return None
