@@ -114,9 +114,9 @@ def pg_store_base(pg_dsn: str) -> str:
 @pytest.fixture(scope="session", autouse=QW_TEST_STORE == "postgresql")
 def pg_store_everywhere(request: pytest.FixtureRequest) -> Iterator[None]:
     base = request.getfixturevalue("pg_store_base")
-    os.environ["QUERYWATCH_TEST_PG_STORE"] = base
+    os.environ["QW_TEST_PG_STORE"] = base
     yield
-    os.environ.pop("QUERYWATCH_TEST_PG_STORE", None)
+    os.environ.pop("QW_TEST_PG_STORE", None)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -45,18 +45,7 @@ JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnames
 WHERE n.nspname = current_schema() AND p.relname = 'intervals'
 """
 COPY_DELTAS = f"COPY deltas (interval_id, statement_id, {', '.join(COUNTER_COLUMNS)}) FROM STDIN"
-_INTERVAL_ID = "(?::bigint << 32) + nextval('interval_ids')"
-
-
-def _interval_insert() -> str:
-    from .sqlite import INSERT_INTERVAL
-
-    return INSERT_INTERVAL.replace(
-        "INSERT INTO intervals (", "INSERT INTO intervals (id, ", 1
-    ).replace("VALUES (", f"VALUES ({_INTERVAL_ID}, ", 1)
-
-
-INSERT_INTERVAL = _interval_insert()
+INTERVAL_ID = "(?::bigint << 32) + nextval('interval_ids')"  # the first parameter is the day
 
 
 def day_of(t: float) -> int:

@@ -9,7 +9,7 @@ which translates SQLite's dialect (``?`` placeholders, ``CAST(x AS INTEGER)`` tr
 ``end`` column) on the fly.
 
 The location is a libpq URI; its ``search_path`` option names the schema (created on first use),
-else ``public``. ``QUERYWATCH_TEST_PG_STORE`` (tests only) maps every file store to a schema of
+else ``public``. ``QW_TEST_PG_STORE`` (tests only) maps every file store to a schema of
 that database named after the file's path, so the whole test suite can run on PostgreSQL.
 """
 
@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -32,14 +32,13 @@ from psycopg.adapt import Loader
 from psycopg_pool import ConnectionPool
 
 from ..errors import StoreError, StoreUnreachable
-from ..model import ActivitySummary, Interval
 from . import pgschema, rollup
 from .db import Connection
-from .sqlite import Store, interval_values
+from .sqlite import Store
 
 log = logging.getLogger("querywatch.store.postgres")
 
-TEST_STORE_ENV = "QUERYWATCH_TEST_PG_STORE"
+TEST_STORE_ENV = "QW_TEST_PG_STORE"
 PREFIXES = ("postgresql://", "postgres://")
 POOL_MAX = 4
 CONNECT_TIMEOUT_S = 5
@@ -48,7 +47,7 @@ CONNECT_TIMEOUT_S = 5
 def pg_target(location: str | Path) -> tuple[str, str | None] | None:
     """(DSN, schema) when ``location`` names a PostgreSQL store, else None (a SQLite file).
 
-    A file path becomes a schema of the ``QUERYWATCH_TEST_PG_STORE`` database when that is set.
+    A file path becomes a schema of the ``QW_TEST_PG_STORE`` database when that is set.
     """
     text = str(location)
     if text.startswith(PREFIXES):
@@ -102,25 +101,55 @@ class _Number(Loader):
         return int(text)
 
 
-class PgConnection:
-    """A psycopg connection that speaks the DB-API subset of ``querywatch.store.db``."""
+_INSERT_INTERVAL = re.compile(r"\s*INSERT INTO intervals \(([^)]*)\)\s*VALUES \(", re.I)
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+
+class PgConnection:
+    """A psycopg connection that speaks the DB-API subset of ``querywatch.store.db``.
+
+    An INSERT into ``intervals`` (from any store module) gets its id here: ``day << 32`` plus a
+    sequence, ``day`` being the day of its start, after ``on_day(day)`` made that day's partitions.
+    """
+
+    def __init__(
+        self, raw: psycopg.Connection[Any], on_day: Callable[[int], None] | None = None
+    ) -> None:
         self.raw = raw
+        self.on_day = on_day
 
     def execute(self, query: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
         cur = self.raw.cursor()
+        found = _INSERT_INTERVAL.match(query)
+        if found and parameters:
+            query, parameters = self._with_interval_id(query, parameters, found)
         if parameters:
             cur.execute(translate(query), tuple(parameters))
         else:
             cur.execute(translate(query, bound=False))
         return cur
 
+    def _with_interval_id(
+        self, query: str, parameters: Sequence[Any], found: re.Match[str]
+    ) -> tuple[str, Sequence[Any]]:
+        columns = [c.strip().strip('"') for c in found.group(1).split(",")]
+        if "id" in columns or "start" not in columns:
+            return query, parameters
+        day = pgschema.day_of(float(parameters[columns.index("start")]))
+        if self.on_day is not None:
+            self.on_day(day)
+        head, tail = query[: found.end()], query[found.end() :]
+        head = head.replace("INSERT INTO intervals (", "INSERT INTO intervals (id, ", 1)
+        return f"{head}{pgschema.INTERVAL_ID}, {tail}", (day, *parameters)
+
     def executemany(
         self, query: str, seq_of_parameters: Iterable[Sequence[Any]], /
     ) -> psycopg.Cursor[Any]:
         cur = self.raw.cursor()
         rows = [tuple(p) for p in seq_of_parameters]
+        if _INSERT_INTERVAL.match(query):
+            for row in rows:
+                cur = self.execute(query, row)
+            return cur
         if rows:
             cur.executemany(translate(query), rows)
         return cur
@@ -229,7 +258,7 @@ class PgStore(Store):
             return
         try:
             with self._pool.connection() as raw:
-                self._local.conn = PgConnection(raw)
+                self._local.conn = PgConnection(raw, self._ensure_day)
                 try:
                     yield
                 finally:
@@ -259,27 +288,16 @@ class PgStore(Store):
             row = self._conn.execute(pgschema.SIZE).fetchone()
         return int(row[0] or 0)
 
-    def _insert_interval(
-        self,
-        conn: Connection,
-        server_id: int,
-        interval: Interval,
-        activity: ActivitySummary | None,
-    ) -> int:
-        day = pgschema.day_of(interval.start)
-        self._ensure_day(conn, day)
-        values = interval_values(server_id, interval, activity)
-        return int(conn.execute(pgschema.INSERT_INTERVAL, [day, *values]).fetchone()[0])
-
     def _insert_deltas(self, conn: Connection, rows: list[list[Any]]) -> None:
         assert isinstance(conn, PgConnection)
         with conn.raw.cursor().copy(pgschema.COPY_DELTAS) as copy:
             for row in rows:
                 copy.write_row(row)
 
-    def _ensure_day(self, conn: Connection, day: int) -> None:
+    def _ensure_day(self, day: int) -> None:
         if day in self._known_days:
             return
+        conn = self._conn
         assert isinstance(conn, PgConnection)
         pgschema.ensure_partitions(conn.raw, day)
         self._known_days.add(day)
