@@ -238,7 +238,9 @@ class TopologyMonitor:
                 continue
             ours, theirs = node.system_identifier, known.system_identifier
             if ours is not None and theirs is not None and ours != theirs:
-                continue
+                continue  # another cluster
+            if last.reachable and known.address and known.address == node.address:
+                continue  # the same server under another name (e.g. a multi-host DSN)
             since = None
             if not last.reachable:
                 since = self.store.unreachable_since(server.id, known.at, node.at)

@@ -25,7 +25,15 @@ from replica_fixtures import promote, start_replica
 from querywatch.alerts.webhook import WebhookChannel
 from querywatch.demo.receiver import Alert, AlertReceiver
 from querywatch.localpg import LocalPostgres
-from querywatch.replication import LAG, LAG_BACK, PROMOTED, SLOT_INACTIVE, UNREACHABLE
+from querywatch.replication import (
+    LAG,
+    LAG_BACK,
+    MOVED,
+    PROMOTED,
+    SLOT_INACTIVE,
+    UNREACHABLE,
+    TopologyEvent,
+)
 from querywatch.service import WatchOptions, run_watch
 from querywatch.settings import ServerEntry, Settings
 from querywatch.store import Store
@@ -71,6 +79,15 @@ def _writes(dsn: str, stop: threading.Event) -> None:
                 return  # the primary was stopped (the failover test)
 
 
+def _writable(*servers: LocalPostgres) -> str:
+    """A multi-host DSN that reaches whichever of the servers takes writes."""
+    ports = ",".join(str(s.port) for s in servers)
+    hosts = ",".join("127.0.0.1" for _ in servers)
+    return (
+        f"host={hosts} port={ports} user=postgres dbname=postgres target_session_attrs=read-write"
+    )
+
+
 @pytest.fixture(scope="module")
 def pair(make_pg: MakePg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     primary = make_pg()
@@ -84,6 +101,7 @@ def pair(make_pg: MakePg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         servers=(
             ServerEntry("db-1", primary.dsn, {"env": "prod", "role": "primary"}),
             ServerEntry("db-2", replica.dsn, {"env": "prod", "role": "replica"}),
+            ServerEntry("db", _writable(primary, replica), {"env": "prod"}),  # follows the primary
         ),
         sections={"replication": {"lag_s": LAG_S, "hold": 2}},
     )
@@ -172,40 +190,46 @@ def test_inactive_slot_holding_wal_is_a_finding_with_its_fix(pair: Pair) -> None
 
 
 def test_promotion_is_a_failover_event_alerted_and_history_stays(pair: Pair) -> None:
+    names = ("db-1", "db-2", "db")
     with pair.open_store() as store:
-        ids = {
-            name: wait_for(name, lambda n=name: _server_id(store, n)) for name in ("db-1", "db-2")
-        }
+        ids = {name: wait_for(name, lambda n=name: _server_id(store, n)) for name in names}
         before = {name: store.interval_count(sid) for name, sid in ids.items()}
         pair.primary.stop()
         stopped_at = time.time()
-        wait_for(
-            "db-1 unreachable",
-            lambda: [e for e in store.topology_events(ids["db-1"]) if e.kind == UNREACHABLE],
-        )
+        wait_for("db-1 unreachable", lambda: _events(store, ids["db-1"], UNREACHABLE))
         promoted_at = time.time()
         promote(pair.replica)
-        event = wait_for(
-            "db-2 promoted",
-            lambda: next(
-                (e for e in store.topology_events(ids["db-2"]) if e.kind == PROMOTED), None
-            ),
-        )
-        alert = wait_for("the failover alert", lambda: _alerts(pair.receiver, "failover", "firing"))
+        [event] = wait_for("db-2 promoted", lambda: _events(store, ids["db-2"], PROMOTED))
+        alert = wait_for("the failover page", lambda: _failover(pair.receiver, "replica db-2"))
+        [moved] = wait_for("db moved", lambda: _events(store, ids["db"], MOVED))
+        followed = wait_for("db's failover page", lambda: _failover(pair.receiver, "db: "))
         time.sleep(3 * INTERVAL)
         after = {name: store.interval_count(sid) for name, sid in ids.items()}
-        gaps = store.gaps(ids["db-2"], promoted_at - 5, time.time())
+        gaps = {n: store.gaps(ids[n], promoted_at - 5, time.time()) for n in ("db-2", "db")}
         replica_node = store.node_state(ids["db-2"])
-    summary = alert[0].body["diagnosis"]["summary"]
+    summary = alert.body["diagnosis"]["summary"]
     print(
         f"\nfailover: event {event.at - promoted_at:.2f} s after pg_ctl promote, alert "
-        f"{alert[0].received_at - promoted_at:.2f} s; db-1 stopped {promoted_at - stopped_at:.1f} s "
+        f"{alert.received_at - promoted_at:.2f} s; db-1 stopped {promoted_at - stopped_at:.1f} s "
         f"before; intervals before {before}, after {after}; summary: {summary}"
+        f"\nmulti-host DSN: {moved.kind} {moved.at - promoted_at:.1f} s after promote; page: "
+        f"{followed.body['diagnosis']['summary']}; its gaps: {[g.detail for g in gaps['db']]}"
     )
     assert event.at - promoted_at <= 2 * INTERVAL + 0.5
     assert summary.startswith("replica db-2 promoted at ") and "timeline 1 -> 2" in summary
     assert "db-1 unreachable since" in summary
+    assert str(pair.replica.port) in moved.detail
     assert after["db-1"] >= before["db-1"] > 0  # the stopped primary keeps its history
     assert after["db-2"] > before["db-2"] > 0  # the promoted replica goes on collecting
-    assert not [g for g in gaps if not g.partial], "promotion is no gap on db-2"
+    assert after["db"] > before["db"] > 0  # the DSN that follows the primary: on the new one
+    assert not [g for g in gaps["db-2"] if not g.partial], "promotion is no gap on db-2"
     assert replica_node is not None and replica_node.role == "primary"
+
+
+def _events(store: Store, server_id: int, kind: str) -> list[TopologyEvent]:
+    return [e for e in store.topology_events(server_id) if e.kind == kind]
+
+
+def _failover(receiver: AlertReceiver, start: str) -> Alert | None:
+    found = _alerts(receiver, "failover", "firing")
+    return next((a for a in found if a.body["diagnosis"]["summary"].startswith(start)), None)
