@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -217,3 +220,20 @@ def test_settings() -> None:
             settings_from_mapping(bad)
         assert str(caught.value).startswith("capacity.")
         assert "\n" not in str(caught.value)
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "thresholds.md").read_text(encoding="utf-8")
+    assert "[capacity]" in doc
+    for name in CapacitySettings.__dataclass_fields__:
+        assert f"`{name}`" in doc, name
+
+
+def test_capacity_is_pure() -> None:
+    code = (
+        "import sys, querywatch.capacity\n"
+        "bad = {'psycopg', 'sqlite3', '_sqlite3', 'fastapi', 'starlette', 'httpx', 'uvicorn'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
