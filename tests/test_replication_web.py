@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import webstore
 
+from querywatch.model import Incident, IncidentEvent, IncidentState
 from querywatch.replication import NodeState, ReplicaState, SlotState, TopologyEvent
 from querywatch.store import Store
 from querywatch.topology import STATUS
-from querywatch.web import create_app
+from querywatch.web import create_app, render_incident_report
 
 NOW = time.time()
 
@@ -70,3 +71,22 @@ def test_replication_page_and_overview_marker(client: webstore.Client) -> None:
     overview = client.get("/index.json?range=15m&server=db-1").json()
     markers = [m for m in overview["chart"]["markers"] if m["href"] == "/replication"]
     assert [m["label"] for m in markers] == ["replication_lag"]
+
+
+def test_topology_events_on_an_incident_timeline_and_its_report(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        one, two = store.server("db-1").id, store.server("db-2").id
+        opened = NOW - 120
+        fired = IncidentEvent(opened, IncidentState.FIRING, "fired")
+        incident = Incident("7", "k", IncidentState.FIRING, opened, opened, None, ("r",), (fired,))
+        store.save_incident(one, incident, {"verdict": "query_regression", "summary": "s"})
+        promoted = TopologyEvent("db-2", NOW - 60, "promoted", "promoted to primary")
+        store.add_topology_events(two, [promoted])
+        client = webstore.Client(create_app(store, clock=lambda: NOW))
+        timeline = client.get("/incidents/7.json").json()["timeline"]
+        report = render_incident_report(store, "7", clock=lambda: NOW)
+    assert [(e["state"], e["detail"]) for e in timeline] == [
+        ("firing", "fired"),
+        ("promoted", "db-2: promoted to primary"),
+    ]
+    assert "db-2: promoted to primary" in report
