@@ -95,7 +95,7 @@ class Run:
         def idle() -> None:  # caught up with the writer: store what was read, then the state
             if time.monotonic() - last_flush[0] >= IDLE_FLUSH_S:
                 if self.loader is not None:
-                    self.loader.flush()
+                    self.loader.flush(final=True)  # the current bucket too (upserted later)
                 self.save_state()
                 last_flush[0] = time.monotonic()
 

@@ -182,26 +182,28 @@ class Loader:
         self._texts, self._events, self._plans, self._span = {}, [], {}, None
 
     def _ready_buckets(self, final: bool) -> list[Bucket]:
+        """Buckets the log has moved past (``final``: all), empty ones between included, and
+        buckets that got late lines (added to what is stored)."""
         if self._next_bucket is None or self._newest is None:
             return []
         last = self._newest if final else self._newest - FLUSH_LAG * self.bucket_s
-        out = []
+        starts = []
         start = self._next_bucket
         while start <= last:
-            sums = self._buckets.pop(start, {})
-            frozen = {k: (int(v[0]), float(v[1])) for k, v in sums.items()}
-            end = start + self.bucket_s
-            if final and start == last and self.result.last_at is not None:
-                end = min(end, max(self.result.last_at, start + 1.0))  # the log stops here
-            out.append(Bucket(start, end, frozen))
+            starts.append(start)
             start += self.bucket_s
         self._next_bucket = start
-        for late in [b for b in self._buckets if b < start]:  # out of order: add to its bucket
-            sums = self._buckets.pop(late)
-            out.append(
-                Bucket(late, late + self.bucket_s, {k: (int(v[0]), v[1]) for k, v in sums.items()})
-            )
-        return out
+        starts += sorted(b for b in self._buckets if b < starts[0]) if starts else []
+        if not starts:
+            starts = sorted(b for b in self._buckets if b < start)
+        return [self._bucket(b) for b in starts]
+
+    def _bucket(self, start: float) -> Bucket:
+        sums = self._buckets.pop(start, {})
+        end = start + self.bucket_s
+        if self.result.last_at is not None and end > self.result.last_at:
+            end = max(self.result.last_at, start + 1.0)  # the log stops here (a later load extends)
+        return Bucket(start, end, {k: (int(v[0]), float(v[1])) for k, v in sums.items()})
 
     def close(self) -> LoadResult:
         self.flush(final=True)
