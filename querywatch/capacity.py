@@ -110,6 +110,8 @@ class StatementCapacity:
         return self.busy_cores / self.cores if self.cores > 0 else 0.0
 
     def sentence(self) -> str:
+        if self.mean_ms <= 0 or self.calls_per_s <= 0:
+            return "this statement finished no call in the window: its cost per call is unknown"
         return (
             f"at {figure(self.mean_ms)} ms per call this statement saturates {self.cores} cores "
             f"at {_rate(self.saturating_calls_per_s)} calls/s; it runs at "
@@ -226,6 +228,8 @@ def place(
     """How many of the statement's calls/s ``replica`` could take at the same cost per call,
     keeping its busy cores within ``max_busy`` of its cores, if its lag allows at all."""
     lag = replica.lag_s
+    if statement.calls_per_s <= 0 or statement.mean_ms <= 0:
+        return Placement(replica.name, 0.0, False, "the statement finished no call", lag_s=lag)
     if not replica.streaming:
         return Placement(replica.name, 0.0, False, "it is not streaming", lag_s=lag)
     if lag is None:
@@ -238,7 +242,7 @@ def place(
         return Placement(replica.name, 0.0, False, why, replica.cores, lag_s=lag)
     before = replica.db_ms_per_s / 1000.0
     room_ms = settings.max_busy * replica.cores * 1000.0 - replica.db_ms_per_s
-    fit = room_ms / statement.mean_ms if statement.mean_ms > 0 else math.inf
+    fit = room_ms / statement.mean_ms
     calls = max(min(fit, statement.calls_per_s), 0.0)
     after = before + calls * statement.mean_ms / 1000.0
     limit = f"{settings.max_busy:.0%} of {replica.cores} cores"

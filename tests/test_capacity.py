@@ -89,8 +89,21 @@ def test_the_issue_example() -> None:
 def test_free_statement_never_saturates() -> None:
     assert saturating_calls_per_s(4, 0.0) == math.inf
     s = StatementCapacity(2, 0.0, 10.0)
-    assert "unbounded" in s.sentence()
+    assert "cost per call is unknown" in s.sentence()
     assert s.as_json()["saturating_calls_per_s"] is None
+    assert "saturates 2 cores at unbounded" not in s.sentence()
+
+
+def test_a_statement_still_running_is_not_placed() -> None:
+    """A blocker or a long statement that finished no call in the window: no cost per call."""
+    running = StatementCapacity(4, 0.0, 0.0)
+    p = place(running, ReplicaLoad("db-2", 8, 0.0, 0.0))
+    assert not p.takes and p.reason == "the statement finished no call"
+    a = assess(4, 3000.0, "fp", READS[0], 0.0, 0.0, (ReplicaLoad("db-2", 8, 0.0, 0.0),))
+    assert a.lines()[1] == (
+        "capacity: this statement finished no call in the window: its cost per call is unknown"
+    )
+    assert a.proposed == ()
 
 
 @given(
