@@ -39,7 +39,17 @@ from querywatch.gate.plans import Explainer
 from querywatch.gate.rules import RuleName, check_test
 from querywatch.localpg import LocalPostgres
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "queries"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "queries"
+SQL_BLOCK = re.compile(r"```sql\n(.*?)\n```", re.DOTALL)
+# what a reader runs to look (catalog queries); statements that act (end a session, drop a slot,
+# resume replay) or that hold a placeholder to fill in are not run here
+LOOKS = re.compile(r"(SELECT|SHOW|WITH)\b", re.IGNORECASE)
+ACTS = re.compile(
+    r"pg_(terminate|cancel)_backend|pg_drop_replication_slot|pg_wal_replay_|pg_reload_conf"
+    r"|<\w[^>]*>|\$\d"
+    r"|pg_is_wal_replay_paused",  # answers on a replica only; the test's server is a primary
+)
 MARKER = re.compile(
     r"<!-- example: (?P<name>[\w-]+) (?P<role>\w+)(?P<keys>(?: [\w=.]+)*) -->\s*\n"
     r"```sql\n(?P<sql>.*?)\n```",
@@ -260,3 +270,39 @@ def test_every_finding_and_gate_rule_has_an_example() -> None:
         if key in {"finding", "gate"}
     }
     assert sorted(wanted - shown) == []
+
+
+def catalog_queries() -> list[tuple[str, str]]:
+    """(page, statement) of every read-only query the reference pages and the install page give."""
+    found = []
+    for page in [
+        *sorted((ROOT / "docs" / "reference").glob("*/*.md")),
+        ROOT / "docs" / "install.md",
+    ]:
+        for body in SQL_BLOCK.findall(page.read_text(encoding="utf-8")):
+            if re.search(r"^\s*BEGIN\b", body, re.MULTILINE | re.IGNORECASE):
+                continue  # a recipe around an application statement, not a look at the server
+            lines = [line.split("--")[0] for line in body.splitlines()]
+            found += [
+                (page.name, s)
+                for s in statements("\n".join(lines))
+                if LOOKS.match(s) and not ACTS.search(s)
+            ]
+    return found
+
+
+def test_reference_catalog_queries_run(server: LocalPostgres) -> None:
+    """Every read-only query the reference pages tell a reader to run is valid SQL on a server
+    with pg_stat_statements (catalog names, columns, functions)."""
+    queries = catalog_queries()
+    assert len(queries) >= 15
+    failed = []
+    dsn = server.dsn
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        for page, query in queries:
+            try:
+                conn.execute(query).fetchall()
+            except psycopg.Error as exc:
+                failed.append(f"{page}: {query[:80]}: {str(exc).splitlines()[0]}")
+    assert failed == []
