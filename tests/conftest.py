@@ -168,6 +168,7 @@ TIMED = frozenset(
         "test_cli",
         "test_kcache_pg",
         "test_collection_pg",
+        "test_replication_pg",
     }
 )
 

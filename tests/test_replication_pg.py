@@ -26,6 +26,7 @@ from querywatch.alerts.webhook import WebhookChannel
 from querywatch.demo.receiver import Alert, AlertReceiver
 from querywatch.localpg import LocalPostgres
 from querywatch.replication import (
+    CONFLICTS,
     LAG,
     LAG_BACK,
     MOVED,
@@ -91,7 +92,7 @@ def _writable(*servers: LocalPostgres) -> str:
 @pytest.fixture(scope="module")
 def pair(make_pg: MakePg, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     primary = make_pg()
-    replica = start_replica(primary, "db-2")
+    replica = start_replica(primary, "db-2", {"max_standby_streaming_delay": "500ms"})
     receiver = AlertReceiver().start()
     store = tmp_path_factory.mktemp("replication") / "qw.db"
     Store(store).close()  # created (migrated) before the watch and the tests open it
@@ -187,6 +188,31 @@ def test_inactive_slot_holding_wal_is_a_finding_with_its_fix(pair: Pair) -> None
         with psycopg.connect(pair.primary.dsn, autocommit=True) as conn:
             conn.execute(found["fix"])  # the fix as given drops the slot
         wait_for("the finding gone", lambda: finding() is None)
+
+
+def test_queries_cancelled_by_recovery_conflicts_are_an_event(pair: Pair) -> None:
+    failed: list[str] = []
+
+    def long_read() -> None:  # holds a snapshot of ticks on the replica for 10 s
+        with psycopg.connect(pair.replica.dsn, autocommit=True) as conn:
+            try:
+                conn.execute("SELECT count(*) FROM ticks, pg_sleep(10)")
+            except psycopg.Error as exc:
+                failed.append(str(exc).splitlines()[0])
+
+    reader = threading.Thread(target=long_read)
+    reader.start()
+    time.sleep(1.0)
+    with psycopg.connect(pair.primary.dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM ticks")
+        conn.execute("VACUUM ticks")  # removes rows the replica's query still sees
+    reader.join(15)
+    with pair.open_store() as store:
+        replica = wait_for("db-2", lambda: _server_id(store, "db-2"))
+        [event] = wait_for("a conflict event", lambda: _events(store, replica, CONFLICTS))
+    print(f"\nconflict: {failed} -> {event.detail}")
+    assert failed and "conflict with recovery" in failed[0]
+    assert event.detail.startswith("1 queries cancelled by recovery conflicts")
 
 
 def test_promotion_is_a_failover_event_alerted_and_history_stays(pair: Pair) -> None:
