@@ -106,9 +106,15 @@ def deploys(site: SiteDep) -> dict[str, Any]:
     return views.deploys(site)
 
 
-def health(site: SiteDep) -> dict[str, Any]:
+def health(site: SiteDep, server: ServerQuery = None) -> dict[str, Any]:
     """Health findings: collector freshness, gaps, dealloc, detector and alert channels."""
-    return views.health(site)
+    return views.health(site, server)
+
+
+def fleet(site: SiteDep, range: RangeQuery = None) -> dict[str, Any]:
+    """Every server with its health, open incidents, DB time sparkline and collector status,
+    trouble first (firing, down, stale, pending, learning, ok)."""
+    return views.fleet(site, _range(range))
 
 
 def replication(site: SiteDep, range: RangeQuery = None) -> dict[str, Any]:
@@ -155,6 +161,7 @@ PAGES = (
     Page("/deploys", deploys, "deploys"),
     Page("/health", health, "health"),
     Page("/replication", replication, "replication"),
+    Page("/fleet", fleet, "fleet"),
     Page("/api", api, "api", twin=False),
 )
 

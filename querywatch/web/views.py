@@ -12,7 +12,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
+from .. import fleet as fleet_health
 from .. import headroom, top
 from .. import status as server_status
 from ..advise import findings as plan_findings
@@ -81,6 +83,12 @@ def server(site: Site, name: str | None = None) -> Server:
     return servers[0] if servers else NO_SERVER
 
 
+def server_query(servers: Sequence[Server], srv: Server) -> str:
+    """``?server=NAME`` for the links of a page about one server of a fleet, so that they stay
+    on it; "" when the store holds one server (links as they always were)."""
+    return f"?server={quote(srv.name, safe='')}" if srv.name and len(servers) > 1 else ""
+
+
 def window(range_name: str, now: float) -> tuple[float, float, float]:
     r = RANGES[range_name]
     start = math.floor((now - r.seconds) / r.step) * r.step
@@ -101,7 +109,13 @@ def _rate(value: float, seconds: float) -> float | None:
 
 
 def stacked_chart(
-    site: Site, srv: Server, start: float, end: float, step: float, limit: int = STACKED
+    site: Site,
+    srv: Server,
+    start: float,
+    end: float,
+    step: float,
+    limit: int = STACKED,
+    query: str = "",
 ) -> tuple[dict[str, Any], dict[str, Counters], float]:
     """DB time per second stacked by the top ``limit`` fingerprints (and the rest as "other")."""
     totals = site.store.fingerprint_totals(srv.id, start, end, step)
@@ -113,7 +127,7 @@ def stacked_chart(
         {
             "key": fp,
             "label": _label(texts[fp].query if fp in texts else "", fp),
-            "href": f"/statements/{fp}",
+            "href": f"/statements/{fp}{query}",
             "values": _values(series, times, fp, lambda c: c.exec_ms),
         }
         for fp in ranked
@@ -182,10 +196,12 @@ def overview(
     site: Site, range_name: str | None = None, server_name: str | None = None
 ) -> dict[str, Any]:
     name = pick_range(range_name)
+    servers = site.store.servers()
     srv = server(site, server_name)
+    query = server_query(servers, srv)
     now = site.clock()
     start, end, step = window(name, now)
-    chart, totals, covered = stacked_chart(site, srv, start, end, step)
+    chart, totals, covered = stacked_chart(site, srv, start, end, step, query=query)
     incidents = site.store.incidents(srv.id, limit=200) if srv.id else []
     chart["markers"] = _markers(site, start, end) + event_markers(
         site.store, srv.id or None, start, end
@@ -194,19 +210,24 @@ def overview(
     return {
         "page": "overview",
         "server": srv.name,
-        "servers": [s.name for s in site.store.servers()],
+        "servers": [s.name for s in servers],
         "range": name,
         "ranges": list(RANGES),
         "window": {"start": iso(start), "end": iso(end)},
         "seconds_covered": round(covered, 1),
         "verdict": verdict(site, srv, incidents, now),
         "chart": chart,
-        "statements": _top_rows(site, totals, covered, "time", TABLE),
+        "statements": _top_rows(site, totals, covered, "time", TABLE, query),
     }
 
 
 def _top_rows(
-    site: Site, totals: Mapping[str, Counters], seconds: float, by: str, limit: int
+    site: Site,
+    totals: Mapping[str, Counters],
+    seconds: float,
+    by: str,
+    limit: int,
+    query: str = "",
 ) -> list[dict[str, Any]]:
     key = top.SORT_KEYS[by]
     chosen = sorted(totals, key=lambda fp: (-key(totals[fp]), fp))[:limit]
@@ -220,7 +241,7 @@ def _top_rows(
         row = ranked.as_dict()
         row.update(rank=n, share=round(totals[fp].exec_ms / total_ms, 4) if total_ms else 0.0)
         row["db_time_ms_per_s"] = _rate(totals[fp].exec_ms, seconds)
-        row["href"] = f"/statements/{fp}"
+        row["href"] = f"/statements/{fp}{query}"
         row.pop("temp_blks_written", None)  # not summed for the dashboard
         if by != "io":  # shown when ranking by io; other rankings keep their rows as they were
             row.pop("io_blocks", None)
@@ -289,6 +310,7 @@ def statement(
     return {
         "page": "statement",
         "server": srv.name,
+        "servers": [s.name for s in site.store.servers()],
         "fingerprint": fingerprint,
         "query": known.query,
         "queryids": [str(q) for q in known.queryids],
@@ -412,7 +434,8 @@ def _share(series: Series, times: list[float], fp: str) -> list[float | None]:
 def incidents(site: Site, server_name: str | None = None) -> dict[str, Any]:
     srv = server(site, server_name)
     rows = [_incident_row(s) for s in site.store.incidents(srv.id or None, limit=500)]
-    return {"page": "incidents", "server": srv.name, "incidents": rows}
+    servers = [s.name for s in site.store.servers()]
+    return {"page": "incidents", "server": srv.name, "servers": servers, "incidents": rows}
 
 
 def incident(site: Site, incident_id: str) -> dict[str, Any] | None:
@@ -427,8 +450,10 @@ def incident(site: Site, incident_id: str) -> dict[str, Any] | None:
     start, end = i.opened_at - INCIDENT_BEFORE_S, min(now, stop + INCIDENT_AFTER_S)
     step = _incident_step(start, end, now)
     start = math.floor(start / step) * step
-    srv = next((s for s in site.store.servers() if s.id == found.server_id), NO_SERVER)
-    chart, _, _ = stacked_chart(site, srv, start, end, step, limit=5)
+    servers = site.store.servers()
+    srv = next((s for s in servers if s.id == found.server_id), NO_SERVER)
+    query = server_query(servers, srv)
+    chart, _, _ = stacked_chart(site, srv, start, end, step, limit=5, query=query)
     _trim_leading(chart)
     chart["markers"] = _markers(site, start, end) + event_markers(site.store, None, start, end)
     chart["bands"] = _bands([found], start, end)
@@ -436,6 +461,7 @@ def incident(site: Site, incident_id: str) -> dict[str, Any] | None:
     return {
         "page": "incident",
         "server": srv.name,
+        "servers": [s.name for s in servers],
         **_incident_row(found),
         "timeline": sorted(  # the incident's states and the servers' topology events
             [
@@ -447,7 +473,7 @@ def incident(site: Site, incident_id: str) -> dict[str, Any] | None:
         ),
         "diagnosis": diagnosis,
         "culprits": [
-            {**c, "href": f"/statements/{c.get('fingerprint', '')}"}
+            {**c, "href": f"/statements/{c.get('fingerprint', '')}{query}"}
             for c in diagnosis.get("culprits", [])
             if isinstance(c, dict)
         ],
@@ -482,19 +508,21 @@ def deploys(site: Site) -> dict[str, Any]:
         {"version": d.version, "at": iso(d.at), "t": d.at, "note": d.note, "audit": None}
         for d in reversed(site.store.deploys())
     ]
-    return {"page": "deploys", "deploys": rows}
+    servers = [s.name for s in site.store.servers()]
+    return {"page": "deploys", "servers": servers, "deploys": rows}
 
 
-def health(site: Site) -> dict[str, Any]:
+def health(site: Site, server_name: str | None = None) -> dict[str, Any]:
     now = site.clock()
     # intervals, gaps and open incidents as the store holds them (querywatch.status)
     status = server_status.consistent(site.store.status(), server_status.build(site.store))
-    srv = server(site)
+    srv = server(site, server_name)
     gaps = site.store.gaps(srv.id, now - 86400, now) if srv.id else []
     findings = health_rules.findings(status, gaps, now)
     return {
         "page": "health",
         "server": srv.name,
+        "servers": [s.name for s in site.store.servers()],
         "findings": [f.as_dict() for f in findings],
         "collectors": health_rules.collectors(status, now),
         "gaps": [
@@ -544,6 +572,7 @@ def statements(
         raise InputError(f"by: {by!r} is not one of {', '.join(top.SORT_KEYS)}")
     name = pick_range(range_name)
     srv = server(site, server_name)
+    query = server_query(site.store.servers(), srv)
     start, end, step = window(name, site.clock())
     totals = site.store.fingerprint_totals(srv.id, start, end, step)
     covered = sum(site.store.seconds_covered(srv.id, start, end, step).values())
@@ -553,5 +582,39 @@ def statements(
         "window": {"start": iso(start), "end": iso(end)},
         "seconds_covered": round(covered, 1),
         "by": by,
-        "statements": _top_rows(site, totals, covered, by, limit),
+        "statements": _top_rows(site, totals, covered, by, limit, query),
     }
+
+
+# -- fleet ------------------------------------------------------------------------------------------
+def fleet(site: Site, range_name: str | None = None) -> dict[str, Any]:
+    """Every server with its health, open incidents, DB time sparkline and collector, trouble
+    first (querywatch.fleet); each links to its overview."""
+    name = pick_range(range_name)
+    now = site.clock()
+    span = RANGES[name].seconds
+    buckets = server_status.SPARK_BUCKETS
+    rows = fleet_health.summarize(server_status.facts(site.store, now, span, buckets), now)
+    step = max(1.0, float(math.ceil(span / buckets)))
+    first = math.floor(now / step) * step - (buckets - 1) * step
+    return {
+        "page": "fleet",
+        "server": "",
+        "servers": [r.name for r in rows],
+        "range": name,
+        "ranges": list(RANGES),
+        "headline": fleet_health.headline(rows),
+        "counts": fleet_health.counts(rows),
+        "times": [first + n * step for n in range(buckets)],
+        "step_s": step,
+        "rows": [_fleet_row(r) for r in rows],
+    }
+
+
+def _fleet_row(row: fleet_health.FleetRow) -> dict[str, Any]:
+    doc = fleet_health.as_json(row)
+    incident = row.facts.incident
+    doc["href"] = f"/?server={quote(row.name, safe='')}"
+    doc["incident_href"] = f"/incidents/{incident}" if incident else ""
+    doc["health_href"] = f"/health?server={quote(row.name, safe='')}"
+    return doc

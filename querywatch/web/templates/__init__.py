@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import pages, replication
+from . import fleet, pages, replication
 
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "overview": pages.overview,
@@ -19,11 +19,13 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "health": pages.health,
     "replication": replication.render,
     "api": pages.api,
+    "fleet": fleet.page,
 }
 
 
 def render(page: str, context: Mapping[str, Any]) -> str:
-    return RENDERERS[page](context)
+    """The page, with the server picker of a fleet in its header (querywatch.web.templates.fleet)."""
+    return fleet.with_picker(RENDERERS[page](context), page, context)
 
 
 __all__ = ["render"]

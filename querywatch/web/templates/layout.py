@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 NAV = (
+    ("fleet", "/fleet", "Fleet"),
     ("overview", "/", "Overview"),
     ("incidents", "/incidents", "Incidents"),
     ("deploys", "/deploys", "Deploys"),
