@@ -53,6 +53,7 @@ from .errors import InputError, QuerywatchError, SourceError
 from .gate import commands as gate_commands
 from .loadtest import commands as loadtest_commands
 from .logs import commands as logs_commands
+from .logs.follower import log_pairs
 from .model import Diagnosis
 from .monitor import Monitor
 from .oneshot import diagnose_now
@@ -326,6 +327,14 @@ def watch(
     audit_after: Annotated[
         str, typer.Option("--audit-after", help="deploy audits: window after, then the audit runs")
     ] = "15m",
+    log_files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--log",
+            help="also follow this server log ([NAME=]FILE, repeatable): auto_explain plans, "
+            "lock waits, deadlocks, temp files and errors into the store",
+        ),
+    ] = None,
 ) -> None:
     """Collect, detect and alert until SIGINT/SIGTERM (then exit 0). Several servers: repeat
     --dsn, or list them as [[servers]] tables in querywatch.toml (one thread each)."""
@@ -346,6 +355,7 @@ def watch(
         web=web,
         audit_before_s=parse_duration(audit_before, "--audit-before"),
         audit_after_s=parse_duration(audit_after, "--audit-after"),
+        logs=log_pairs(log_files or [], [e.name for e in configured_servers(cfg)]),
     )
     stop = threading.Event()
     with stop_on_signals(stop.set):

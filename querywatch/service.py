@@ -31,6 +31,7 @@ from .clikit import fleet, open_source, open_store
 from .detect import Detector, DetectSettings, settings_from_mapping
 from .durations import human
 from .errors import ServerLeased, SourceError, StoreError
+from .logs.follower import start_followers
 from .model import Interval
 from .monitor import Monitor
 from .replication import settings_from_sections as replication_settings
@@ -67,6 +68,7 @@ class WatchOptions:
     web: bool = False  # also serve the dashboard, API and /metrics on cfg.host:cfg.port
     audit_before_s: float = 30 * 60.0
     audit_after_s: float = 15 * 60.0
+    logs: tuple[tuple[str, str], ...] = ()  # --log: (server, log file) to follow
 
 
 def detect_settings(cfg: Settings, options: WatchOptions) -> DetectSettings:
@@ -265,6 +267,8 @@ def _prepare(shared: _Shared, unit: ServerWatch) -> None:
     )
     topology.labels, topology.dispatcher = unit.entry.labels, shared.dispatcher
     unit.hooks.append(topology.on_interval)
+    logs = [path for server, path in shared.options.logs if server == name]  # --log
+    start_followers(st, watcher.server_id, name, logs, lambda: watcher.stopping)
     watcher.on_failure = topology.on_failure
     log.info(
         "watching %s every %s (%d alert channels, %d stored intervals reused)",

@@ -6,6 +6,10 @@ with pg_stat_statements of the same server (same fingerprints, same call counts)
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -137,3 +141,63 @@ def test_store_from_logs_serves_top_diagnose_and_plans(ran: Ran, tmp_path: Path)
     assert again["loaded"]["statements"] == 0 and again["loaded"]["events"] == 0
     other = report(str(ran.logs["csvlog"]), "--store", str(db), "--server", "from-logs")
     assert other["loaded"]["statements"] == 0  # the same span of log in another format: skipped
+
+
+def test_watch_follows_the_server_log_beside_pg_stat_statements(
+    make_pg: Any, tmp_path: Path
+) -> None:
+    """watch --log: plans, lock waits and temp files of the live log reach the store while
+    pg_stat_statements stays the only source of durations."""
+    settings = logkit.log_settings(logkit.PREFIX_A, "stderr")
+    pg = make_pg(settings, preload=("pg_stat_statements", "auto_explain"))
+    log = pg.data_dir / "log" / "postgresql.log"
+    db = tmp_path / "qw.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QUERYWATCH_", "PG"))}
+    argv = [sys.executable, "-m", "querywatch", "watch", "--dsn", pg.dsn, "--store", str(db)]
+    errors = tmp_path / "watch.err"
+    with errors.open("w") as err:
+        proc = subprocess.Popen(
+            [*argv, "--server", "live", "--interval", "1", "--log", str(log)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
+    ran = Ran()
+    try:
+        started = wait_until(lambda: "following the log" in errors.read_text())
+        assert started, errors.read_text()
+        logkit.workload(pg.dsn, ran)
+
+        def stored() -> bool:
+            with Store(db, create=False) as st:
+                srv = next(s for s in st.servers() if s.name == "live")
+                now = time.time()
+                kinds = st.log_event_counts(srv.id, now - 600, now + 60)
+                return bool(
+                    st.plans(ran.fp("plan_json"), srv.id)
+                    and kinds.get("lock_wait")
+                    and kinds.get("temp_file")
+                    and kinds.get("deadlock")
+                )
+
+        assert wait_until(stored, 30), "the log's events never reached the store"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, errors.read_text()
+    assert "Traceback" not in errors.read_text()
+    with Store(db, create=False) as st:
+        srv = next(s for s in st.servers() if s.name == "live")
+        temps = st.log_events(srv.id, "temp_file", ran.started - 5, time.time())
+        assert [t.fingerprint for t in temps] == [ran.fp("sort")]
+        assert st.plans(ran.fp("plan_text"), srv.id)
+        assert st.log_ranges(srv.id) == []  # no durations from the log: pg_stat_statements has them
+
+
+def wait_until(check: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.25)
+    return False
