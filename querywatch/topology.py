@@ -103,10 +103,17 @@ class TopologyMonitor:
     def _read(self, now: float) -> tuple[NodeState, list[ReplicaState], list[SlotState] | None]:
         if not self.source.connected:
             return NodeState(self.server_name, now, False), [], None
-        system_id = self.source.system_identifier()
-        node = source.read_node(self.source, self.server_name, now, system_id)
+        node = source.read_node(self.source, self.server_name, now, None)
+        node = replace(node, system_identifier=self._system_identifier(node))
         replicas = source.read_replicas(self.source, self.server_name, now)
         return node, replicas, source.read_slots(self.source, self.server_name, now)
+
+    def _system_identifier(self, node: NodeState) -> int | None:
+        """The known one while the server is the same (address and start time), else read."""
+        known = self._known
+        if known is not None and (known.address, known.started) == (node.address, node.started):
+            return known.system_identifier
+        return self.source.system_identifier()
 
     def _load(self, now: float) -> None:
         """The samples a previous run stored: a promotion while querywatch was down is seen."""

@@ -233,6 +233,7 @@ def test_promotion_is_a_failover_event_alerted_and_history_stays(pair: Pair) -> 
         after = {name: store.interval_count(sid) for name, sid in ids.items()}
         gaps = {n: store.gaps(ids[n], promoted_at - 5, time.time()) for n in ("db-2", "db")}
         replica_node = store.node_state(ids["db-2"])
+        shown = webstore.Client(create_app(store)).get("/replication.json").json()
     summary = alert.body["diagnosis"]["summary"]
     print(
         f"\nfailover: event {event.at - promoted_at:.2f} s after pg_ctl promote, alert "
@@ -250,6 +251,10 @@ def test_promotion_is_a_failover_event_alerted_and_history_stays(pair: Pair) -> 
     assert after["db"] > before["db"] > 0  # the DSN that follows the primary: on the new one
     assert not [g for g in gaps["db-2"] if not g.partial], "promotion is no gap on db-2"
     assert replica_node is not None and replica_node.role == "primary"
+    nodes = {n["server"]: n for n in shown["nodes"]}
+    assert (nodes["db-2"]["role"], nodes["db-2"]["configured_role"]) == ("primary", "replica")
+    assert not nodes["db-1"]["reachable"] and nodes["db-1"]["role"] == "primary"
+    assert {"promoted", "unreachable", "node_changed"} <= {e["kind"] for e in shown["events"]}
 
 
 def _events(store: Store, server_id: int, kind: str) -> list[TopologyEvent]:

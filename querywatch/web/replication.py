@@ -9,11 +9,12 @@ on an incident's timeline (and so in its standalone report).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..durations import iso
 from ..replication import EVENT_RULES, FAILOVER_RULE, ReplicaState, TopologyEvent
+from ..status import SERVER_INFO
 from ..store import Store
 from ..topology import STATUS
 
@@ -38,6 +39,7 @@ def context(store: Store, now: float, start: float, end: float) -> dict[str, Any
                 "server": srv.name,
                 "reachable": node.reachable,
                 "role": known.role if known is not None else "unknown",
+                "configured_role": str(_labels(status, srv.name).get("role", "")),
                 "sampled_at": iso(node.at),
                 "last_reachable_at": iso(known.at) if known is not None else None,
                 "timeline": known.timeline if known is not None else None,
@@ -54,6 +56,12 @@ def context(store: Store, now: float, start: float, end: float) -> dict[str, Any
         "nodes": servers,
         "events": [_event(e) for e in reversed(store.topology_events(None, start, end))],
     }
+
+
+def _labels(status: Mapping[str, Mapping[str, Any]], name: str) -> Mapping[str, Any]:
+    """The server's labels as the watch announced them (querywatch.status SERVER_INFO)."""
+    labels = status.get(f"{SERVER_INFO}{name}", {}).get("labels", {})
+    return labels if isinstance(labels, Mapping) else {}
 
 
 def _replica(r: ReplicaState, history: Sequence[ReplicaState]) -> dict[str, Any]:

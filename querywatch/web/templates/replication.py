@@ -54,12 +54,19 @@ def _server_row(s: Mapping[str, Any]) -> tuple[str, ...]:
     level = "ok" if s["reachable"] else "critical"
     return (
         escape(s["server"]),
-        escape(s["role"]),
+        escape(s["role"]) + _configured(s["role"], s["configured_role"]),
         escape(str(s["timeline"] if s["timeline"] is not None else "")),
         escape(s["upstream"]),
         f"{badge(level)} {escape(state)}",
         escape(lag),
     )
+
+
+def _configured(role: str, configured: str) -> str:
+    """The role label of the server's entry, when it says otherwise (after a failover)."""
+    if not configured or configured == role or role == "unknown":
+        return ""
+    return f' <span class="note">(labelled {escape(configured)})</span>'
 
 
 def _replica_row(primary: str, r: Mapping[str, Any]) -> tuple[str, ...]:
