@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .alerts import Dispatcher, Notification
 from .alerts.dispatcher import outbox_settings
+from .alerts.message import STORE_UNWRITABLE
 from .audit.run import AuditScheduler
 from .capacity import settings_from_mapping as capacity_settings
 from .clikit import fleet, open_source, open_store
 from .detect import Detector, DetectSettings, settings_from_mapping
+from .docs import base_url
 from .durations import human
 from .errors import ServerLeased, SourceError, StoreError
 from .logs.follower import start_followers
@@ -128,7 +130,7 @@ def _store_note(
     why: str,
 ) -> Notification:
     ident, started = incident
-    doc = {"summary": summary, "verdict": "store_unwritable", "error": why, "culprits": []}
+    doc = {"summary": summary, "verdict": STORE_UNWRITABLE, "error": why, "culprits": []}
     return Notification(status, ident, doc, time.time(), source=source, started_at=started)
 
 
@@ -176,7 +178,11 @@ def run_watch(
     otherwise); returns the collectors' final status (summed over a fleet)."""
     entries = fleet(cfg)
     outbox = outbox_settings(cfg.sections.get("alerts", {}))  # max_age, max_backoff
-    with open_store(cfg) as st, Dispatcher(options.channels, store=st, outbox=outbox) as dispatcher:
+    docs_base = base_url(cfg.docs_url, cfg.host, cfg.port)  # alerts link to their page there
+    with (
+        open_store(cfg) as st,
+        Dispatcher(options.channels, store=st, outbox=outbox, docs_base=docs_base) as dispatcher,
+    ):
         shared = _Shared(cfg, options, st, dispatcher, detect_settings(cfg, options))
         units = [_unit(shared, e) for e in entries]
         with (
