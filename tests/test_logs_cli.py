@@ -251,3 +251,49 @@ def test_text_and_json_agree(tmp_path: Path) -> None:
     assert top["fingerprint"] == fingerprint("SELECT * FROM users WHERE id = 1")
     assert top["calls"] == 6
     assert "top statements by count" in text and top["query"] in text
+
+
+def outage_log() -> str:
+    """An hour of a server's log: a steady lookup every 2 s, then at 10:40 a new statement
+    10 times every 2 s at 80 ms (the outage the log alone can tell)."""
+    lines = []
+    for s in range(0, 3600, 2):
+        lines.append(line(s, f"SELECT * FROM users WHERE id = {s}", 2.0))
+        if s >= 2400:
+            lines += [
+                line(s + k * 0.1, f"SELECT * FROM orders WHERE lower(email) = 'u{k}@x'", 80.0)
+                for k in range(10)
+            ]
+    return "".join(lines)
+
+
+def test_post_mortem_from_logs_opens_the_incident(tmp_path: Path) -> None:
+    """A server known only from its log: the incident detection would have opened, diagnosed,
+    and rendered by the incident report."""
+    from querywatch.web import render_incident_report
+
+    log, db = tmp_path / "outage.log", tmp_path / "qw.db"
+    log.write_text(outage_log())
+    doc = report(str(log), "--store", str(db), "--server", "shop", "--incidents")
+    found = doc["loaded"]["incidents"]
+    assert len(found) == 1, found
+    culprit = "SELECT * FROM orders WHERE lower(email) = $1"
+    assert culprit in found[0]["summary"] and found[0]["state"] == "firing"
+    assert found[0]["opened_at"] >= "2026-11-30T10:40"
+    with Store(db, create=False) as st:
+        page = render_incident_report(st, found[0]["id"])
+    assert "lower(email)" in page
+    again = report(str(log), "--store", str(db), "--server", "shop", "--incidents")
+    assert again["loaded"]["incidents"] == [] and again["loaded"]["statements"] == 0
+    start, end = "2026-11-30T10:30:00Z", "2026-11-30T10:50:00Z"
+    diag = run("diagnose", "--store", str(db), "--start", start, "--end", end, "--format", "json")
+    assert diag.returncode == 0, diag.stderr
+    verdict = json.loads(diag.stdout)
+    assert verdict["verdict"] == "query_regression"
+    assert verdict["culprits"][0]["fingerprint"] == fingerprint(culprit.replace("$1", "'a'"))
+
+
+def test_incidents_need_a_store(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.write_text(lookups(2))
+    assert_one_line_error(run("logs", str(log), "--incidents"), "--store")

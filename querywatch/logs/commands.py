@@ -22,12 +22,15 @@ from typing import Annotated
 import typer
 
 from ..clikit import DsnOpt, ServerOpt, err, load_settings, open_store, out, stop_on_signals
+from ..durations import iso
 from ..errors import InputError, QuerywatchError
 from ..source.postgres import server_label
+from ..store import Store
 from . import report as rep
 from .explain import Explainer
 from .load import Loader, LoadResult
 from .parser import parse
+from .postmortem import replay
 from .reader import Position, follow, load_positions, read_chunks, save_positions
 from .records import Plan
 from .summary import Summary, summarize
@@ -201,6 +204,14 @@ def logs_command(
         str | None,
         typer.Option("--store", help="load the events into this history store (a second source)"),
     ] = None,
+    incidents: Annotated[
+        bool,
+        typer.Option(
+            "--incidents",
+            help="with --store: replay detection over what was loaded (a post-mortem: the "
+            "incidents querywatch would have opened, shown by the dashboard and incident report)",
+        ),
+    ] = False,
     server: ServerOpt = None,
     dsn: DsnOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, help="statements per table")] = 20,
@@ -208,6 +219,8 @@ def logs_command(
     """Report on PostgreSQL server logs; with --store, load them as a second source."""
     check_files(files, follow_)
     cfg = load_settings(store=store, server_name=server, dsn=dsn)
+    if incidents and (store is None or follow_):
+        raise InputError("logs --incidents: give --store (and no --follow: watch detects live)")
     if dsn is not None and not keep_params:
         raise InputError("logs: --dsn is used to EXPLAIN logged values: add --keep-params")
     run = Run(
@@ -231,10 +244,13 @@ def logs_command(
         else:
             run.read_all()
         loaded = run.loader.close() if run.loader is not None else None
+        found = _replay(st, name, loaded) if incidents and st is not None else None
     finally:
         if st is not None:
             st.close()
     result = build_report(run.summary, files, top, loaded, name if loaded else None)
+    if found is not None and result.loaded is not None:
+        result = replace(result, loaded={**result.loaded, "incidents": found})
     if keep_params and dsn is not None:
         result = explain_slowest(result, cfg.dsn)
     if anonymize:
@@ -252,6 +268,17 @@ def build_report(
         doc = {"server": server, **loaded.as_dict()}
         report = replace(report, loaded=doc)
     return report
+
+
+def _replay(st: Store, server: str, loaded: LoadResult | None) -> list[dict[str, object]]:
+    """The incidents detection opens over the span just loaded (``--incidents``)."""
+    if loaded is None or loaded.first_at is None or loaded.last_at is None:
+        return []
+    found = replay(st, st.server(server).id, server, loaded.first_at, loaded.last_at)
+    return [
+        {"id": f.id, "state": f.state, "opened_at": iso(f.opened_at), "summary": f.summary}
+        for f in found
+    ]
 
 
 def _planned(p: Plan) -> rep.Execution:
