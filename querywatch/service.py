@@ -178,6 +178,7 @@ def run_watch(
     otherwise); returns the collectors' final status (summed over a fleet)."""
     entries = fleet(cfg)
     outbox = outbox_settings(cfg.sections.get("alerts", {}))  # max_age, max_backoff
+    replication_settings(cfg.sections)  # a bad [replication] table: one line before any start
     docs_base = base_url(cfg.docs_url, cfg.host, cfg.port)  # alerts link to their page there
     with (
         open_store(cfg) as st,
