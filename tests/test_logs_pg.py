@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from querywatch.store import Store
 from tests import logkit
 from tests.logkit import Ran
-from tests.test_cli import run
+from tests.test_cli import assert_one_line_error, run
 
 FORMATS = ("stderr", "csvlog", "jsonlog")
 
@@ -201,3 +202,48 @@ def wait_until(check: Any, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.25)
     return False
+
+
+def node_types(doc: dict[str, Any]) -> set[str]:
+    found: set[str] = set()
+
+    def walk(node: dict[str, Any]) -> None:
+        found.add(str(node.get("Node Type")))
+        for child in node.get("Plans", ()):
+            walk(child)
+
+    walk(doc["Plan"])
+    return found
+
+
+def test_keep_params_explains_the_logged_values(make_pg: Any, tmp_path: Path) -> None:
+    """One statement, two values: a common status reads the table, a rare one the index. The
+    EXPLAIN of each logged execution, with its own value, shows the difference."""
+    settings = logkit.log_settings(logkit.PREFIX_A, "stderr")
+    pg = make_pg(settings, preload=("pg_stat_statements",))
+    with psycopg.connect(pg.dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE jobs (id int PRIMARY KEY, status text, pad text)")
+        c.execute(
+            "INSERT INTO jobs SELECT g, CASE WHEN g % 200 = 0 THEN 'new' ELSE 'done' END,"
+            " repeat('x', 100) FROM generate_series(1, 40000) g"
+        )
+        c.execute("CREATE INDEX jobs_status ON jobs (status)")
+        c.execute("ANALYZE jobs")
+        for status in ("done", "new"):
+            c.execute("SELECT id, pad FROM jobs WHERE status = %s", (status,))
+    log = pg.data_dir / "log" / "postgresql.log"
+    assert wait_until(lambda: "'new'" in log.read_text(errors="replace"), 10)
+    doc = report(str(log), "--keep-params", "--dsn", pg.dsn, "--top", "50")
+    lookups = [e for e in doc["slowest"] if e["query"].startswith("SELECT id, pad FROM jobs")]
+    by_value = {tuple(e["params"]): e for e in lookups if e["params"]}
+    assert set(by_value) == {("'done'",), ("'new'",)}, lookups
+    done, new = by_value[("'done'",)]["explain"], by_value[("'new'",)]["explain"]
+    assert done is not None and new is not None
+    assert "Seq Scan" in node_types(done)
+    assert node_types(new) & {"Index Scan", "Bitmap Index Scan"}
+    plain = report(str(log), "--keep-params")
+    assert all(e["explain"] is None for e in plain["slowest"])  # no --dsn: nothing explained
+    assert_one_line_error(
+        run("logs", str(log), "--keep-params", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2"),
+        "cannot connect",
+    )
