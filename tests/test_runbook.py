@@ -27,11 +27,13 @@ from typing import Any
 
 import psycopg
 import pytest
+import webstore
 from conftest import MakePg, missing
 from test_demo import run_demo
 
 from querywatch.demo import shop
 from querywatch.store import Store
+from querywatch.web import create_app
 
 pytestmark = pytest.mark.xdist_group("cpu_hogs")  # the demo loads the CPUs (see conftest)
 
@@ -208,3 +210,14 @@ def test_the_runbook_sql_runs(staging: str) -> None:
     with psycopg.connect(staging, autocommit=True) as conn:
         for text in blocks:
             conn.execute(text).fetchall()
+
+
+def test_the_incident_page_is_the_report(demo: Path, staging: str) -> None:
+    """Step 7: the dashboard's page of the incident holds what the post-mortem needs."""
+    env = environment(demo, staging)
+    with Store(demo / "querywatch.db") as store:
+        page = webstore.Client(create_app(store)).get(f"/incidents/{env['INCIDENT']}")
+    assert page.status_code == 200
+    text = page.text
+    for shown in ("query_regression", "Timeline", "Diagnosis", "v2.3", "lower(email) = lower($1)"):
+        assert shown in text, shown
