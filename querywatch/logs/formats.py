@@ -15,7 +15,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 __all__ = ["FORMATS", "BadLine", "Entry", "LogFormat", "compile_prefix", "detect", "entries"]
@@ -276,18 +276,23 @@ def _detect_prefix(lines: list[bytes]) -> str | None:
 # --- entries -----------------------------------------------------------------------------------
 
 
-# A stderr duration line handed over raw (``timed=True``): line number, the match, the duration,
-# the phase and the statement text (continuation lines joined). Internal to the parser.
-Timed = tuple[int, "re.Match[bytes]", float, bytes, bytes]
+# A stderr duration line handed over raw: the line number of its block's start, the match (its
+# line number is counted from it when wanted, see line_of), the duration, the phase, the statement
+# text (continuation lines joined), the timestamp and its zone. Internal to the parser.
+Timed = tuple[int, "re.Match[bytes]", float, bytes, bytes, bytes, bytes | None]
+# Given out before a Timed line taken by `timed` when entries came before it: the message they
+# belong to is over (its DETAIL/STATEMENT lines would come first).
+CUT = BadLine(0, "", "")
 
 
 def entries(
-    chunks: Iterable[bytes], fmt: LogFormat, *, timed: bool = False
-) -> Iterator[Entry | BadLine | Timed | None]:
+    chunks: Iterable[bytes], fmt: LogFormat, *, timed: Callable[[Timed], bool] | None = None
+) -> Iterator[Entry | BadLine | None]:
     """Entries of the log in order; None after each chunk that ended a burst (an empty chunk).
 
-    ``timed``: stderr ``duration: ... statement|execute|bind|parse: ...`` lines are given as
-    :data:`Timed` tuples instead of entries (the summary's fast path; no object per line).
+    ``timed``: stderr ``duration: ... statement|execute|bind|parse: ...`` lines are offered to it
+    as :data:`Timed` tuples first (the summary's fast path, no object per line); it returns False
+    for a line it does not take, which then comes as an entry.
     """
     if fmt.name in ("stderr", "rds"):
         return _stderr(chunks, fmt.prefix, timed)
@@ -320,8 +325,8 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
 
 
 def _stderr(
-    chunks: Iterable[bytes], prefix: str | None, timed: bool
-) -> Iterator[Entry | BadLine | Timed | None]:
+    chunks: Iterable[bytes], prefix: str | None, timed: Callable[[Timed], bool] | None
+) -> Iterator[Entry | BadLine | None]:
     rx = _line_regex(prefix)
     generic = prefix is None
     pending = b""
@@ -353,28 +358,40 @@ def _stderr(
 
 
 def _stderr_block(
-    data: bytes, rx: re.Pattern[bytes], generic: bool, line_no: int, timed: bool = False
-) -> Iterator[Entry | BadLine | Timed]:
+    data: bytes,
+    rx: re.Pattern[bytes],
+    generic: bool,
+    line_no: int,
+    timed: Callable[[Timed], bool] | None = None,
+) -> Iterator[Entry | BadLine]:
     pos = 0
-    counted = 0  # data[:counted] holds line_no - first_line_no newlines
+    counted = 0  # data[:counted] holds line_no - first newlines
     first = line_no
     names = ("ts", "tz", "sev", "msg", "more", "ms", "phase")
     fields = ("pid", "user", "db", "app", "client", "sqlstate", "epoch")
     named = tuple(n for n in fields if n in rx.groupindex)
     strings = _STRINGS
+    secondary = _SECONDARY_BYTES
+    after_entry = True  # False after a line `timed` took: its DETAIL lines are skipped
     for m in rx.finditer(data):
         start = m.start()
         if start > pos:
             yield from _bad_lines(data, pos, start, first + data.count(b"\n", 0, pos))
         pos = m.end() + 1
-        line_no += data.count(b"\n", counted, start)
-        counted = start
         ts, tz, sev, msg, more, ms, phase = m.group(*names)
         if more:
             msg += more.replace(b"\n\t", b"\n")
-        if timed and ms is not None and sev == b"LOG":
-            yield (line_no, m, float(ms), phase, msg)
-            continue
+        if timed is not None:
+            if ms is not None and sev == b"LOG":
+                if after_entry:
+                    yield CUT
+                    after_entry = False
+                if timed((first, m, float(ms), phase, msg, ts, tz)):
+                    continue
+            elif not after_entry and sev in secondary:
+                continue
+        line_no += data.count(b"\n", counted, start)
+        counted = start
         stamp = ts.decode() if ts is not None else None
         entry = Entry(
             line_no, stamp, _cached(strings, tz), _cached(strings, sev) or "LOG", _text(msg)
@@ -385,9 +402,13 @@ def _stderr_block(
         elif ms is not None:  # not a LOG line: the duration header stays in its message
             entry.message = _text(data[m.start("ms") - 10 : m.start("msg")]) + entry.message
         fill(entry, m, generic, named)
+        after_entry = True
         yield entry
     if pos < len(data):
         yield from _bad_lines(data, pos, len(data), first + data.count(b"\n", 0, pos))
+
+
+_SECONDARY_BYTES = frozenset(k.encode() for k in SECONDARY)
 
 
 def fill(entry: Entry, m: re.Match[bytes], generic: bool, named: tuple[str, ...]) -> None:
@@ -400,8 +421,8 @@ def fill(entry: Entry, m: re.Match[bytes], generic: bool, named: tuple[str, ...]
 
 def entry_of(line: Timed) -> Entry:
     """The entry of a :data:`Timed` line (built only when an event is wanted of it)."""
-    line_no, m, ms, phase, text = line
-    ts, tz = m.group("ts", "tz")
+    first, m, ms, phase, text, ts, tz = line
+    line_no = first + m.string.count(b"\n", 0, m.start())
     stamp = ts.decode() if ts is not None else None
     entry = Entry(line_no, stamp, _cached(_STRINGS, tz), "LOG", _text(text))
     entry.ms = ms

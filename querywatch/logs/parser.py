@@ -26,6 +26,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import partial
 from itertools import chain
 from typing import Literal, TypedDict
 
@@ -48,7 +49,7 @@ from querywatch.logs.records import (
     Unparsed,
 )
 
-__all__ = ["FORMATS", "OnTimed", "detect_format", "parse"]
+__all__ = ["FORMATS", "OnTimed", "detect_format", "parse", "shape_key"]
 
 _DETECT_BYTES = 256 * 1024
 _DURATION = re.compile(
@@ -81,11 +82,41 @@ _ELAPSED = re.compile(r"elapsed: (?P<s>[\d.]+) s")
 _SESSION = re.compile(r"session time: (?P<h>\d+):(?P<m>\d\d):(?P<s>[\d.]+)")
 _DEADLOCK_PIDS = re.compile(r"Process (\d+) waits for")
 _MESSAGE_VALUES = re.compile(r"'(?:[^']|'')*'|(?<=: )\"[^\"]*\"$")
-# Values masked for the shape cache key; quoted identifiers kept. A \0 never occurs in SQL text.
-_MASK = re.compile(
-    r"(\"(?:[^\"]|\"\")*\")|'(?:[^']|'')*'|(?<![\w$.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+# The cache key of a statement's shape: values (strings, numbers, $n) masked and IN lists of
+# them collapsed, as the fingerprint ignores them; quoted identifiers are masked apart and appended
+# (they name things). Control bytes never occur in SQL text, so they mark what was masked.
+_VALUE = re.compile(  # a quote, digit or $ first: the engine skips other bytes fast
+    rb"['\d$](?:(?<=')(?:[^']|'')*'|(?<=\$)\d+"
+    rb"|(?<=\d)(?<![\w$.\x80-\xff]\d)\d*(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 )
-_MASK_VALUES = re.compile(r"'(?:[^']|'')*'|(?<![\w$.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_IN_LIST = re.compile(rb"\b(?i:in)\s*\(\s*\x00(?:\s*,\s*\x00)*\s*\)")
+
+
+def shape_key(text: bytes) -> bytes:
+    r"""The key under which a statement's (fingerprint, normalized text) is cached.
+
+    Texts with the same key have the same fingerprint. Text the mask could misread (backslash
+    escapes in strings, dollar quotes) is its own key.
+
+    >>> shape_key(b"SELECT * FROM t WHERE a = 'x' AND id IN (1, 2, $3)")
+    b'SELECT * FROM t WHERE a = \x00 AND id \x04'
+    >>> shape_key(b'SELECT "t1".x FROM t1 WHERE y = 1') != shape_key(b'SELECT "t2".x FROM t1 WHERE y = 1')
+    True
+    """
+    if b"\\'" in text or b"$$" in text:
+        return b"\x02" + text
+    if b'"' in text:  # quoted identifiers kept aside as they are, the rest masked
+        parts = text.split(b'"')
+        masked = (
+            _VALUE.sub(b"\x00", b"\x01".join(parts[0::2])) + b"\x03" + b"\x03".join(parts[1::2])
+        )
+    else:
+        masked = _VALUE.sub(b"\x00", text)
+    if b"IN (" in masked or b"in (" in masked or b"IN(" in masked or b"in(" in masked:
+        masked = _IN_LIST.sub(b"\x04", masked)
+    return masked
+
+
 _FIRST_PLAN_LINE = re.compile(r"\(cost=|\(actual |\(never executed\)")
 _TZ_OFFSETS = {
     "UTC": 0,
@@ -122,7 +153,8 @@ _TZ_OFFSETS = {
 _SHAPE_CACHE_MAX = 20_000
 
 
-OnTimed = Callable[[Timed, "_Assembler"], None]
+# on_timed(assembler, line) -> False to have the line given as an event instead.
+OnTimed = Callable[["_Assembler", Timed], bool]
 
 
 class _Where(TypedDict):
@@ -182,9 +214,10 @@ def parse(
     if year is None:
         year = datetime.now(UTC).year
     assembler = _Assembler(keep_params, year, default_tz)
+    timed = None
     if on_timed is not None and not keep_params:
         assembler.on_timed = on_timed
-    timed = assembler.on_timed is not None
+        timed = partial(on_timed, assembler)
     return assembler.run(formats.entries(chain(head, pieces), found, timed=timed))
 
 
@@ -197,11 +230,11 @@ class _Assembler:
         self.keep_params = keep_params
         self.year = year
         self.default_tz = default_tz
-        self.shapes: dict[str, tuple[str, str]] = {}
+        self.shapes: dict[bytes, tuple[str, str]] = {}
         self.zones: dict[str | None, tzinfo] = {}
         self.pending: dict[int | None, Entry] = {}  # log_statement text awaiting its log_duration
 
-    def run(self, items: Iterator[Entry | BadLine | Timed | None]) -> Iterator[AnyEvent]:
+    def run(self, items: Iterator[Entry | BadLine | None]) -> Iterator[AnyEvent]:
         current: Entry | None = None
         secondary = formats.SECONDARY
         for item in items:
@@ -210,14 +243,10 @@ class _Assembler:
                     yield from self.events(current)
                     current = None
                 yield from self.drain()
-            elif type(item) is tuple:  # a Timed line, for on_timed
+            elif item is formats.CUT:
                 if current is not None:
                     yield from self.events(current)
                     current = None
-                if self.pending or self.on_timed is None:
-                    yield from self.events(formats.entry_of(item))
-                else:
-                    self.on_timed(item, self)
             elif type(item) is BadLine:
                 yield Unparsed(
                     at=None, line_no=item.line_no, sample=item.sample, reason=item.reason
@@ -457,11 +486,7 @@ class _Assembler:
 
     def shape(self, text: str) -> tuple[str, str]:
         """(fingerprint, normalized text), cached by the text with its values masked."""
-        if "\\'" in text:  # backslash escapes: the mask could misread the strings
-            found = fp.shape(text)
-            return found.fingerprint, found.query
-        # No quoted identifier: a plain replacement (much faster than one with a group).
-        key = _MASK_VALUES.sub("\0", text) if '"' not in text else _MASK.sub("\\1\0", text)
+        key = shape_key(text.encode("utf-8", "surrogateescape"))
         cached = self.shapes.get(key)
         if cached is None:
             found = fp.shape(text)

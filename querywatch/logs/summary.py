@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ from typing import Any
 from querywatch.logs import formats
 from querywatch.logs import parser as _parser
 from querywatch.logs import report as rep
+from querywatch.logs.parser import shape_key
 from querywatch.logs.records import (
     AnyEvent,
     Autovacuum,
@@ -58,12 +58,10 @@ __all__ = ["OTHER", "StatementStats", "Summary", "summarize"]
 OTHER = "other"  # the fingerprint under which statements past max_fingerprints are counted
 _STEPS = 8  # histogram buckets per doubling: bucket width 2^(1/8) = 9 %, midpoint within 4.5 %
 _EXECUTIONS = frozenset({"statement", "execute"})
-# The values of a statement masked (bytes), the key of the fast path's cache; see parser._MASK.
-_MASK_VALUES = re.compile(rb"'(?:[^']|'')*'|(?<![\w$.\x80-\xff])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
-_MASK = re.compile(
-    rb"(\"(?:[^\"]|\"\")*\")|'(?:[^']|'')*'|(?<![\w$.\x80-\xff])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
-)
+_log2 = math.log2
+_floor = math.floor
 _FAST_CACHE_MAX = 50_000
+_EXACT_MAX = 20_000  # texts seen as they are (a few MB at most)
 
 
 def summarize(
@@ -72,15 +70,20 @@ def summarize(
     fmt: str | None = None,
     prefix: str | None = None,
     year: int | None = None,
+    keep_params: bool = False,
     summary: Summary | None = None,
 ) -> Summary:
     """The summary of a whole log, read the fast way: the same figures as feeding it every event.
 
     stderr ``duration: ... statement`` lines are aggregated as they are matched, without an event
-    object each; the slowest ones still become :class:`Statement` events for the report.
+    object each; the slowest ones still become :class:`Statement` events for the report. With
+    ``keep_params`` every statement is an event (their parameters are kept for the slowest).
     """
     summary = summary if summary is not None else Summary()
-    for event in _parser.parse(data, fmt=fmt, prefix=prefix, year=year, on_timed=summary.timed):
+    events = _parser.parse(
+        data, fmt=fmt, prefix=prefix, year=year, keep_params=keep_params, on_timed=summary.timed
+    )
+    for event in events:
         summary.add(event)
     return summary
 
@@ -158,7 +161,7 @@ class Summary:
         self.keep = keep
         self.max_fingerprints = max_fingerprints
         self.samples = samples
-        self.counts: dict[str, int] = {}
+        self._kinds: dict[str, int] = {}  # events by kind (see counts)
         self._stats: dict[str, _Stats] = {}
         self._hours: dict[tuple[int, int, int, int], _Hour] = {}
         self._hour_keys: dict[tuple[int, int, int, int, Any], tuple[int, int, int, int]] = {}
@@ -175,7 +178,14 @@ class Summary:
         self.lock_waits = 0
         self.first: datetime | None = None
         self.last: datetime | None = None
-        self._fast: dict[bytes, tuple[_Stats, bool]] = {}
+        self._fast: dict[bytes, tuple[_Stats, bool, bytes]] = {}
+        self._exact: dict[bytes, tuple[_Stats, bool, bytes]] = {}
+        self._cur_hour_ts: bytes = b""
+        self._cur_tz: bytes | None = None
+        self._cur_hour = _Hour()
+        self._span: list[Any] = []
+        self._timed_lines = 0  # Statement events the fast path counted without making them
+        self._slow_floor = -math.inf  # the shortest of the slowest kept, once `keep` are
         self._fast_hours: dict[tuple[bytes, bytes | None], _Hour] = {}
         self._fast_range: dict[
             bytes | None, list[Any]
@@ -192,7 +202,7 @@ class Summary:
     def add(self, event: AnyEvent) -> None:
         kind = type(event)
         name = kind.__name__
-        counts = self.counts
+        counts = self._kinds
         counts[name] = counts.get(name, 0) + 1
         at = event.at
         if at is not None:
@@ -226,7 +236,7 @@ class Summary:
     def _statement(self, event: Statement) -> None:
         if event.phase not in _EXECUTIONS:
             key = "phase:" + event.phase
-            self.counts[key] = self.counts.get(key, 0) + 1
+            self._kinds[key] = self._kinds.get(key, 0) + 1
             return
         fingerprint = event.fingerprint
         stats = self._stats.get(fingerprint)
@@ -253,27 +263,41 @@ class Summary:
         b = _bucket(ms)
         stats.buckets[b] = stats.buckets.get(b, 0) + 1
         hour.total_ms += ms
+        if ms > self._slow_floor:
+            self._keep_slow(event, ms)
+
+    def _keep_slow(self, event: Statement, ms: float) -> None:
         slowest = self._slowest
         if len(slowest) < self.keep:
             heapq.heappush(slowest, (ms, next(self._seq), event))
-        elif ms > slowest[0][0]:
+        else:
             heapq.heapreplace(slowest, (ms, next(self._seq), event))
+        if len(slowest) >= self.keep:
+            self._slow_floor = slowest[0][0]
 
-    def timed(self, line: formats.Timed, assembler: Any) -> None:
-        """The fast path: one stderr duration line, as the parser matched it (see summarize)."""
-        _, m, ms, phase, text = line
-        key = phase + (
-            _MASK_VALUES.sub(b"\0", text) if b'"' not in text else _MASK.sub(b"\\1\0", text)
-        )
-        hit = self._fast.get(key)
-        if hit is None:
-            hit = self._fast_miss(key, line, assembler)
-        stats, execution = hit
-        self.counts["Statement"] = self.counts.get("Statement", 0) + 1
+    def timed(self, assembler: Any, line: formats.Timed) -> bool:
+        """The fast path: one stderr duration line, as the parser matched it (see summarize).
+
+        False (the line then comes as an event) while a log_statement text awaits its duration.
+        """
+        if assembler.pending:
+            return False
+        _, _, ms, phase, text, ts, tz = line
+        hit = self._exact.get(text)  # the same text again (parameters as $n): no masking
+        if hit is None or hit[2] != phase:
+            key = phase + b"\x05" + shape_key(text)
+            hit = self._fast.get(key)
+            if hit is None:
+                hit = self._fast_miss(key, line, assembler)
+            if len(self._exact) >= _EXACT_MAX:
+                self._exact.clear()
+            self._exact[text] = hit
+        stats, execution, _ = hit
+        self._timed_lines += 1
         if not execution:
             name = "phase:" + phase.decode()
-            self.counts[name] = self.counts.get(name, 0) + 1
-            return
+            self._kinds[name] = self._kinds.get(name, 0) + 1
+            return True
         stats.calls += 1
         stats.timed += 1
         stats.total += ms
@@ -281,33 +305,29 @@ class Summary:
             stats.min = ms
         if ms > stats.max:
             stats.max = ms
-        b = math.floor(math.log2(ms) * _STEPS) if ms > 0 else -10_000
+        b = _floor(_log2(ms) * _STEPS) if ms > 0 else -10_000
         buckets = stats.buckets
         buckets[b] = buckets.get(b, 0) + 1
-        ts, tz = m.group("ts", "tz")
-        hour_key = (ts[:13], tz)
-        hour = self._fast_hours.get(hour_key)
-        if hour is None:
-            hour = self._fast_hour(hour_key, line, assembler)
+        if ts[:13] != self._cur_hour_ts or tz != self._cur_tz:
+            self._cur_hour = self._fast_hour((ts[:13], tz), line, assembler)
+            self._cur_hour_ts, self._cur_tz = ts[:13], tz
+            self._fast_range.setdefault(tz, [ts, line, ts, line])
+            self._span = self._fast_range[tz]
+        hour = self._cur_hour
         hour.statements += 1
         hour.total_ms += ms
-        span = self._fast_range.get(tz)
-        if span is None:
-            self._fast_range[tz] = [ts, line, ts, line]
+        span = self._span
+        if ts > span[2]:
+            span[2], span[3] = ts, line
         elif ts < span[0]:
             span[0], span[1] = ts, line
-        elif ts > span[2]:
-            span[2], span[3] = ts, line
-        slowest = self._slowest
-        if len(slowest) < self.keep or ms > slowest[0][0]:
-            self._assembler = assembler
-            event = assembler.statement(formats.entry_of(line), ms, None)
-            if len(slowest) < self.keep:
-                heapq.heappush(slowest, (ms, next(self._seq), event))
-            else:
-                heapq.heapreplace(slowest, (ms, next(self._seq), event))
+        if ms > self._slow_floor:
+            self._keep_slow(assembler.statement(formats.entry_of(line), ms, None), ms)
+        return True
 
-    def _fast_miss(self, key: bytes, line: formats.Timed, assembler: Any) -> tuple[_Stats, bool]:
+    def _fast_miss(
+        self, key: bytes, line: formats.Timed, assembler: Any
+    ) -> tuple[_Stats, bool, bytes]:
         self._assembler = assembler
         phase = line[3].decode()
         fingerprint, query = assembler.shape(line[4].decode("utf-8", "replace"))
@@ -320,7 +340,7 @@ class Summary:
                 stats = self._stats[fingerprint] = _Stats(query if fingerprint != OTHER else OTHER)
         if len(self._fast) >= _FAST_CACHE_MAX:
             self._fast.clear()
-        hit = self._fast[key] = (stats, phase in _EXECUTIONS)
+        hit = self._fast[key] = (stats, phase in _EXECUTIONS, line[3])
         return hit
 
     def _fast_hour(
@@ -489,8 +509,16 @@ class Summary:
             ),
         )
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Events by kind (``Statement``, ``LockWait``...) and ``phase:bind``/``phase:parse``."""
+        counts = dict(self._kinds)
+        if self._timed_lines:
+            counts["Statement"] = counts.get("Statement", 0) + self._timed_lines
+        return dict(sorted(counts.items()))
+
     def _counts(self) -> dict[str, int]:
-        out = dict(sorted(self.counts.items()))
+        out = self.counts
         out["executions"] = sum(s.calls for s in self._stats.values())
         out["lock_waits"] = self.lock_waits
         out["temp_files"] = sum(r[1] for r in self._temp.values())
