@@ -37,6 +37,8 @@ from querywatch.replication import (
 )
 from querywatch.service import WatchOptions, run_watch
 from querywatch.settings import ServerEntry, Settings
+from querywatch.source import replication as replication_source
+from querywatch.source.postgres import PostgresSource
 from querywatch.store import Store
 from querywatch.topology import STATUS
 from querywatch.web import create_app
@@ -188,6 +190,32 @@ def test_inactive_slot_holding_wal_is_a_finding_with_its_fix(pair: Pair) -> None
         with psycopg.connect(pair.primary.dsn, autocommit=True) as conn:
             conn.execute(found["fix"])  # the fix as given drops the slot
         wait_for("the finding gone", lambda: finding() is None)
+
+
+def test_a_role_without_pg_monitor_reads_what_it_may(pair: Pair) -> None:
+    """No error, and no figure it may not see (no lag, no upstream), never a wrong one."""
+    with psycopg.connect(pair.primary.dsn, autocommit=True) as conn:
+        conn.execute("CREATE ROLE plain LOGIN")
+    wait_for("the role on the replica", lambda: _can_connect(pair.replica, "plain"))
+    found = {}
+    for name, server in (("db-1", pair.primary), ("db-2", pair.replica)):
+        src = PostgresSource(server.dsn.replace("user=postgres", "user=plain"))
+        src.connect()
+        try:
+            node = replication_source.read_node(src, name, time.time(), None)
+            replicas = replication_source.read_replicas(src, name, time.time())
+        finally:
+            src.close()
+        found[name] = (node.role, node.upstream, [(r.name, r.replay_lag_s) for r in replicas])
+    assert found == {"db-1": ("primary", "", [("db-2", None)]), "db-2": ("replica", "", [])}
+
+
+def _can_connect(server: LocalPostgres, user: str) -> bool:
+    try:
+        psycopg.connect(server.dsn.replace("user=postgres", f"user={user}")).close()
+    except psycopg.OperationalError:
+        return False
+    return True
 
 
 def test_queries_cancelled_by_recovery_conflicts_are_an_event(pair: Pair) -> None:

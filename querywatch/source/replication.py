@@ -4,8 +4,8 @@ streams to, its slots and its recovery conflicts.
 Every query runs on the watcher's one monitoring connection (``PostgresSource.fetch``), so the
 session's ``statement_timeout`` and ``lock_timeout`` apply; all of them work on a primary and on
 a replica (a cascading replica lists its own replicas), with the ``pg_monitor`` role.
-``primary_conninfo`` is read for its host, port and application_name only: a password in it is
-never kept.
+``primary_conninfo`` is read for its host, port and application_name only (a password in it is
+never kept), from ``pg_settings``, which hides it from a role without pg_read_all_settings.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ SELECT
     host(inet_server_addr()) AS address,
     inet_server_port() AS port,
     current_setting('cluster_name') AS cluster_name,
-    current_setting('primary_conninfo', true) AS primary_conninfo,
+    (SELECT setting FROM pg_settings WHERE name = 'primary_conninfo') AS primary_conninfo,
     CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END AS replay_paused,
     CASE WHEN pg_is_in_recovery()
         THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
@@ -68,7 +68,7 @@ REPLICAS = (
     + f"""
 SELECT
     coalesce(application_name, '') AS application_name,
-    coalesce(host(client_addr), 'local') AS client_addr,
+    coalesce(host(client_addr), '') AS client_addr,
     coalesce(client_port, -1) AS client_port,
     coalesce(state, '') AS state,
     coalesce(sync_state, '') AS sync_state,
