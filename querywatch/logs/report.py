@@ -22,7 +22,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 _STRING = re.compile(r"E?'(?:[^']|'')*'")
-_COMPARED_NUMBER = re.compile(r"((?:[=<>]|<>|!=|\bIN \(|,)\s*)-?\d+(?:\.\d+)?\b")
+# a number compared (``id = 42``, ``x > 7``, ``IN (1, 2)``, ``Key (id)=(42)``), not a plan's
+# figures (``cost=0.00..1.10 rows=6``: no space before their ``=``)
+_COMPARED_NUMBER = re.compile(
+    r"((?:\s(?:=|<>|!=|<=|>=|<|>)\s*|\bIN \(\s*|,\s*|\)=\())-?\d+(?:\.\d+)?\b"
+)
 _BARE_NUMBER = re.compile(r"(?<![\w$.])-?\d+(?:\.\d+)?(?![\w.])")
 
 
