@@ -271,6 +271,7 @@ class TopologyMonitor:
             "summary": summary,
             "rule": event.rule,
             "event": {"server": event.server, "kind": event.kind, "at": event.at},
+            "server": self.server_name,  # as every page of a fleet (querywatch.monitor)
             "labels": dict(self.labels),
             "culprits": [],
         }

@@ -148,7 +148,14 @@ def any_store(store_location: Callable[[str], str]) -> Iterator[Store]:
 # Tests that peg the CPUs (CPU-bound sessions, pgbench, the demo's traffic, load tests) run one at
 # a time, so that they disturb the latency-sensitive end-to-end tests as little as possible.
 CPU_HOGS = frozenset(
-    {"test_saturation_pg", "test_kcache_pg", "test_pgbench_pg", "test_demo", "test_loadtest"}
+    {
+        "test_saturation_pg",
+        "test_kcache_pg",
+        "test_pgbench_pg",
+        "test_demo",
+        "test_loadtest",
+        "test_fleet_acceptance_pg",  # five clusters with their workloads, cadence judged
+    }
 )
 # End-to-end tests judged on real timings (alerts within N intervals, latency means) run a
 # watcher against a real server: under the other workers' load they get one rerun. A test has to
@@ -168,6 +175,8 @@ TIMED = frozenset(
         "test_cli",
         "test_kcache_pg",
         "test_collection_pg",
+        "test_fleet_acceptance_pg",
+        "test_fleet_pg",
         "test_replication_pg",
     }
 )
