@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from . import __version__, check, fleet, headroom, top
+from . import __version__, check, fleet, headroom, replication_commands, top
 from . import status as server_status
 from .advise import commands as advise_commands
 from .alerts import channels_from_settings
@@ -564,6 +564,7 @@ FEATURES: tuple[Callable[[typer.Typer], None], ...] = (
     advise_commands.register,
     web_commands.register,
     logs_commands.register,
+    replication_commands.register,
 )
 for register in FEATURES:
     register(app)

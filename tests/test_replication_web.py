@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import webstore
+from typer.testing import CliRunner
 
+from querywatch.cli import app
 from querywatch.model import Incident, IncidentEvent, IncidentState
 from querywatch.replication import NodeState, ReplicaState, SlotState, TopologyEvent
 from querywatch.store import Store
@@ -90,3 +93,24 @@ def test_topology_events_on_an_incident_timeline_and_its_report(tmp_path: Path) 
         ("promoted", "db-2: promoted to primary"),
     ]
     assert "db-2: promoted to primary" in report
+
+
+def test_replication_command_text_and_json(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        one = store.server("db-1").id
+        node = NodeState("db-1", NOW - 5, True, in_recovery=False, timeline=2, system_identifier=7)
+        event = TopologyEvent("db-1", NOW - 5, "promoted", "promoted to primary (timeline 1 -> 2)")
+        store.record_replication(one, node, [_replica(NOW - 5, 0.25)], events=[event])
+    runner = CliRunner()
+    text = runner.invoke(app, ["replication", "--store", str(path)])
+    doc = runner.invoke(app, ["replication", "--store", str(path), "--format", "json"])
+    missing = runner.invoke(app, ["replication", "--store", str(tmp_path / "none.db")])
+    assert text.exit_code == 0, text.output
+    assert text.output.splitlines()[:2] == [
+        "db-1 primary timeline 2",
+        "  replica db-2 streaming async: 0.2 s, 1,000,000 bytes behind",
+    ]
+    assert "db-1 promoted: promoted to primary (timeline 1 -> 2)" in text.output
+    assert json.loads(doc.output)["nodes"][0]["replicas"][0]["replay_lag_s"] == 0.25
+    assert "no store at" in str(missing.exception)  # main() prints it as one line
