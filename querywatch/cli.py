@@ -62,6 +62,7 @@ from .service import WatchOptions, run_watch
 from .settings import Settings, help_text
 from .source.cores import server_cores
 from .source.postgres import PostgresSource, describe_dsn
+from .store import commands as store_commands
 from .text import one_line
 from .watcher import Watcher
 from .web import commands as web_commands
@@ -564,6 +565,7 @@ FEATURES: tuple[Callable[[typer.Typer], None], ...] = (
     advise_commands.register,
     web_commands.register,
     logs_commands.register,
+    store_commands.register,
     replication_commands.register,
 )
 for register in FEATURES:

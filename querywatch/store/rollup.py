@@ -147,3 +147,46 @@ def covers(conn: Connection, server_id: int, start: float, before: float) -> boo
         (server_id, before - MINUTE, start - HOUR),
     ).fetchone()
     return bool(row[0])
+
+
+_ONE_SERVER_RAW = ROLL_RAW.replace(
+    "WHERE i.end > ? AND i.end <= ?",
+    "WHERE i.end > ? AND i.end <= ? AND i.server_id = ? AND i.start >= ?",
+)
+_ONE_SERVER_RAW_SECONDS = ROLL_RAW_SECONDS.replace(
+    "WHERE end > ? AND end <= ?",
+    "WHERE end > ? AND end <= ? AND server_id = ? AND start >= ?",
+)
+_ONE_SERVER_MINUTES = ROLL_MINUTES.replace(
+    "AND r.bucket >= ? AND r.bucket < ?", "AND r.bucket >= ? AND r.bucket < ? AND r.server_id = ?"
+)
+_ONE_SERVER_MINUTE_SECONDS = ROLL_MINUTE_SECONDS.replace(
+    "AND bucket >= ? AND bucket < ?", "AND bucket >= ? AND bucket < ? AND server_id = ?"
+)
+_FORGET = "DELETE FROM {table} WHERE resolution = ? AND server_id = ? AND bucket >= ?"
+
+
+def roll_server(
+    conn: Connection,
+    server_id: int,
+    src_minute: float,
+    dst_minute: float,
+    src_hour: float,
+    dst_hour: float,
+) -> None:
+    """Make one copied server's rollups agree with the target store's marks (``store copy``):
+    roll what the target's marks passed, forget what they have not reached yet."""
+    since = 0.0
+    if dst_minute < src_minute:  # the target rolls these intervals up itself later
+        since = (dst_minute // MINUTE) * MINUTE - SETTLE_S
+        for table in ("rollups", "rollup_buckets"):
+            conn.execute(_FORGET.format(table=table), (MINUTE, server_id, since))
+        src_minute = since
+    conn.execute(_ONE_SERVER_RAW, (src_minute, dst_minute, server_id, since))
+    conn.execute(_ONE_SERVER_RAW_SECONDS, (src_minute, dst_minute, server_id, since))
+    if dst_hour < src_hour:
+        for table in ("rollups", "rollup_buckets"):
+            conn.execute(_FORGET.format(table=table), (HOUR, server_id, dst_hour))
+        src_hour = dst_hour
+    conn.execute(_ONE_SERVER_MINUTES, (src_hour, dst_hour, server_id))
+    conn.execute(_ONE_SERVER_MINUTE_SECONDS, (src_hour, dst_hour, server_id))
