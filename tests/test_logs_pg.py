@@ -220,7 +220,7 @@ def test_keep_params_explains_the_logged_values(make_pg: Any, tmp_path: Path) ->
     """One statement, two values: a common status reads the table, a rare one the index. The
     EXPLAIN of each logged execution, with its own value, shows the difference."""
     settings = logkit.log_settings(logkit.PREFIX_A, "stderr")
-    pg = make_pg(settings, preload=("pg_stat_statements",))
+    pg = make_pg(settings, preload=("pg_stat_statements", "auto_explain"))
     with psycopg.connect(pg.dsn, autocommit=True) as c:
         c.execute("CREATE TABLE jobs (id int PRIMARY KEY, status text, pad text)")
         c.execute(
@@ -229,6 +229,8 @@ def test_keep_params_explains_the_logged_values(make_pg: Any, tmp_path: Path) ->
         )
         c.execute("CREATE INDEX jobs_status ON jobs (status)")
         c.execute("ANALYZE jobs")
+        c.execute("SET auto_explain.log_min_duration = 0")
+        c.execute("SET auto_explain.log_format = 'json'")
         for status in ("done", "new"):
             c.execute("SELECT id, pad FROM jobs WHERE status = %s", (status,))
     log = pg.data_dir / "log" / "postgresql.log"
@@ -247,3 +249,14 @@ def test_keep_params_explains_the_logged_values(make_pg: Any, tmp_path: Path) ->
         run("logs", str(log), "--keep-params", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2"),
         "cannot connect",
     )
+    # the auto_explain plans of both executions are the statement's plan history in `explain`
+    db = tmp_path / "qw.db"
+    loaded = report(str(log), "--store", str(db), "--server", "jobs")
+    assert loaded["loaded"]["plans"] == 2
+    fp = lookups[0]["fingerprint"]
+    explained = run(
+        "explain", fp, "--dsn", pg.dsn, "--store", str(db), "--server", "jobs", "--format", "json"
+    )
+    assert explained.returncode == 0, explained.stderr
+    history = json.loads(explained.stdout)["plan_history"]
+    assert len({h["plan_hash"] for h in history}) >= 2, history  # seq scan and index scan

@@ -234,3 +234,18 @@ def test_a_text_plan_without_nodes_is_not_a_plan() -> None:
 def test_log_statement_ids_never_look_like_a_real_database() -> None:
     assert log_queryid(fingerprint(SLOW)) == log_queryid(fingerprint(SLOW))
     assert log_queryid(fingerprint(SLOW)) != log_queryid(fingerprint(FAST))
+
+
+def test_stored_plans_keep_no_values_unless_asked(tmp_path: Path) -> None:
+    jq = "SELECT count(*) FROM t WHERE v LIKE 'v1%'"
+    doc = {**JSON_PLAN, "Plan": {**JSON_PLAN["Plan"], "Filter": "(v ~~ 'v1%'::text)"}}
+    with Store(tmp_path / "s.db") as st:
+        srv = st.server("db1")
+        Loader(st, srv.id).add_all([plan("json", json.dumps(doc), jq)])
+        masked = st.plans(fingerprint(jq), srv.id)[0].plan
+        kept_srv = st.server("db2")
+        Loader(st, kept_srv.id, keep_values=True).add_all([plan("json", json.dumps(doc), jq)])
+        kept = st.plans(fingerprint(jq), kept_srv.id)[0].plan
+    assert "v1%" not in json.dumps(masked)
+    assert masked["Query Text"] == normalize(jq) and masked["Plan"]["Filter"] == "(v ~~ '?'::text)"
+    assert "v1%" in json.dumps(kept)

@@ -236,7 +236,7 @@ def logs_command(
     st = open_store(cfg) if store is not None else None
     try:
         if st is not None:
-            run.loader = Loader(st, st.server(name).id)
+            run.loader = Loader(st, st.server(name).id, keep_values=keep_params)
         if follow_:
             stop = threading.Event()
             with stop_on_signals(stop.set):

@@ -42,6 +42,7 @@ from .records import (
     Statement,
     TempFile,
 )
+from .report import anonymize
 
 log = logging.getLogger("querywatch.logs")
 
@@ -78,6 +79,7 @@ class Loader:
     server_id: int
     durations: bool = True
     bucket_s: float = BUCKET_S
+    keep_values: bool = False  # --keep-params: plans keep their literal values
     result: LoadResult = field(default_factory=LoadResult)
 
     def __post_init__(self) -> None:
@@ -156,7 +158,7 @@ class Loader:
         return i >= 0 and at <= self._loaded[i][1]
 
     def _plan(self, p: Plan, at: float) -> None:
-        doc = plan_document(p)
+        doc = plan_document(p, self.keep_values)
         if doc is None:
             return
         key = (p.fingerprint, nodes.plan_hash(doc))
@@ -269,9 +271,11 @@ def event_row(event: Event, at: float) -> EventRow | None:
 
 
 # -- plans ----------------------------------------------------------------------------------------
-def plan_document(p: Plan) -> dict[str, Any] | None:
+def plan_document(p: Plan, keep_values: bool = False) -> dict[str, Any] | None:
     """The EXPLAIN (FORMAT JSON) document of an auto_explain plan; a text plan's node lines
-    made into one. None when the plan holds no node."""
+    made into one. None when the plan holds no node. Values are masked unless ``keep_values``
+    (``--keep-params``): the query text is the normalized one, quoted strings and compared
+    numbers of conditions become ``?`` (the store keeps no parameter value by default)."""
     if p.format == "json":
         try:
             doc = json.loads(p.plan)
@@ -279,13 +283,30 @@ def plan_document(p: Plan) -> dict[str, Any] | None:
             return None
         if isinstance(doc, list) and doc:
             doc = doc[0]
-        if isinstance(doc, Mapping) and isinstance(doc.get("Plan"), Mapping):
+        if not (isinstance(doc, Mapping) and isinstance(doc.get("Plan"), Mapping)):
+            return None
+        if keep_values:
             return {**doc, "Query Text": doc.get("Query Text", p.query)}
-        return None
+        return {**doc, "Query Text": p.query, "Plan": _masked(doc["Plan"])}
     root = text_plan(p.plan)
     if root is None:
         return None
-    return {"Query Text": p.query, "Plan": root, "Format": "text", "Text": p.plan}
+    text = p.plan if keep_values else anonymize(p.plan)
+    return {"Query Text": p.query, "Plan": root, "Format": "text", "Text": text}
+
+
+def _masked(node: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "Plans" and isinstance(value, list):
+            out[key] = [_masked(c) if isinstance(c, Mapping) else c for c in value]
+        elif isinstance(value, str):
+            out[key] = anonymize(value)
+        elif isinstance(value, list):
+            out[key] = [anonymize(v) if isinstance(v, str) else v for v in value]
+        else:
+            out[key] = value
+    return out
 
 
 _NODE = re.compile(
