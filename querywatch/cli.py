@@ -47,7 +47,7 @@ from .clikit import (
 from .clikit import fleet as configured_servers
 from .demo import commands as demo_commands
 from .detect import Detector, settings_from_mapping
-from .docs import INSTALL, configured_base, page_url, verdict_link
+from .docs import INSTALL, check_link, configured_base, page_url, verdict_link
 from .durations import human, iso, parse_duration, parse_time
 from .errors import InputError, QuerywatchError, SourceError
 from .gate import commands as gate_commands
@@ -205,8 +205,9 @@ def check_command(
     if len(entries) == 1 and not cfg.servers:  # one server: unreachable is an error, as ever
         results = _checks(cfg, cfg.dsn)
         if fmt is Format.json:
-            doc = {"server": describe_dsn(cfg.dsn), "checks": [f.as_dict() for f in results]}
-            doc["docs_url"] = _install_docs()
+            base = configured_base(cfg)
+            checks = [{**f.as_dict(), "docs_url": check_link(f.name, base)} for f in results]
+            doc = {"server": describe_dsn(cfg.dsn), "checks": checks, "docs_url": _install_docs()}
             out.print_json(json.dumps(doc))
         else:
             _print_checks(results)
@@ -274,8 +275,8 @@ def _print_checks(results: list[check.Finding]) -> None:
         out.print(f"{_MARKS[f.level]} {f.name}: {f.message}")
         if f.fix and f.level is not check.Level.OK:
             out.print(f"      fix: {f.fix}")
-    if any(f.level is not check.Level.OK for f in results):
-        out.print(f"docs: {_install_docs()}", markup=False)
+        if f.level is not check.Level.OK:
+            out.print(f"      docs: {check_link(f.name, configured_base())}", markup=False)
 
 
 def _install_docs() -> str:

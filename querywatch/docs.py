@@ -26,6 +26,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -74,6 +75,17 @@ def configured_base(cfg: Settings | None = None) -> str:
 def page_url(page: str, base: str = DEFAULT_BASE) -> str:
     """The URL of a site page given as its directory URL (``install/``, ``runbook/``)."""
     return (base if base.endswith("/") else base + "/") + page.lstrip("/")
+
+
+def anchor(heading: str) -> str:
+    """The id MkDocs (Python-Markdown's toc) gives a heading: ``cpu cores`` -> ``cpu-cores``."""
+    text = re.sub(r"[^\w\s-]", "", heading).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def check_link(name: str, base: str = DEFAULT_BASE) -> str:
+    """The install page's section on one ``querywatch check`` finding (a heading per name)."""
+    return page_url(f"{INSTALL}#{anchor(name)}", base)
 
 
 def known(doc_id: str) -> bool:

@@ -115,6 +115,16 @@ def test_the_site_loads_nothing_from_outside(site: Path) -> None:
     assert outside == set(), "the site must work offline (no CDN, no Google Fonts)"
 
 
+def test_every_check_links_to_its_section_of_the_install_page(site: Path) -> None:
+    from querywatch import check
+
+    names = set(docs.emitted(check, "Finding", 0))
+    assert {"preload", "privileges", "cpu cores", "connection"} <= names
+    ids = _parse((site / "install" / "index.html").read_text(encoding="utf-8")).ids
+    missing = {n: docs.check_link(n) for n in names if docs.anchor(n) not in ids}
+    assert missing == {}, "`querywatch check` names without a '### <name>' section in install.md"
+
+
 def test_serve_serves_the_site_at_docs(client: webstore.Client) -> None:
     redirect = client.get("/docs")
     assert redirect.status_code == 308 and redirect.headers["location"] == "/docs/"
