@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import docskit
+import httpx
 import pytest
 import webstore
 from conftest import missing
@@ -129,3 +130,14 @@ def test_rule_links_on_the_incident_page(
         assert name in tab.locator("article h1").inner_text()
     finally:
         tab.close()
+
+
+def test_json_twins_carry_the_same_links(server: WebServer, collected: webstore.Collected) -> None:
+    twin = httpx.get(f"{server.url}/incidents/{collected.incident_id}.json", timeout=10).json()
+    assert twin["docs_url"] == f"/docs/reference/verdicts/{twin['verdict']}/"
+    assert twin["rules_docs"] and all(
+        url == f"/docs/reference/rules/{rule}/" for rule, url in twin["rules_docs"].items()
+    )
+    overview = httpx.get(f"{server.url}/index.json", timeout=10).json()
+    card = overview["verdict"]
+    assert card["docs_url"] in (None, f"/docs/reference/verdicts/{card['verdict']}/")

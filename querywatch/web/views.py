@@ -20,6 +20,7 @@ from .. import status as server_status
 from ..advise import findings as plan_findings
 from ..capacity import StatementCapacity, read_only
 from ..detect import Detector
+from ..docs import DOCS_PATH, known, link
 from ..durations import human, iso, parse_duration, parse_time
 from ..errors import InputError
 from ..model import Counters, IncidentState
@@ -63,6 +64,15 @@ class Site:
     store: Store
     clock: Callable[[], float]
     advice: AdviceProvider | None = None
+
+
+def docs_url(doc_id: str) -> str | None:
+    """The id's page on this server's /docs/ (querywatch.docs), None for what has no page."""
+    return link(doc_id, DOCS_PATH) if known(doc_id) else None
+
+
+def _with_docs(card: dict[str, Any]) -> dict[str, Any]:
+    return {**card, "docs_url": docs_url(f"verdicts/{card['verdict']}")}
 
 
 # -- shared pieces ----------------------------------------------------------------------------------
@@ -182,10 +192,12 @@ def _incident_row(s: StoredIncident) -> dict[str, Any]:
         "state": i.state.value,
         "key": i.key,
         "rules": list(i.rules),
+        "rules_docs": {r: docs_url(f"rules/{r}") for r in i.rules if known(f"rules/{r}")},
         "opened_at": iso(i.opened_at),
         "fired_at": iso(i.fired_at),
         "resolved_at": iso(i.resolved_at),
         "verdict": d.get("verdict", ""),
+        "docs_url": docs_url(f"verdicts/{d.get('verdict', '')}"),
         "summary": d.get("summary", ""),
         "href": f"/incidents/{i.id}",
     }
@@ -215,7 +227,7 @@ def overview(
         "ranges": list(RANGES),
         "window": {"start": iso(start), "end": iso(end)},
         "seconds_covered": round(covered, 1),
-        "verdict": verdict(site, srv, incidents, now),
+        "verdict": _with_docs(verdict(site, srv, incidents, now)),
         "chart": chart,
         "statements": _top_rows(site, totals, covered, "time", TABLE, query),
     }
@@ -371,6 +383,7 @@ def plans(site: Site, srv: Server, fingerprint: str) -> list[dict[str, Any]]:
                         "message": f.message,
                         "evidence": list(f.evidence),
                         "fix": f.fix,
+                        "docs_url": docs_url(f"findings/{f.rule}"),
                     }
                     for f in plan_findings.find(p.plan)
                 ],

@@ -10,20 +10,17 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from ...docs import DOCS_PATH, known
-from ...docs import link as doc_url
 from . import charts
 from .layout import badge, code, link, num, page, ranges, table
 
 Context = Mapping[str, Any]
 
 
-def docs_link(doc_id: str, text: str = "what to do") -> str:
-    """A link to an id's documentation page on this server, or nothing for an unknown id."""
-    if not known(doc_id):
+def docs_link(href: str | None, doc_id: str, text: str = "what to do") -> str:
+    """A link to an id's documentation page (the context's ``docs_url``), or nothing."""
+    if not href:
         return ""
-    href = escape(doc_url(doc_id, DOCS_PATH))
-    return f' <a class="docs" data-doc="{escape(doc_id)}" href="{href}">{escape(text)}</a>'
+    return f' <a class="docs" data-doc="{escape(doc_id)}" href="{escape(href)}">{escape(text)}</a>'
 
 
 def overview(ctx: Context) -> str:
@@ -33,10 +30,11 @@ def overview(ctx: Context) -> str:
         if v["incident"]
         else ""
     )
+    what = docs_link(v.get("docs_url"), f"verdicts/{v['verdict']}")
     body = (
         f'<section id="verdict" class="verdict verdict-{escape(v["verdict"])}">'
         f"<strong>{escape(v['verdict'].replace('_', ' '))}</strong> "
-        f"{escape(v['summary'])}{incident}{docs_link('verdicts/' + v['verdict'])}</section>"
+        f"{escape(v['summary'])}{incident}{what}</section>"
         + ranges(ctx["range"], ctx["ranges"], "/")
         + "<h2>Database time per second, by statement</h2>"
         + charts.stacked(ctx["chart"], "db-time", "ms/s")
@@ -129,7 +127,7 @@ def _plans(plans: Sequence[Mapping[str, Any]]) -> str:
         findings = "".join(
             f"<li>{badge(f['severity'])} {escape(f['message'])}"
             + (f" <em>fix:</em> <code>{escape(f['fix'])}</code>" if f["fix"] else "")
-            + docs_link(f"findings/{f['rule']}", "docs")
+            + docs_link(f.get("docs_url"), f"findings/{f['rule']}", "docs")
             + "</li>"
             for f in p["findings"]
         )
@@ -167,7 +165,8 @@ def _incidents_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 badge(r["state"]),
                 escape(r["opened_at"] or ""),
                 escape(r["resolved_at"] or "–"),
-                escape(r["verdict"]) + docs_link(f"verdicts/{r['verdict']}", "docs"),
+                escape(r["verdict"])
+                + docs_link(r.get("docs_url"), f"verdicts/{r['verdict']}", "docs"),
                 escape(r["summary"]),
             )
             for r in rows
@@ -183,13 +182,15 @@ def incidents(ctx: Context) -> str:
 
 def incident(ctx: Context) -> str:
     d = ctx["diagnosis"]
+    what = docs_link(ctx.get("docs_url"), f"verdicts/{ctx['verdict'] or ''}")
+    rules = _rules(ctx["rules"], ctx.get("rules_docs", {}))
     head = (
         f"<h1>Incident {escape(ctx['id'])} {badge(ctx['state'])}</h1>"
         f'<section class="verdict verdict-{escape(ctx["verdict"] or "unknown")}">'
         f"<strong>{escape((ctx['verdict'] or 'no diagnosis').replace('_', ' '))}</strong> "
-        f"{escape(ctx['summary'])}{docs_link('verdicts/' + (ctx['verdict'] or ''))}</section>"
+        f"{escape(ctx['summary'])}{what}</section>"
         f"<p class=note>opened {escape(ctx['opened_at'] or '')}, fired {escape(ctx['fired_at'] or '–')}, "
-        f"resolved {escape(ctx['resolved_at'] or '–')}; rules {_rules(ctx['rules'])}</p>"
+        f"resolved {escape(ctx['resolved_at'] or '–')}; rules {rules}</p>"
     )
     body = (
         head
@@ -208,9 +209,9 @@ def incident(ctx: Context) -> str:
     )
 
 
-def _rules(rules: Sequence[str]) -> str:
+def _rules(rules: Sequence[str], pages: Mapping[str, str]) -> str:
     """The incident's detection rules, each linked to its page."""
-    return ", ".join(docs_link(f"rules/{r}", r).lstrip() or escape(r) for r in rules)
+    return ", ".join(docs_link(pages.get(r), f"rules/{r}", r).lstrip() or escape(r) for r in rules)
 
 
 def incident_diagnosis(d: Mapping[str, Any], culprits: Sequence[Mapping[str, Any]]) -> str:
