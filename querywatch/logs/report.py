@@ -245,10 +245,7 @@ def to_text(report: Report, width: int = 100) -> str:
     add(f"server log report: {', '.join(report.files)}")
     if report.first:
         add(f"from {report.first} to {report.last}")
-    add(
-        "  ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in report.counts.items() if v)
-        or "no events"
-    )
+    add("  ".join(f"{label} {v:,}" for label, v in shown_counts(report)) or "no events")
     for title, rows in (
         ("top statements by total time", report.top_by_time),
         ("top statements by count", report.top_by_count),
@@ -341,6 +338,29 @@ def _execution_lines(e: Execution, width: int) -> list[str]:
     return out
 
 
+# The counts a person reads first (the JSON keeps every count the summary has).
+_SHOWN = (
+    ("executions", "executions"),
+    ("Plan", "plans"),
+    ("lock_waits", "lock waits"),
+    ("Deadlock", "deadlocks"),
+    ("temp_files", "temp files"),
+    ("errors", "errors"),
+    ("Connection", "connection lines"),
+    ("Checkpoint", "checkpoints"),
+    ("Autovacuum", "autovacuum runs"),
+)
+
+
+def shown_counts(report: Report) -> list[tuple[str, int]]:
+    """The headline counts, in reading order, the zero ones left out, unparsed lines last."""
+    counts = report.counts
+    out = [(label, int(counts[key])) for key, label in _SHOWN if counts.get(key)]
+    if report.unparsed:
+        out.append(("unparsed lines", report.unparsed))
+    return out
+
+
 def _one_line(text: str, width: int) -> str:
     flat = " ".join(text.split())
     width = max(width, 20)
@@ -406,9 +426,7 @@ def to_html(report: Report) -> str:
         f"<h1>Server log report: {e(', '.join(report.files))}</h1>",
         f"<p class='muted'>from {e(report.first or '?')} to {e(report.last or '?')}</p>",
         "<p class='counts'>"
-        + "".join(
-            f"<span><b>{v:,}</b> {e(k.replace('_', ' '))}</span>" for k, v in report.counts.items()
-        )
+        + "".join(f"<span><b>{v:,}</b> {e(label)}</span>" for label, v in shown_counts(report))
         + "</p>",
     ]
     for title, anchor, rows in (
@@ -431,7 +449,7 @@ def to_html(report: Report) -> str:
                     ]
                     for i, s in enumerate(rows, 1)
                 ],
-                numeric=6,
+                numeric=(0, 1, 2, 3, 4, 5),
             )
         )
     parts.append("<h2 id='slowest'>Slowest executions</h2>")
@@ -457,7 +475,7 @@ def to_html(report: Report) -> str:
                 ]
                 for w in report.lock_waits
             ],
-            numeric=5,
+            numeric=(1, 5),
         )
     )
     parts.append("<h2 id='deadlocks'>Deadlocks</h2>")
@@ -483,7 +501,7 @@ def to_html(report: Report) -> str:
                 ]
                 for t in report.temp_files
             ],
-            numeric=3,
+            numeric=(0, 1, 2),
         )
     )
     parts.append("<h2 id='errors'>Errors</h2>")
@@ -494,6 +512,7 @@ def to_html(report: Report) -> str:
                 [f"{x.count:,}", x.severity, x.sqlstate or "", x.message, _code(x.query or "")]
                 for x in report.errors
             ],
+            numeric=(0,),
         )
     )
     parts.append("<h2 id='hours'>Per hour</h2>")
@@ -515,6 +534,7 @@ def to_html(report: Report) -> str:
                 ]
                 for h in report.hours
             ],
+            numeric=(1, 2, 3, 4, 5),
         )
     )
     parts.append(f"<h2 id='unparsed'>Unparsed lines: {report.unparsed:,}</h2>")
@@ -574,12 +594,14 @@ def _pre(text: str) -> _Raw:
     return _Raw(f"<pre>{html.escape(text)}</pre>")
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], numeric: int = 0) -> str:
+def _table(
+    head: Sequence[str], rows: Sequence[Sequence[Any]], numeric: tuple[int, ...] = ()
+) -> str:
     if not rows:
         return "<p class='muted'>none</p>"
 
     def cell(v: Any, i: int, tag: str) -> str:
-        cls = " class='n'" if 0 < i < numeric + 1 and i <= numeric else ""
+        cls = " class='n'" if i in numeric else ""
         body = v.html if isinstance(v, _Raw) else html.escape("" if v is None else str(v))
         return f"<{tag}{cls}>{body}</{tag}>"
 
