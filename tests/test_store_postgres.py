@@ -223,7 +223,10 @@ def test_two_watchers_write_one_store_concurrently(
     started = time.time()
     procs = {name: watch(pg_dsn, location, name, tmp_path / f"{name}.log") for name in NAMES}
     try:
-        time.sleep(12)
+        with Store(location, create=False) as probe:  # both write 8 intervals or more (<= 90 s)
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not enough(probe, 8):
+                time.sleep(0.5)
     finally:
         for name, proc in procs.items():
             stop(proc, tmp_path / f"{name}.log")
@@ -240,3 +243,8 @@ def test_two_watchers_write_one_store_concurrently(
 
 
 NAMES = ("alpha", "beta")
+
+
+def enough(store: Store, count: int) -> bool:
+    ids = {s.name: s.id for s in store.servers()}
+    return all(name in ids and store.interval_count(ids[name]) >= count for name in NAMES)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import ServerLeased
 from .db import Connection
+from .statements import StatementsMixin
 
 CLAIM = """
 INSERT INTO leases (server_id, owner, host, pid, token, acquired_at, renewed_at, ttl_s)
@@ -137,3 +138,31 @@ def renew(conn: Connection, lease: Lease, now: float) -> Lease:
 def release(conn: Connection, lease: Lease) -> bool:
     """Give the lease up; False when it was not ours any more."""
     return conn.execute(RELEASE, (lease.server_id, lease.token)).rowcount == 1
+
+
+class LeasesMixin(StatementsMixin):
+    """The Store's owner leases (the functions above, each in one transaction)."""
+
+    def claim_server(
+        self, server_name: str, owner: str, ttl_s: float, *, host: str | None = None
+    ) -> Lease:
+        """Take the lease of ``server_name`` (created on first use) for ``owner``; ServerLeased
+        (a one-line message naming the holder) when another watcher's lease is live."""
+        server_id = self.server(server_name).id
+        with self._errors(), self._transaction() as conn:
+            return claim(conn, server_id, owner, ttl_s, self.clock(), host=host)
+
+    def renew(self, lease: Lease) -> Lease:
+        """Extend ``lease`` by its ttl from now; ServerLeased when another watcher took it over."""
+        with self._errors(), self._transaction() as conn:
+            return renew(conn, lease, self.clock())
+
+    def release(self, lease: Lease) -> bool:
+        """Give ``lease`` up so another watcher may claim at once; False when it was not ours."""
+        with self._errors(), self._transaction() as conn:
+            return release(conn, lease)
+
+    def leases(self) -> list[Lease]:
+        """Every server's lease, live or expired (see ``Lease.live``)."""
+        with self._errors():
+            return all_leases(self._conn)

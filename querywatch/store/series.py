@@ -12,11 +12,15 @@ own (as rankings and diagnosis do).
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..model import Counters
+from . import rollup
+from .base import StoreBase
+from .db import Connection
 
 # A window is read from the coarsest source its step allows: 1-hour rollups (step >= 1 h), then
 # 1-minute rollups (step >= 1 min) up to the minute rollup mark, then raw intervals not rolled up
@@ -163,3 +167,84 @@ def _counters(by_fp: Mapping[str, list[float]]) -> dict[str, Counters]:
         for fp, v in by_fp.items()
         if fp or v[0] > 0 or v[1] > 0
     }
+
+
+def _web_segments(conn: Connection, start: float, end: float, step: float) -> list[_Segment]:
+    minute_mark = float((conn.execute(WEB_MARK, ("rollup_minute",)).fetchone() or (0,))[0])
+    hour_mark = float((conn.execute(WEB_MARK, ("rollup_hour",)).fetchone() or (0,))[0])
+    marks = (minute_mark, hour_mark)  # hour buckets below the hour mark never change again
+    if step < rollup.MINUTE:
+        return [_Segment(None, start, end, start)]
+    segments = [_Segment(None, start, end, minute_mark)]
+    low = start
+    if step >= rollup.HOUR:
+        segments.append(_Segment(rollup.HOUR, start, min(end, hour_mark), 0.0, (hour_mark,)))
+        low = max(start, hour_mark)
+    segments.append(_Segment(rollup.MINUTE, low, min(end, minute_mark), 0.0, marks))
+    return [s for s in segments if s.end > s.start]
+
+
+class SeriesMixin(StoreBase):
+    """The Store's dashboard time series (the SQL and helpers above)."""
+
+    def fingerprint_totals(
+        self, server_id: int, start: float, end: float, step: float
+    ) -> dict[str, Counters]:
+        """Calls, execution time and rows per fingerprint over [start, end), read from the
+        source ``step`` selects (see ``series``)."""
+        totals: dict[str, Counters] = {}
+        with self._errors():
+            fps = dict(self._conn.execute(WEB_STATEMENTS, (server_id,)).fetchall())
+            for seg in _web_segments(self._conn, start, end, step):
+                sql = WEB_RAW_TOTALS if seg.resolution is None else WEB_ROLLUP_TOTALS
+                for row in self._web_rows(seg, sql, _web_params(server_id, seg)):
+                    if row[0] in fps:
+                        _add(totals, fps[row[0]], row[1:])
+        return totals
+
+    def series(
+        self, server_id: int, start: float, end: float, step: float, fingerprints: Sequence[str]
+    ) -> Series:
+        """Sums per ``step``-long bucket of [start, end) for each given fingerprint and for all
+        the others together (key ""). ``step`` picks the source: raw intervals below a minute,
+        1-minute rollups from a minute, 1-hour rollups from an hour (each completed by finer
+        data not rolled up yet). ``step`` should be a multiple of the source's resolution."""
+        sums: dict[float, dict[str, list[float]]] = defaultdict(dict)
+        with self._errors():
+            fps = dict(self._conn.execute(WEB_STATEMENTS, (server_id,)).fetchall())
+            wanted = set(fingerprints)
+            picked = [sid for sid, fp in fps.items() if fp in wanted] or [-1]
+            marks = ", ".join("?" * len(picked))
+            for seg in _web_segments(self._conn, start, end, step):
+                raw = seg.resolution is None
+                params = _web_params(server_id, seg)
+                sql = WEB_RAW_BUCKETS if raw else WEB_ROLLUP_BUCKETS
+                for t, *values in self._web_rows(seg, sql, params):
+                    _accumulate(sums[_floor(t, step)], "", values, 1)
+                sql = (WEB_RAW_PICKED if raw else WEB_ROLLUP_PICKED).format(picked=marks)
+                for t, sid, *values in self._web_rows(seg, sql, (*params, *picked)):
+                    bucket = sums[_floor(t, step)]
+                    _accumulate(bucket, fps[sid], values, 1)
+                    _accumulate(bucket, "", values, -1)
+        points = {t: _counters(by_fp) for t, by_fp in sums.items()}
+        return Series(step, points, self.seconds_covered(server_id, start, end, step))
+
+    def seconds_covered(
+        self, server_id: int, start: float, end: float, step: float
+    ) -> dict[float, float]:
+        """Seconds of complete data per ``step``-long bucket of [start, end) (as ``series``)."""
+        seconds: dict[float, float] = defaultdict(float)
+        with self._errors():
+            for seg in _web_segments(self._conn, start, end, step):
+                sql = WEB_RAW_SECONDS if seg.resolution is None else WEB_ROLLUP_SECONDS
+                params = (step, step, *_web_params(server_id, seg))
+                for b, secs in self._web_rows(seg, sql, params):
+                    seconds[float(b)] += float(secs or 0)
+        return dict(seconds)
+
+    def _web_rows(self, seg: _Segment, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """A dashboard query's rows; those of rollup segments come from ``WEB_CACHE``."""
+        if seg.resolution is None:
+            return self._conn.execute(sql, params).fetchall()
+        key = (str(self.path), id(self), sql, params, seg.marks)
+        return WEB_CACHE.get(key, lambda: self._conn.execute(sql, params).fetchall())
