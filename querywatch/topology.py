@@ -158,8 +158,13 @@ class TopologyMonitor:
             if not verdict.high:
                 history.append(replica)
             events += self._lag_events(replica, verdict)
+        # a lagging replica gone from pg_stat_replication (or its primary gone): resolved, said
         for name in [n for n in self._lagging if n not in {r.name for r in replicas}]:
-            del self._lagging[name]  # gone from pg_stat_replication: not judged any more
+            ident, since = self._lagging.pop(name)
+            text = f"replica {name} no longer streams from {self.server_name}"
+            event = TopologyEvent(self.server_name, now, rp.LAG_BACK, text)
+            self._pages.append(("resolved", ident, event, text, since))
+            events.append(event)
         return events
 
     def _history_of(self, name: str, now: float) -> deque[ReplicaState]:
