@@ -570,7 +570,8 @@ def diagnosis(
     _check_time(window_end, "end")
     srv = server(site, server_name)
     monitor = Monitor(site.store, srv.id, srv.name, Detector(), baseline_s=base)
-    return diagnosis_to_json(monitor.diagnose_window(window_start, window_end))
+    found = diagnosis_to_json(monitor.diagnose_window(window_start, window_end))
+    return {**found, "docs_url": docs_url(f"verdicts/{found['verdict']}")}  # on this server
 
 
 def _check_time(ts: float, what: str) -> None:
