@@ -248,3 +248,37 @@ NAMES = ("alpha", "beta")
 def enough(store: Store, count: int) -> bool:
     ids = {s.name: s.id for s in store.servers()}
     return all(name in ids and store.interval_count(ids[name]) >= count for name in NAMES)
+
+
+def test_concurrent_maintenance_counts_each_interval_once(pg_store_base: str) -> None:
+    """Many watchers, one store: each runs maintain(); rollups must not count twice."""
+    import threading
+
+    from storekit import pg_location
+
+    location = pg_location(pg_store_base, "maint")
+    t0 = 20_000 * DAY
+    with Store(location) as store:
+        srv = store.server("s1")
+        for i in range(360):  # an hour of 10 s intervals
+            deltas = (StatementDelta(A, Counters(calls=10, exec_ms=25.0)),)
+            start = t0 + i * 10
+            store.record_interval(srv.id, Interval(start, start + 10, deltas, None), FPS, TEXTS)
+    stores = [Store(location) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+
+    def maintain(st: Store) -> None:
+        barrier.wait()
+        st.maintain(now=t0 + 2 * 3600)
+
+    threads = [threading.Thread(target=maintain, args=(st,)) for st in stores]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for st in stores:
+        st.close()
+    with psycopg.connect(location.split("?")[0], autocommit=True) as conn:
+        conn.execute(f"SET search_path TO {schema_of(location)}")
+        row = conn.execute("SELECT sum(calls) FROM rollups WHERE resolution = 60").fetchone()
+    assert row is not None and int(row[0]) == 360 * 10

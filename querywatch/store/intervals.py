@@ -342,10 +342,15 @@ class IntervalsMixin(StatementsMixin):
         """Roll raw intervals up to 1-minute and 1-hour buckets, then apply retention."""
         now = self.clock() if now is None else now
         with self._errors(), self._transaction() as conn:
+            self._exclusive_maintenance(conn)
             rollup.roll_up(conn, now)
             self._retain(conn, now)
             replication.prune(conn, now - self.retention.raw_s)
             outbox.prune(conn, now)
+
+    def _exclusive_maintenance(self, conn: Connection) -> None:
+        """Make concurrent maintenance (many watchers, one store) wait for each other, so each
+        reads the rollup marks the previous one left. SQLite's write transaction does already."""
 
     def _retain(self, conn: Connection, now: float) -> None:
         """Drop raw intervals, rollups and gaps past retention (PostgreSQL drops partitions)."""

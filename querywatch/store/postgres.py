@@ -167,6 +167,7 @@ class PgStore(Store):
         assert target is not None
         self.dsn, self._schema = target
         self.location = redact(self.dsn) if self._schema is None else str(self.path)
+        self.path = Path(self.location)
         self._local = threading.local()
         self._known_days: set[int] = set()
         try:
@@ -301,6 +302,9 @@ class PgStore(Store):
         assert isinstance(conn, PgConnection)
         pgschema.ensure_partitions(conn.raw, day)
         self._known_days.add(day)
+
+    def _exclusive_maintenance(self, conn: Connection) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (pgschema.LOCK_ID + 1,))
 
     def _retain(self, conn: Connection, now: float) -> None:
         assert isinstance(conn, PgConnection)
