@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # tests/conftest.py keeps the CPU-heavy tests on one worker and gives timed end-to-end tests a rerun
 PYTEST_WORKERS ?= 3
 
-.PHONY: install demo test lint types docs pytest bench clean
+.PHONY: install demo test lint types docs pytest pytest-pg-store bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,10 +43,16 @@ pytest: install
 
 test: lint types docs pytest
 
+# the whole suite with every store on PostgreSQL (QW_TEST_STORE, see tests/conftest.py); `make test`
+# runs only the store tests on both engines, to stay within CI's time
+pytest-pg-store: install
+	QW_TEST_STORE=postgresql $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
 bench: install
 	$(BIN)/python bench/collector.py
 	$(BIN)/python bench/detect.py
 	$(BIN)/python bench/diagnose.py
+	$(BIN)/python bench/store.py
 	$(BIN)/python bench/fingerprint.py
 	$(BIN)/python bench/loadtest.py
 	$(BIN)/python bench/web.py
