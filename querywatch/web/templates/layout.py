@@ -13,6 +13,7 @@ NAV = (
     ("health", "/health", "Health"),
     ("replication", "/replication", "Replication"),
     ("api", "/api", "API"),
+    ("docs", "/docs/", "Docs"),  # the documentation site (querywatch.web.docsite)
 )
 
 
