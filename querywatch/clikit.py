@@ -119,7 +119,7 @@ def pick_server(st: Store, cfg: Settings) -> Server:
     servers = st.servers()
     if not servers:
         raise QuerywatchError(
-            f"store {cfg.store!r} holds no data yet (fix: run `querywatch collect`)"
+            f"store {st.location!r} holds no data yet (fix: run `querywatch collect`)"
         )
     if cfg.server_name:
         for s in servers:

@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -30,7 +29,7 @@ from ..errors import InputError
 from ..fingerprint import display
 from ..model import Statement
 from ..settings import Settings
-from ..store import Store
+from ..store import Store, store_exists
 from . import advisor, nodes, report
 from .records import Advice, QueryStats, Review
 from .session import Session
@@ -97,7 +96,7 @@ def register(app: typer.Typer) -> None:
 
 def _open_store(cfg: Settings) -> Store | None:
     """The configured store when its file exists (advise works without one)."""
-    return open_store(cfg, create=False) if Path(cfg.store).exists() else None
+    return open_store(cfg, create=False) if store_exists(cfg.store) else None
 
 
 def _review(cfg: Settings, session: Session, top: int, seconds: float) -> Review:

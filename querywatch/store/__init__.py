@@ -7,7 +7,8 @@ between both engines and run through a ``querywatch.store.db.Connection``.
 """
 
 from .leases import Lease
+from .postgres import store_exists
 from .rollup import Retention
 from .sqlite import Store, TopRow
 
-__all__ = ["Lease", "Retention", "Store", "TopRow"]
+__all__ = ["Lease", "Retention", "Store", "TopRow", "store_exists"]

@@ -312,3 +312,23 @@ class PgStore(Store):
         pgschema.drop_partitions_before(conn.raw, raw_cut)
         self._known_days = {d for d in self._known_days if pgschema.day_end(d) > raw_cut}
         rollup.apply_retention(conn, now, self.retention, raw=False)
+
+
+def store_exists(location: str | Path) -> bool:
+    """True when a store is at ``location``: the file exists, or the PostgreSQL schema holds a
+    querywatch store (an unreachable server counts as existing: opening it says why it fails)."""
+    target = pg_target(location)
+    if target is None:
+        return Path(location).exists()
+    dsn, schema = target
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            if schema is None:
+                row = conn.execute("SELECT to_regclass('qw_schema') IS NOT NULL").fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT to_regclass(format('%I.qw_schema', %s::text)) IS NOT NULL", (schema,)
+                ).fetchone()
+    except psycopg.Error:
+        return True
+    return bool(row and row[0])
