@@ -26,14 +26,44 @@ import ast
 import dataclasses
 import functools
 import inspect
-import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from querywatch.doclinks import (
+    DEFAULT_BASE,
+    DOCS_PATH,
+    INSTALL,
+    REFERENCE,
+    anchor,
+    base_url,
+    check_link,
+    page_url,
+    reference_url,
+)
+from querywatch.errors import ConfigError
+
 if TYPE_CHECKING:
     from querywatch.settings import Settings
+
+__all__ = [
+    "DEFAULT_BASE",
+    "DOCS_PATH",
+    "INSTALL",
+    "KINDS",
+    "REFERENCE",
+    "anchor",
+    "base_url",
+    "check_link",
+    "configured_base",
+    "ids",
+    "known",
+    "link",
+    "page_url",
+    "reference_url",
+    "verdict_link",
+]
 
 KINDS = ("verdicts", "rules", "findings", "health", "alerts")
 TITLES: Mapping[str, str] = {
@@ -43,49 +73,16 @@ TITLES: Mapping[str, str] = {
     "health": "Health checks",
     "alerts": "Alert channels",
 }
-DOCS_PATH = "/docs/"  # where `querywatch serve` serves the built site
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
-DEFAULT_BASE = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}{DOCS_PATH}"
-REFERENCE = "reference/"
-INSTALL = "install/"  # the page `querywatch check` links to: how to enable what it checks
 FIX_HEADING = "## Fix"
-_ANY_ADDRESS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
 # -- links -------------------------------------------------------------------------------------
-def base_url(docs_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
-    """The docs base URL (ending in ``/``): ``docs_url`` when set, else ``/docs/`` on the web
-    server's own address (a wildcard bind is reached on 127.0.0.1)."""
-    if docs_url:
-        return docs_url if docs_url.endswith("/") else docs_url + "/"
-    host = DEFAULT_HOST if host in _ANY_ADDRESS else host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}{DOCS_PATH}"
-
-
 def configured_base(cfg: Settings | None = None) -> str:
     """The base URL the settings give (``docs_url``, ``host``, ``port``; loaded when not given)."""
     from querywatch.settings import load
 
     cfg = load() if cfg is None else cfg
     return base_url(cfg.docs_url, cfg.host, cfg.port)
-
-
-def page_url(page: str, base: str = DEFAULT_BASE) -> str:
-    """The URL of a site page given as its directory URL (``install/``, ``runbook/``)."""
-    return (base if base.endswith("/") else base + "/") + page.lstrip("/")
-
-
-def anchor(heading: str) -> str:
-    """The id MkDocs (Python-Markdown's toc) gives a heading: ``cpu cores`` -> ``cpu-cores``."""
-    text = re.sub(r"[^\w\s-]", "", heading).strip().lower()
-    return re.sub(r"[-\s]+", "-", text)
-
-
-def check_link(name: str, base: str = DEFAULT_BASE) -> str:
-    """The install page's section on one ``querywatch check`` finding (a heading per name)."""
-    return page_url(f"{INSTALL}#{anchor(name)}", base)
 
 
 def known(doc_id: str) -> bool:
@@ -95,7 +92,7 @@ def known(doc_id: str) -> bool:
 def link(doc_id: str, base: str = DEFAULT_BASE) -> str:
     """The URL of an id's page; the reference index for an id the code does not emit (a link
     must never lead nowhere)."""
-    return page_url(REFERENCE + (f"{doc_id}/" if known(doc_id) else ""), base)
+    return reference_url(doc_id, base) if known(doc_id) else page_url(REFERENCE, base)
 
 
 def verdict_link(verdict: str, base: str = DEFAULT_BASE) -> str:
@@ -231,7 +228,7 @@ def with_nav(config: str) -> str:
     head, start, rest = config.partition(NAV_START)
     _, end, tail = rest.partition(NAV_END)
     if not start or not end:
-        raise ValueError(f"mkdocs.yml has no {NAV_START.strip()!r} ... {NAV_END.strip()!r} block")
+        raise ConfigError(f"mkdocs.yml has no {NAV_START.strip()!r} ... {NAV_END.strip()!r} block")
     return head + reference_nav() + tail.removeprefix("\n")
 
 

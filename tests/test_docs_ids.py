@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from querywatch import docs
+from querywatch.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -119,6 +120,10 @@ def test_every_verdict_the_code_writes_is_an_id() -> None:
     from querywatch.model import Verdict
 
     assert {v.value for v in Verdict} <= _names("verdicts")
+    from querywatch.alerts.message import SEVERITY_BY_VERDICT
+
+    # alerts link a verdict to its page when SEVERITY_BY_VERDICT names it (alerts.message)
+    assert set(SEVERITY_BY_VERDICT) == _names("verdicts")
     written = _verdict_literals()
     # the overview card's states before any verdict (no detector yet, still learning): no alert
     assert {written.pop("unknown"), written.pop("learning")} == {"querywatch/web/views.py"}
@@ -166,7 +171,7 @@ def test_write_rewrites_only_the_generated_parts(tmp_path: Path) -> None:
     assert written.endswith(docs.NAV_END + "\n  - After: after.md\n")
     assert "      - reference/index.md" in written
     assert (tmp_path / "docs" / "reference" / "index.md").read_text() == docs.reference_index()
-    with pytest.raises(ValueError, match="reference nav"):
+    with pytest.raises(ConfigError, match="reference nav"):
         docs.with_nav("nav: []\n")
 
 

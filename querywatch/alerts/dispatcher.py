@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
-from querywatch import docs
 from querywatch.alerts.alertmanager import AlertmanagerChannel
 from querywatch.alerts.channel import Channel
 from querywatch.alerts.message import Notification, clip, docs_link
@@ -42,6 +41,7 @@ from querywatch.alerts.outbox import (
 from querywatch.alerts.pagerduty import EVENTS_URL, PagerDutyChannel
 from querywatch.alerts.slack import SlackChannel
 from querywatch.alerts.webhook import WebhookChannel
+from querywatch.doclinks import DEFAULT_BASE
 from querywatch.durations import parse_duration
 from querywatch.errors import ConfigError, InputError, StoreError
 
@@ -304,7 +304,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         store: OutboxStore | None = None,
         outbox: OutboxSettings = OutboxSettings(),
-        docs_base: str = docs.DEFAULT_BASE,
+        docs_base: str = DEFAULT_BASE,
     ) -> None:
         self._docs_base = docs_base
         policy = Policy(timeout=timeout, retries=retries, backoff=backoff, queue_size=queue_size)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from querywatch import docs
+from querywatch.doclinks import DEFAULT_BASE, REFERENCE, page_url, reference_url
 
 Status = Literal["firing", "resolved"]
 
@@ -86,13 +86,21 @@ def summary(n: Notification) -> str:
     return _text(n.diagnosis, "summary") or f"querywatch incident {n.incident}: {verdict(n)}"
 
 
-def docs_link(n: Notification, base: str = docs.DEFAULT_BASE) -> str:
-    """The documentation page of the notification's verdict: what it means and how to fix it.
+def docs_link(n: Notification, base: str = DEFAULT_BASE) -> str:
+    """The documentation page of the notification's verdict: what it means and how to fix it
+    (every verdict of :data:`SEVERITY_BY_VERDICT` has one; the reference index for another).
 
     >>> docs_link(Notification("firing", "1", {"verdict": "lock_contention"}, 0.0))
     'http://127.0.0.1:8080/docs/reference/verdicts/lock_contention/'
     """
-    return n.docs_url or docs.verdict_link(verdict(n), base)
+    if n.docs_url:
+        return n.docs_url
+    v = verdict(n)
+    return (
+        reference_url(f"verdicts/{v}", base)
+        if v in SEVERITY_BY_VERDICT
+        else page_url(REFERENCE, base)
+    )
 
 
 def title(n: Notification) -> str:
