@@ -21,7 +21,9 @@ import pytest
 from querywatch.errors import StoreError
 from querywatch.fingerprint import fingerprint
 from querywatch.store import Store
+from querywatch.web import create_app, render_incident_report
 from tests.test_cli import assert_one_line_error, run
+from tests.webstore import Client
 
 T0 = datetime(2026, 11, 30, 10, 0, 0, tzinfo=UTC)
 
@@ -273,8 +275,6 @@ def outage_log() -> str:
 def test_post_mortem_from_logs_opens_the_incident(tmp_path: Path) -> None:
     """A server known only from its log: the incident detection would have opened, diagnosed,
     and rendered by the incident report."""
-    from querywatch.web import render_incident_report
-
     log, db = tmp_path / "outage.log", tmp_path / "qw.db"
     log.write_text(outage_log())
     doc = report(str(log), "--store", str(db), "--server", "shop", "--incidents")
@@ -283,9 +283,14 @@ def test_post_mortem_from_logs_opens_the_incident(tmp_path: Path) -> None:
     culprit = "SELECT * FROM orders WHERE lower(email) = $1"
     assert culprit in found[0]["summary"] and found[0]["state"] == "firing"
     assert found[0]["opened_at"] >= "2026-11-30T10:40"
+    end = datetime(2026, 11, 30, 10, 55, tzinfo=UTC).timestamp()
     with Store(db, create=False) as st:
         page = render_incident_report(st, found[0]["id"])
+        dashboard = Client(create_app(st, clock=lambda: end)).get("/index.json?range=1h")
     assert "lower(email)" in page
+    assert dashboard.status_code == 200, dashboard.text
+    top = dashboard.json()["statements"][0]
+    assert (top["query"], top["calls"], top["queryids"]) == (culprit, 15 * 300, [])
     again = report(str(log), "--store", str(db), "--server", "shop", "--incidents")
     assert again["loaded"]["incidents"] == [] and again["loaded"]["statements"] == 0
     start, end = "2026-11-30T10:30:00Z", "2026-11-30T10:50:00Z"
@@ -300,3 +305,16 @@ def test_incidents_need_a_store(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
     log.write_text(lookups(2))
     assert_one_line_error(run("logs", str(log), "--incidents"), "--store")
+
+
+def test_a_gap_between_two_files_stays_loadable(tmp_path: Path) -> None:
+    """Monday's and Wednesday's logs loaded together, then Tuesday's: Tuesday counts."""
+    days = {}
+    for n, day in enumerate(("mon", "tue", "wed")):
+        days[day] = tmp_path / f"{day}.log"
+        days[day].write_text(lookups(5, start=n * 86400))
+    db = tmp_path / "qw.db"
+    first = report(str(days["mon"]), str(days["wed"]), "--store", str(db), "--server", "s")
+    assert first["loaded"]["statements"] == 10
+    second = report(str(days["tue"]), "--store", str(db), "--server", "s")
+    assert second["loaded"]["statements"] == 5 and second["loaded"]["already_loaded"] == 0

@@ -85,6 +85,8 @@ class Run:
 
             chunks = read_chunks(path, self.positions.get(key), on_position=keep)
             self.consume(_guarded(path, chunks))
+            if self.loader is not None:  # each file's span of time on its own: a gap between
+                self.loader.flush()  # two files is not marked as loaded
         self.save_state()
 
     def follow(self, stop: threading.Event) -> None:
