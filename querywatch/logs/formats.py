@@ -36,7 +36,9 @@ _MSG = (
     rb"(?P<msg>[^\n]*)"
 )
 _GENERIC = _TS + _TZ + rb"(?P<pre>[^\n]*?)" + _SEV + _MSG
-_CONTINUATION = rb"(?P<more>(?:\n\t[^\n]*)*)"
+# PostgreSQL starts the next lines of a message with a tab; an editor or a copy may have made
+# spaces of it (pgBadger takes any line without a prefix as a continuation).
+_CONTINUATION = rb"(?P<more>(?:\n[\t ][^\n]*)*)"
 
 
 class Entry:
@@ -185,7 +187,7 @@ _FIELDS = re.compile(
     rb"|(?:\b(?:db|database)=(?P<db>[^,\s]*))"
     rb"|(?:\b(?:app|appli|application|application_name)=(?P<app>[^,]*?)(?=,|\s*$|\s+\w+=))"
     rb"|(?:\b(?:client|host|remote)=(?P<client>[^,\s]*))"
-    rb"|(?:\[(?P<pid>\d+)\])"
+    rb"|(?:(?:\[|\bpid=)(?P<pid>\d+)\]?)"
     rb"|(?:(?<![\w\[])(?P<ua>[\w.\-\[\]]*)@(?P<da>[\w.\-\[\]]*))"
 )
 _SQLSTATE = re.compile(rb"(?:sql_error_code = |\b)(?P<code>[0-9A-Z]{5})\b")
@@ -340,11 +342,12 @@ def _stderr(
             done = True
         elif chunk:
             pending += chunk
-            # Keep back the last line and its possible continuation lines (a tab after a newline).
-            cut = pending.rfind(b"\n")
-            while cut > 0 and pending[cut + 1 : cut + 2] == b"\t":
+            # Keep back the last message: its continuation lines (a tab or a space after a
+            # newline) may be in the next piece, so cut before the last line start seen.
+            cut = pending.rfind(b"\n", 0, len(pending) - 1)
+            while cut >= 0 and pending[cut + 1 : cut + 2] in (b"\t", b" "):
                 cut = pending.rfind(b"\n", 0, cut)
-            if cut <= 0:
+            if cut < 0:
                 continue
         if not pending:
             if flush and not done:
@@ -536,6 +539,7 @@ def _col(row: list[str], index: int) -> str | None:
 
 def _jsonlines(lines: Iterable[bytes | None], name: str) -> Iterator[Entry | BadLine | None]:
     text_rx = _line_regex(None)
+    last: Entry | None = None
     for line_no, raw in enumerate(lines, 1):
         if raw is None:
             yield None
@@ -547,12 +551,21 @@ def _jsonlines(lines: Iterable[bytes | None], name: str) -> Iterator[Entry | Bad
         except (ValueError, UnicodeDecodeError):
             yield BadLine(line_no, _text(raw[:200]), f"not a {name} JSON line")
             continue
-        entry = _json_entry(obj, name, line_no, text_rx) if isinstance(obj, dict) else None
-        yield (
-            entry
-            if entry is not None
-            else BadLine(line_no, _text(raw[:200]), f"not a {name} record")
-        )
+        if not isinstance(obj, dict):
+            yield BadLine(line_no, _text(raw[:200]), f"not a {name} record")
+            continue
+        if name == "cnpg" and obj.get("logger") != "postgres":
+            continue  # the operator's own messages (wal-archive, instance manager...)
+        payload = obj.get("textPayload") if name == "cloudsql" else None
+        if isinstance(payload, str) and payload.startswith(("\t", " ")) and last is not None:
+            last.message += "\n" + payload[1:]  # Cloud SQL: one record per line of a message
+            continue
+        entry = _json_entry(obj, name, line_no, text_rx)
+        if entry is None:
+            yield BadLine(line_no, _text(raw[:200]), f"not a {name} record")
+            continue
+        last = entry
+        yield entry
 
 
 def _json_entry(
@@ -572,6 +585,8 @@ def _json_entry(
         _fill_generic(entry, m["pre"])
         return entry
     record = obj.get("record") if name == "cnpg" else obj
+    if name == "cnpg" and record is None and isinstance(obj.get("msg"), str):
+        return _text_entry(str(obj["msg"]).encode("utf-8", "replace"), line_no, text_rx)
     if not isinstance(record, dict) or "message" not in record:
         return None
     get = record.get
@@ -602,18 +617,35 @@ def _json_entry(
     return entry
 
 
+def _text_entry(raw: bytes, line_no: int, text_rx: re.Pattern[bytes]) -> Entry | None:
+    """The entry of one stderr line carried in another format (CloudNativePG's early lines)."""
+    m = text_rx.match(raw)
+    if m is None:
+        return None
+    ts, tz, sev, msg, ms, phase = m.group("ts", "tz", "sev", "msg", "ms", "phase")
+    entry = Entry(line_no, _str(ts), _str(tz), sev.decode(), _text(msg))
+    if ms is not None and sev == b"LOG":
+        entry.ms = float(ms)
+        entry.phase = phase.decode()
+    elif ms is not None:
+        entry.message = _text(raw[m.start("ms") - 10 : m.start("msg")]) + entry.message
+    _fill_generic(entry, m["pre"])
+    return entry
+
+
 def _opt(value: object) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
 _SYSLOG = re.compile(
     rb"^(?P<ts>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) \S+ \S+\[(?P<pid>\d+)\]: "
-    rb"\[(?P<n>\d+)-(?P<k>\d+)\] ?(?P<body>.*)$"
+    rb"(?:\[(?P<n>\d+)-(?P<k>\d+)\] ?)?(?P<body>.*)$"
 )
 _LOGPLEX = re.compile(
     rb"^(?:\d+ <\d+>\d+ )?(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)(?P<tz>[+-]\d\d:\d\d|Z)? (?:\S+ )?"
     rb"app(?:\[| )postgres[.\[](?P<pid>\d+)\]?:? (?:- )?(?:\[\w+\] )?\[(?P<n>\d+)-(?P<k>\d+)\] ?(?P<body>.*)$"
 )
+_OTHER_PROGRAM = re.compile(rb"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ [^\s\[]+(?:\[\d+\])?: ")
 _MONTHS = {
     m: i
     for i, m in enumerate(
@@ -654,6 +686,8 @@ def _syslog(lines: Iterable[bytes | None], fmt: LogFormat) -> Iterator[Entry | B
             continue
         m = header.match(raw)
         if m is None:
+            if _OTHER_PROGRAM.match(raw):
+                continue  # another program's line in the same syslog file
             if raw.strip():
                 yield BadLine(line_no, _text(raw[:200]), f"not a {fmt.name} line")
             continue
@@ -661,6 +695,8 @@ def _syslog(lines: Iterable[bytes | None], fmt: LogFormat) -> Iterator[Entry | B
         body = m["body"].replace(b"#011", b"\t")
         b = body_rx.match(body)
         if b is None:
+            if m["n"] is None:
+                continue  # another program's line (no sequence number, no severity)
             prev = last.get(pid)
             if prev is not None:
                 text = _text(body[1:] if body.startswith(b"\t") else body)

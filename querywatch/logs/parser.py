@@ -73,10 +73,9 @@ _RELATION = re.compile(r"relation (\d+) of database \d+")
 _CONTEXT_RELATION = re.compile(r'in relation "([^"]+)"')
 _TEMP = re.compile(r'temporary file: path "(?P<path>[^"]*)", size (?P<size>\d+)')
 _CHECKPOINT = re.compile(
-    r"(?:wrote (?P<buffers>\d+) buffers)?.*?"
-    r"write=(?P<write>[\d.]+) s, sync=(?P<sync>[\d.]+) s, total=(?P<total>[\d.]+) s",
-    re.DOTALL,
+    r"write=(?P<write>[\d.]+) s, sync=(?P<sync>[\d.]+) s, total=(?P<total>[\d.]+) s"
 )
+_BUFFERS = re.compile(r"wrote (\d+) buffers")
 _VACUUM = re.compile(r'automatic (?P<action>vacuum|analyze) of table "(?P<table>[^"]+)"')
 _ELAPSED = re.compile(r"elapsed: (?P<s>[\d.]+) s")
 _SESSION = re.compile(r"session time: (?P<h>\d+):(?P<m>\d\d):(?P<s>[\d.]+)")
@@ -321,7 +320,12 @@ class _Assembler:
     def statement(self, entry: Entry, ms: float | None, m: re.Match[str] | None) -> Statement:
         text = m["text"] if m is not None else entry.message
         phase = m["phase"] if m is not None else entry.phase or "statement"
-        fingerprint, query = self.shape(text)
+        detail = entry.detail
+        if detail and detail.startswith("prepare: ") and text[:8].lower() == "execute ":
+            # EXECUTE of a prepared statement: pg_stat_statements counts it under the PREPARE
+            fingerprint, query = self.shape(detail[9:])
+        else:
+            fingerprint, query = self.shape(text)
         params: tuple[str, ...] | None = None
         if self.keep_params and entry.detail and entry.detail.startswith("parameters: "):
             params = tuple(v.strip() for v in _PARAM.findall(entry.detail))
@@ -400,7 +404,7 @@ class _Assembler:
                 c = _CHECKPOINT.search(message)
                 return Checkpoint(
                     **self.where(entry),
-                    buffers=int(c["buffers"]) if c and c["buffers"] else None,
+                    buffers=int(b[1]) if (b := _BUFFERS.search(message)) else None,
                     write_ms=float(c["write"]) * 1000 if c else None,
                     sync_ms=float(c["sync"]) * 1000 if c else None,
                     total_ms=float(c["total"]) * 1000 if c else None,

@@ -87,19 +87,38 @@ def open_log(path: str | Path) -> BinaryIO:
 
 
 def _wrap(handle: BinaryIO, head: bytes, name: str) -> BinaryIO:
+    """The decompressing stream over ``handle``; closing it closes ``handle`` (not stdin)."""
     kind = compression(head)
+    stream: BinaryIO
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[return-value]
-    if kind == "bzip2":
-        return bz2.BZ2File(handle, "rb")  # type: ignore[return-value]
-    if kind == "xz":
-        return lzma.LZMAFile(handle, "rb")  # type: ignore[return-value]
-    if kind == "zstd":
+        stream = gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[assignment]
+    elif kind == "bzip2":
+        stream = bz2.BZ2File(handle, "rb")  # type: ignore[assignment]
+    elif kind == "xz":
+        stream = lzma.LZMAFile(handle, "rb")  # type: ignore[assignment]  # noqa: SIM115
+    elif kind == "zstd":
         import zstandard
 
-        reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(handle, closefd=True)
+        reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(handle, closefd=name != "-")
         return reader
-    return handle
+    else:
+        return handle
+    if name != "-":
+        _close_both(stream, handle)
+    return stream
+
+
+def _close_both(stream: BinaryIO, handle: BinaryIO) -> None:
+    """Make ``stream.close()`` close the file under it too (the decompressors leave it open)."""
+    close = stream.close
+
+    def closing() -> None:
+        try:
+            close()
+        finally:
+            handle.close()
+
+    stream.close = closing  # type: ignore[method-assign]
 
 
 def read_chunks(

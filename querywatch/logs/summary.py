@@ -58,6 +58,7 @@ __all__ = ["OTHER", "StatementStats", "Summary", "summarize"]
 OTHER = "other"  # the fingerprint under which statements past max_fingerprints are counted
 _STEPS = 8  # histogram buckets per doubling: bucket width 2^(1/8) = 9 %, midpoint within 4.5 %
 _EXECUTIONS = frozenset({"statement", "execute"})
+_EXECUTE = frozenset({b"execute ", b"EXECUTE ", b"Execute "})
 _log2 = math.log2
 _floor = math.floor
 _FAST_CACHE_MAX = 50_000
@@ -280,9 +281,9 @@ class Summary:
 
         False (the line then comes as an event) while a log_statement text awaits its duration.
         """
-        if assembler.pending:
-            return False
         _, _, ms, phase, text, ts, tz = line
+        if assembler.pending or text[:8] in _EXECUTE:
+            return False  # EXECUTE's fingerprint is its PREPARE's, on the DETAIL line
         hit = self._exact.get(text)  # the same text again (parameters as $n): no masking
         if hit is None or hit[2] != phase:
             key = phase + b"\x05" + shape_key(text)
