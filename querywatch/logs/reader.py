@@ -142,22 +142,40 @@ def read_chunks(
         stream.seek(offset)
     try:
         while True:
-            try:
-                chunk = stream.read(CHUNK)
-            except (OSError, EOFError, ValueError, lzma.LZMAError):
+            chunk, ended = (stream.read(CHUNK), False) if plain else _decompressed(stream)
+            if chunk:
+                offset += len(chunk)
+                yield chunk
+            if ended or not chunk:
                 break
-            except Exception as exc:  # zstandard.ZstdError has no common base with the others
-                if type(exc).__name__ != "ZstdError":
-                    raise
-                break
-            if not chunk:
-                break
-            offset += len(chunk)
-            yield chunk
     finally:
         stream.close()
     if plain and stat is not None and on_position is not None:
         on_position(Position(str(path), stat.st_ino, stat.st_dev, _line_end(path, offset)))
+
+
+def _decompressed(stream: BinaryIO) -> tuple[bytes, bool]:
+    """Up to CHUNK bytes, and whether the stream ended (a damaged or cut file ends it quietly).
+
+    ``read1`` gives what each step decompressed, so the data before a cut is not lost.
+    """
+    parts: list[bytes] = []
+    size = 0
+    read1 = getattr(stream, "read1", stream.read)
+    while size < CHUNK:
+        try:
+            part = read1(CHUNK - size)
+        except (OSError, EOFError, ValueError, lzma.LZMAError):
+            return b"".join(parts), True
+        except Exception as exc:  # zstandard.ZstdError has no common base with the others
+            if type(exc).__name__ != "ZstdError":
+                raise
+            return b"".join(parts), True
+        if not part:
+            return b"".join(parts), True
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts), False
 
 
 def _same_file(position: Position, stat: os.stat_result) -> bool:
