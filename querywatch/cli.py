@@ -40,7 +40,6 @@ from .clikit import (
     open_store,
     out,
     pick_server,
-    server_name,
     setup_logging,
     stop_on_signals,
 )
@@ -49,7 +48,7 @@ from .demo import commands as demo_commands
 from .detect import Detector, settings_from_mapping
 from .docs import INSTALL, check_link, configured_base, page_url, verdict_link
 from .durations import human, iso, parse_duration, parse_time
-from .errors import InputError, QuerywatchError, SourceError
+from .errors import ConfigError, InputError, QuerywatchError, SourceError
 from .gate import commands as gate_commands
 from .loadtest import commands as loadtest_commands
 from .logs import commands as logs_commands
@@ -58,11 +57,13 @@ from .model import Diagnosis
 from .monitor import Monitor
 from .oneshot import diagnose_now
 from .report import diagnosis_to_json, diagnosis_to_text
-from .service import WatchOptions, run_watch
+from .service import LEASE_INTERVALS, OWNER, WatchOptions, run_watch
 from .settings import Settings, help_text
 from .source.cores import server_cores
 from .source.postgres import PostgresSource, describe_dsn
+from .store import Store
 from .store import commands as store_commands
+from .store.leases import Lease
 from .text import one_line
 from .watcher import Watcher
 from .web import commands as web_commands
@@ -93,19 +94,37 @@ def collect(
         ),
     ] = False,
 ) -> None:
-    """Collect pg_stat_statements deltas into the store (no detection, no alerts)."""
+    """Collect pg_stat_statements deltas into the store (no detection, no alerts); one server
+    (of a fleet: --server NAME; `watch` collects every server)."""
     cfg = load_settings(dsn=dsn, store=store, server_name=server, interval=interval)
+    entries = configured_servers(cfg)
+    if len(entries) > 1:
+        names = ", ".join(e.name for e in entries)
+        raise ConfigError(
+            f"collect: {len(entries)} servers are configured ({names}); pass --server NAME "
+            "for one, or run `querywatch watch` to collect them all"
+        )
+    name, dsn_of = entries[0].name, entries[0].dsn
     setup_logging()
     log = logging.getLogger("querywatch")
     with open_store(cfg) as st:
-        name = server_name(cfg)
-        watcher = Watcher(open_source(cfg), st, name, cfg.interval, cfg.activity_interval)
-        with stop_on_signals(watcher.stop):
-            watcher.start()
-            log.info("collecting %s every %s into %s", name, human(cfg.interval), cfg.store)
-            watcher.run(once=once)
+        lease = st.claim_server(name, OWNER, LEASE_INTERVALS * cfg.interval)  # one writer each
+        watcher = Watcher(open_source(cfg, dsn_of), st, name, cfg.interval, cfg.activity_interval)
+        try:
+            with stop_on_signals(watcher.stop):
+                watcher.on_interval = lambda *_: _renewed(st, lease)
+                watcher.start()
+                log.info("collecting %s every %s into %s", name, human(cfg.interval), cfg.store)
+                watcher.run(once=once)
+        finally:
+            st.release(lease)
         watcher.source.close()
         log.info("stopped after %d intervals", watcher.status.intervals)
+
+
+def _renewed(st: Store, lease: Lease) -> None:
+    """Renew in place: the lease object is replaced in the store, ours keeps its token."""
+    st.renew(lease)
 
 
 @app.command("top")

@@ -61,6 +61,11 @@ def counts(store: Path) -> dict[str, int]:
         return {s.name: st.interval_count(s.id) for s in st.servers()}
 
 
+def leased(store: Path) -> bool:
+    with Store(store, create=False) as st:
+        return bool(st.leases())
+
+
 def cli(*args: str) -> Any:
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
@@ -182,3 +187,29 @@ def test_a_second_watcher_is_refused_a_leased_server_and_takes_it_once_released(
         first.stop()
     with Store(path, create=False) as st:
         assert st.leases() == []  # both released at their stop
+
+
+def test_collect_takes_one_server_of_a_fleet_and_respects_leases(
+    two: tuple[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "querywatch.toml"
+    config.write_text(
+        f'[[servers]]\nname = "a"\ndsn = "{two[0]}"\n[[servers]]\nname = "b"\ndsn = "{two[1]}"\n'
+    )
+    env = {"QUERYWATCH_CONFIG": str(config)}
+    store = str(tmp_path / "qw.db")
+    both = CliRunner().invoke(app, ["collect", "--once", "--store", store], env=env)
+    assert both.exit_code != 0 and "pass --server NAME" in str(both.exception)
+    one = CliRunner().invoke(app, ["collect", "--once", "--store", store, "--server", "b"], env=env)
+    assert one.exit_code == 0, one.output
+    with Store(store, create=False) as st:
+        assert [s.name for s in st.servers()] == ["b"] and st.leases() == []  # released
+    watch = Watch(Settings(store=store, interval=0.5, servers=(ServerEntry("b", two[1]),)))
+    try:
+        assert wait_until(lambda: leased(Path(store)), 30), "the watch never took its lease"
+        taken = CliRunner().invoke(
+            app, ["collect", "--once", "--store", store, "--server", "b"], env=env
+        )
+        assert isinstance(taken.exception, ServerLeased), taken.output
+    finally:
+        watch.stop()
