@@ -85,8 +85,8 @@ _MESSAGE_VALUES = re.compile(r"'(?:[^']|'')*'|(?<=: )\"[^\"]*\"$")
 # them collapsed, as the fingerprint ignores them; quoted identifiers are masked apart and appended
 # (they name things). Control bytes never occur in SQL text, so they mark what was masked.
 _VALUE = re.compile(  # a quote, digit or $ first: the engine skips other bytes fast
-    rb"['\d$](?:(?<=')(?:[^']|'')*'|(?<=\$)\d+"
-    rb"|(?<=\d)(?<![\w$.\x80-\xff]\d)\d*(?:\.\d+)?(?:[eE][-+]?\d+)?)"
+    rb"['\d$](?:(?<=')[^']*'|(?<=\$)\d+"
+    rb"|(?<=\d)(?<![\w$.\x80-\xff]\d)[\d.]*(?:[eE][-+]?\d+)?)"
 )
 _IN_LIST = re.compile(rb"\b(?i:in)\s*\(\s*\x00(?:\s*,\s*\x00)*\s*\)")
 
@@ -111,7 +111,7 @@ def shape_key(text: bytes) -> bytes:
         )
     else:
         masked = _VALUE.sub(b"\x00", text)
-    if b"IN (" in masked or b"in (" in masked or b"IN(" in masked or b"in(" in masked:
+    if b"\x00, \x00" in masked or b"\x00,\x00" in masked:  # a list of values, maybe IN (...)
         masked = _IN_LIST.sub(b"\x04", masked)
     return masked
 
