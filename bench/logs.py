@@ -357,11 +357,23 @@ def pgbadger(
 
 
 def _slice(src: Path, dst: Path, mb: int) -> int:
-    with open(src, "rb") as f:
-        data = f.read(mb * 1_000_000)
-    cut = data.rfind(b"\n20")  # at the start of a line with a prefix: no message is cut
-    dst.write_bytes(data[: cut + 1])
-    return cut + 1
+    """The first `mb` MB of src into dst, cut before a line with a prefix (no message is cut).
+
+    Copied in blocks: this process stays small, so the children forked after it do not start
+    with its pages (ru_maxrss counts them).
+    """
+    want = mb * 1_000_000
+    done = 0
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        while done < want:
+            block = f.read(min(1 << 20, want - done))
+            if not block:
+                break
+            if done + len(block) >= want:
+                block = block[: block.rfind(b"\n20") + 1]
+            out.write(block)
+            done += len(block)
+    return done
 
 
 def _load() -> str:

@@ -677,9 +677,8 @@ def _syslog(lines: Iterable[bytes | None], fmt: LogFormat) -> Iterator[Entry | B
         + _SEV
         + rb":  ?(?P<msg>.*)"
     )
-    last: dict[int, Entry] = {}
-    year = fmt.prefix  # unused: the year of syslog stamps is taken from the caller (see parser)
-    del year
+    last: dict[int, Entry] = {}  # the open message of each process
+    part: dict[int, str | None] = {}  # which part of it the next continuation line extends
     for line_no, raw in enumerate(lines, 1):
         if raw is None:
             yield None
@@ -692,23 +691,35 @@ def _syslog(lines: Iterable[bytes | None], fmt: LogFormat) -> Iterator[Entry | B
                 yield BadLine(line_no, _text(raw[:200]), f"not a {fmt.name} line")
             continue
         pid = int(m["pid"])
-        body = m["body"].replace(b"#011", b"\t")
-        b = body_rx.match(body)
+        body = m["body"]
+        tab = body.startswith((b"#011", b"\t"))
+        b = None if tab and m["n"] is not None else body_rx.match(body)
         if b is None:
             if m["n"] is None:
                 continue  # another program's line (no sequence number, no severity)
             prev = last.get(pid)
             if prev is not None:
-                text = _text(body[1:] if body.startswith(b"\t") else body)
-                _append(prev, text)
+                text = body[4:] if body.startswith(b"#011") else body[1:] if tab else body
+                _extend(prev, part.get(pid), _text(text.replace(b"#011", b"\t")))
             elif body.strip():
                 yield BadLine(line_no, _text(raw[:200]), "continuation of an unknown message")
             continue
+        sev = b["sev"]
+        msg = _text(b["msg"].replace(b"#011", b"\t"))
+        if sev in _SECONDARY_BYTES:
+            prev = last.get(pid)
+            if prev is not None:  # DETAIL, STATEMENT...: a part of the process's open message
+                name = _PARTS.get(sev)
+                part[pid] = name or "-"
+                if name is not None:
+                    before = getattr(prev, name)
+                    setattr(prev, name, msg if before is None else before + "\n" + msg)
+                continue
         if fmt.name == "logplex":
             ts, tz = _text(m["ts"]).replace("T", " "), _str(m["tz"])
         else:
             ts, tz = _syslog_ts(m["ts"]), None
-        entry = Entry(line_no, ts, tz, b["sev"].decode(), _text(b["msg"]))
+        entry = Entry(line_no, ts, tz, sev.decode(), msg)
         if fmt.prefix:
             fields = ("pid", "user", "db", "app", "client", "sqlstate", "epoch")
             _fill_named(entry, _groups(b, tuple(n for n in fields if n in b.re.groupindex)))
@@ -717,18 +728,24 @@ def _syslog(lines: Iterable[bytes | None], fmt: LogFormat) -> Iterator[Entry | B
         entry.pid = pid
         if b["code"]:
             entry.sqlstate = b["code"].decode()
-        last[pid] = entry
         if len(last) > 4096:
             last.clear()
+            part.clear()
+        last[pid] = entry
+        part[pid] = None
         yield entry
 
 
-def _append(entry: Entry, text: str) -> None:
-    """A continuation line: it goes to the last part of the message (statement, detail or text)."""
-    if entry.severity in SECONDARY:
+_PARTS = {b"DETAIL": "detail", b"HINT": "hint", b"CONTEXT": "context", b"STATEMENT": "statement"}
+
+
+def _extend(entry: Entry, name: str | None, text: str) -> None:
+    """A continuation line: it extends the message's text, or its last DETAIL/STATEMENT... part."""
+    if name is None:
         entry.message += "\n" + text
-    else:
-        entry.message += "\n" + text
+    elif name != "-":
+        before = getattr(entry, name)
+        setattr(entry, name, text if before is None else before + "\n" + text)
 
 
 def _syslog_ts(raw: bytes) -> str:
