@@ -100,7 +100,7 @@ def test_garbage_between_lines_is_counted_and_skipped(name: str) -> None:
     for i, line in enumerate(lines):
         out.append(line)
         nxt = lines[i + 1] if i + 1 < len(lines) else b""
-        if rng.random() < 0.05 and not nxt.startswith((b"\t", b" ")):  # not inside a message
+        if rng.random() < 0.2 and not nxt.startswith((b"\t", b" ")):  # not inside a message
             out.append(rng.choice(junk))
             inserted += 1
     clean = Counter(type(e).__name__ for e in parse([raw(name)]))
