@@ -18,6 +18,7 @@ from querywatch.alerts.message import (
     culprit_text,
     docs_link,
     iso,
+    server_labels,
     severity,
     summary,
     verdict,
@@ -28,7 +29,9 @@ RESEND_INTERVAL = 60.0
 
 
 def alert_labels(n: Notification) -> dict[str, str]:
-    return {"alertname": ALERTNAME, "incident": n.incident, "instance": n.source}
+    """The incident's identity, and the server's labels (env, team...) to route on."""
+    fixed = {"alertname": ALERTNAME, "incident": n.incident, "instance": n.source}
+    return {**server_labels(n), **fixed}
 
 
 def alert_annotations(n: Notification) -> dict[str, str]:

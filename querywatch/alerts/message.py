@@ -108,6 +108,19 @@ def title(n: Notification) -> str:
     return f"[{n.status.upper()}] querywatch incident {n.incident}: {verdict(n)}{updated}"
 
 
+def server_labels(n: Notification) -> dict[str, str]:
+    """The labels of the server the incident is about (``[[servers]]`` labels such as env, team,
+    role), which the diagnosis of a fleet's incident carries; {} when it has none.
+
+    >>> server_labels(Notification("firing", "7", {"labels": {"env": "prod"}}, 0.0, "db1"))
+    {'env': 'prod'}
+    """
+    found = n.diagnosis.get("labels")
+    if not isinstance(found, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in found.items() if isinstance(v, str | int | float)}
+
+
 def culprits(n: Notification) -> list[Mapping[str, object]]:
     """Every culprit of the diagnosis, largest excess DB time first (the contract's order)."""
     items = n.diagnosis.get("culprits")

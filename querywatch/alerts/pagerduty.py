@@ -16,6 +16,7 @@ from querywatch.alerts.message import (
     culprits,
     docs_link,
     iso,
+    server_labels,
     severity,
     summary,
     top_culprit,
@@ -34,6 +35,9 @@ def dedup_key(n: Notification) -> str:
 
 def _details(n: Notification) -> dict[str, object]:
     details: dict[str, object] = {"incident": n.incident, "verdict": verdict(n)}
+    details["server"] = n.source
+    if labels := server_labels(n):
+        details["labels"] = labels
     details["docs_url"] = docs_link(n)
     details["culprit"] = culprit_text(n)
     for key in ("traffic_factor", "window", "baseline", "deploys"):

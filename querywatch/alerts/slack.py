@@ -16,6 +16,7 @@ from querywatch.alerts.message import (
     culprits,
     docs_link,
     evidence,
+    server_labels,
     summary,
     title,
     verdict,
@@ -64,6 +65,8 @@ def _culprit_block(culprit: Mapping[str, object], label: str) -> dict[str, objec
 
 def _context(n: Notification) -> dict[str, object]:
     facts = [f"verdict: *{escape(verdict(n))}*", f"source: {escape(n.source)}"]
+    if labels := server_labels(n):
+        facts.append(escape(", ".join(f"{k}={v}" for k, v in sorted(labels.items()))))
     factor = n.diagnosis.get("traffic_factor")
     if isinstance(factor, int | float):
         facts.append(f"traffic x{factor:.2g}")
