@@ -500,9 +500,11 @@ def status(
         incidents = [i for i in st.incidents(srv.id if srv is not None else None, limit=20)]
         pending = st.outbox_summary()  # alerts not yet delivered, per channel
         rows = fleet.summarize(server_status.facts(st, now), now) if srv is None else []
+        names = {s.id: s.name for s in st.servers()}
     listed: list[dict[str, Any]] = [
         {
             "id": s.incident.id,
+            "server": names.get(s.server_id, ""),
             "state": s.incident.state.value,
             "key": s.incident.key,
             "opened_at": iso(s.incident.opened_at),
@@ -541,7 +543,9 @@ def _print_status(state: dict[str, dict[str, Any]], incidents: list[dict[str, An
                 )
     for i in incidents[:5]:
         out.print(
-            f"incident {i['id']} {i['state']} since {i['opened_at']}: {i['summary']}", markup=False
+            f"incident {i['id']} on {i['server']} {i['state']} since {i['opened_at']}: "
+            f"{i['summary']}",
+            markup=False,
         )
     if not state and not incidents:
         out.print("nothing recorded yet (run `querywatch collect` or `querywatch watch`)")
