@@ -269,6 +269,7 @@ class Assessment:
     placements: tuple[Placement, ...] = ()
     cores_from: str = ""
     settings: CapacitySettings = field(default_factory=CapacitySettings)
+    replicas_known: bool = True  # False: nobody looked (a one-shot diagnosis)
 
     @property
     def proposed(self) -> tuple[Placement, ...]:
@@ -288,6 +289,8 @@ class Assessment:
     def replica_line(self) -> str:
         if not self.read_only.ok:
             return f"replicas: not for a replica: {self.read_only.reason}"
+        if not self.replicas_known:
+            return "replicas: it only reads, so a replica could serve it (its replicas are not known here)"
         if not self.placements:
             return "replicas: it only reads, but this server has no replica to take it"
         taking = self.proposed
@@ -321,15 +324,15 @@ def assess(
     query: str,
     calls_per_s: float,
     mean_ms: float,
-    replicas: Sequence[ReplicaLoad] = (),
+    replicas: Sequence[ReplicaLoad] | None = (),
     settings: CapacitySettings = CapacitySettings(),
     cores_from: str = "",
 ) -> Assessment:
     """Headroom, the statement's capacity and, for a read-only one, each replica's placement
-    (a statement that writes is never placed on a replica)."""
+    (a statement that writes is never placed on a replica); ``replicas`` None: not known."""
     statement = StatementCapacity(cores, mean_ms, calls_per_s)
     ro = read_only(query) if query else ReadOnly(False, "its text is unknown")
-    placements = tuple(place(statement, r, settings) for r in replicas) if ro.ok else ()
+    placements = tuple(place(statement, r, settings) for r in replicas or ()) if ro.ok else ()
     return Assessment(
         Headroom(cores, db_ms_per_s),
         fingerprint,
@@ -339,4 +342,5 @@ def assess(
         placements,
         cores_from,
         settings,
+        replicas is not None,
     )

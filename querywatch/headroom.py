@@ -103,19 +103,32 @@ def with_capacity(
     if cores is None or not found.culprits:
         return found
     busy = db_ms_per_s(store, server_id, found.window_start, found.window_end)
-    if busy is None:
+    loads = replica_loads(store, replicas, found.window_start, found.window_end)
+    return assessed(found, cores, busy, loads, settings)
+
+
+def assessed(
+    found: Diagnosis,
+    cores: KnownCores | None,
+    busy_ms_per_s: float | None,
+    replicas: Sequence[ReplicaLoad] | None = (),
+    settings: CapacitySettings = CapacitySettings(),
+) -> Diagnosis:
+    """The diagnosis with :func:`querywatch.capacity.assess` of its top culprit, given the
+    server's DB time per second over the window (as it is without cores, figures or culprit);
+    ``replicas`` None when they are not known (a one-shot diagnosis)."""
+    if cores is None or busy_ms_per_s is None or not found.culprits:
         return found
     top = found.culprits[0]
-    loads = replica_loads(store, replicas, found.window_start, found.window_end)
-    assessed = assess(
+    result = assess(
         cores.count,
-        busy,
+        busy_ms_per_s,
         top.fingerprint,
         top.query,
         top.calls_per_s.window,
         top.mean_ms.window,
-        loads,
+        replicas,
         settings,
         cores.how,
     )
-    return replace(found, capacity=assessed)
+    return replace(found, capacity=result)

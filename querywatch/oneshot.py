@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import activity, collector
+from . import activity, collector, headroom
 from .diagnose import LONG_RUN, DiagnoseSettings, diagnose
 from .longrun import LongRun, long_run, min_age
 from .model import (
@@ -27,6 +27,7 @@ from .model import (
     Statement,
 )
 from .source.capabilities import with_note
+from .source.cores import server_cores
 from .source.identify import Identified, identify
 from .source.postgres import PostgresSource
 
@@ -67,6 +68,7 @@ def diagnose_now(
         last = _sample(source, first, sampling, sample_s, step_s, activity_s, sleep)
         keys = {d.key for interval, _ in sampling.intervals for d in interval.statements}
         identify(source, keys, sampling.identified)
+        cores = server_cores(source)  # for the headroom line (querywatch.capacity)
     finally:
         source.close()
     found = sampling.identified
@@ -77,7 +79,18 @@ def diagnose_now(
             if session.fingerprint and session.query:
                 found.texts.setdefault(session.fingerprint, session.query)
     log.info("sampled %.1f s; comparing with %s", last.taken_at - first.taken_at, lr.note())
-    return with_note(_diagnose(lr, window, found, settings), caps.visibility_note())
+    result = _diagnose(lr, window, found, settings)
+    known = headroom.KnownCores(cores.count, cores.how) if cores is not None else None
+    result = headroom.assessed(result, known, _db_ms_per_s(window), replicas=None)
+    return with_note(result, caps.visibility_note())
+
+
+def _db_ms_per_s(window: list[IntervalSummary]) -> float | None:
+    """The server's DB (execution) time per second over the sample's complete intervals."""
+    used = [s for s in window if s.complete and s.seconds > 0]
+    seconds = sum(s.seconds for s in used)
+    spent = sum(c.exec_ms for s in used for c in s.by_fingerprint.values())
+    return spent / seconds if seconds > 0 else None
 
 
 def _sample(

@@ -221,6 +221,8 @@ def test_assess_without_replicas_or_with_none_fitting() -> None:
     assert alone.lines()[-1] == (
         "replicas: it only reads, but this server has no replica to take it"
     )
+    unknown = assess(4, 3600.0, "fp", READS[0], 390.0, 8.4, None)
+    assert "a replica could serve it (its replicas are not known here)" in unknown.lines()[-1]
     busy = assess(4, 3600.0, "fp", READS[0], 390.0, 8.4, (REPLICAS[1],))
     assert "no replica can take it (db-3: already 3.5 of 4 cores busy" in busy.lines()[-1]
 

@@ -296,3 +296,25 @@ def _firing(receiver: Receiver) -> dict[str, Any] | None:
         ):
             return dict(body)
     return None
+
+
+def test_one_shot_diagnosis_gives_the_headroom(cluster: Cluster) -> None:
+    """`diagnose --dsn ... --now` (no store) reads the server's cores and says the headroom."""
+    fresh = "SELECT count(*) FROM cap_items WHERE note LIKE %s"
+    load = {"fresh": Statement(fresh, 25.0, lambda r: (f"y{r.random()}%",))}
+    with Load(cluster.primary.dsn, load, max_s=60):
+        time.sleep(1.0)
+        done = run(
+            "diagnose", "--dsn", cluster.primary.dsn, "--now", "--sample", "4s", "--format", "json"
+        )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert "note LIKE" in doc["culprits"][0]["query"], doc["summary"]
+    capacity = doc["capacity"]
+    culprit = doc["culprits"][0]
+    cores = capacity["headroom"]["cores"]
+    assert cores >= 1 and capacity["headroom"]["db_ms_per_s"] > 0
+    saturating = capacity["statement"]["saturating_calls_per_s"]
+    assert saturating == pytest.approx(cores * 1000 / culprit["mean_ms"]["window"], rel=0.01)
+    assert capacity["read_only"] is True and capacity["proposed"] == []
+    assert "its replicas are not known here" in capacity["lines"][-1]
