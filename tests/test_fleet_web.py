@@ -66,7 +66,8 @@ def test_fleet_page_shows_the_rows_and_sparklines(client: webstore.Client) -> No
 
 
 def test_every_page_has_the_server_picker(client: webstore.Client) -> None:
-    for path in ("/", "/incidents", "/health", "/deploys", "/fleet", "/incidents/inc-hot"):
+    pages = ("/", "/incidents", "/health", "/deploys", "/fleet", "/incidents/inc-hot", "/api")
+    for path in (*pages, "/replication", "/statements/fq"):
         html = client.get(path).text
         assert 'id="server-picker"' in html, path
         assert html.count('href="') > 5

@@ -180,7 +180,20 @@ class PageView:
         self.__signature__ = signature.replace(parameters=loose, return_annotation=HTMLResponse)
 
     def __call__(self, **params: Any) -> HTMLResponse:
-        return HTMLResponse(templates.render(self.page.template, self.page.context(**params)))
+        context = _with_servers(self.page.context(**params), params)
+        return HTMLResponse(templates.render(self.page.template, context))
+
+
+def _with_servers(context: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The store's server names for the picker (web.templates.fleet) of a page whose context
+    does not list them (a page about the whole fleet, the API's list)."""
+    if "servers" in context:
+        return context
+    request = params.get("request")
+    site = params.get("site") or (request.app.state.site if request is not None else None)
+    if not isinstance(site, views.Site):
+        return context
+    return {**context, "servers": [s.name for s in site.store.servers()]}
 
 
 def add_pages(app: FastAPI, pages: Iterable[Page] = PAGES) -> None:
