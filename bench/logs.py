@@ -369,10 +369,13 @@ def _slice(src: Path, dst: Path, mb: int) -> int:
             block = f.read(min(1 << 20, want - done))
             if not block:
                 break
-            if done + len(block) >= want:
+            last = done + len(block) >= want
+            if last:
                 block = block[: block.rfind(b"\n20") + 1]
             out.write(block)
             done += len(block)
+            if last:
+                break
     return done
 
 
