@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from querywatch import fleet
 from querywatch.store import Store
-from querywatch.web import create_app
+from querywatch.web import create_app, render_incident_report
 from querywatch.web.metrics import StoreCollector, render
 
 
@@ -160,3 +160,9 @@ def test_fleet_summary_is_pure_and_ordered() -> None:
     ]
     assert rows[1].reason == "last snapshot 50s ago (interval 1s)"
     assert fleet.sparkline([]) == "" and fleet.sparkline([None, 0.0]) == " ▁"
+
+
+def test_the_incident_report_of_a_fleet_names_its_server(store: Store) -> None:
+    html = render_incident_report(store, "inc-hot", clock=lambda: NOW)
+    assert '<span class="server">hot</span>' in html
+    assert 'id="server-picker"' not in html  # a file: its links would lead nowhere

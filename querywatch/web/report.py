@@ -28,7 +28,7 @@ def render_incident_report(
     context = views.incident(views.Site(store, clock), incident_id)
     if context is None:
         raise InputError(f"incident report: no incident {incident_id!r} in the store")
-    html = templates.render("incident", context)
+    html = templates.render("incident", {**context, "servers": []})  # a file: no picker
     css = (STATIC / "querywatch.css").read_text(encoding="utf-8")
     html = html.replace(f'href="{DOCS_PATH}', f'href="{docs_base.rstrip("/")}/')
     return html.replace(ICON_LINK, "").replace(STYLESHEET_LINK, f"<style>{css}</style>")
