@@ -249,3 +249,13 @@ def test_stored_plans_keep_no_values_unless_asked(tmp_path: Path) -> None:
     assert "v1%" not in json.dumps(masked)
     assert masked["Query Text"] == normalize(jq) and masked["Plan"]["Filter"] == "(v ~~ '?'::text)"
     assert "v1%" in json.dumps(kept)
+
+
+def test_a_long_silence_is_left_uncovered(tmp_path: Path) -> None:
+    """Two statements two years apart (a log with a bogus date): two buckets, not a million."""
+    events: list[Event] = [stmt(0, FAST, 1.0), stmt(2 * 365 * 86400, FAST, 1.0)]
+    events += [stmt(600 + s, FAST, 1.0) for s in range(0, 1200, 300)]  # a 5-minute cadence
+    with Store(tmp_path / "s.db") as st:
+        result = load(st, sorted(events, key=lambda e: e.at or T0)).result
+    assert result.statements == 6
+    assert result.buckets == 26 + 1  # minutes 0-25 (silences under an hour filled); the last

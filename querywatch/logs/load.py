@@ -5,8 +5,9 @@
 * statement durations (``statement`` and ``execute`` phases) become per-bucket, per-fingerprint
   calls and execution time, the shape the pg_stat_statements collector writes, marked
   ``source = 'logs'`` (see :mod:`querywatch.store.logevents` for the rules that keep the two
-  sources from counting a statement twice). Buckets between the first and the last duration
-  read are written even when empty: the log was being written, and nothing that long ran;
+  sources from counting a statement twice). Empty buckets between two with durations are
+  written too, for a silence of up to an hour (``FILL_MAX``): the log was being written and
+  nothing that long ran; a longer silence (a server down, a missing log) stays uncovered;
 * auto_explain plans feed the plan history (``Store.record_plan``) that ``explain``, ``audit``
   and the dashboard show. JSON plans are stored as logged; text plans as the tree their node
   lines give (node type, relation, index, costs);
@@ -48,6 +49,7 @@ log = logging.getLogger("querywatch.logs")
 
 BUCKET_S = 60.0
 FLUSH_LAG = 3  # buckets behind the newest event before a bucket is written
+FILL_MAX = 60  # empty buckets written between two of a log (longer silences stay uncovered)
 BATCH = 5000  # events kept before a write
 COUNTED_PHASES = frozenset({"statement", "execute"})  # what pg_stat_statements counts as calls
 OWN_APPLICATION = "querywatch"
@@ -91,7 +93,7 @@ class Loader:
         self._events: list[EventRow] = []
         self._plans: dict[tuple[str, str], tuple[dict[str, Any], float, float]] = {}
         self._alike: dict[tuple[float, int, str, str], int] = {}
-        self._next_bucket: float | None = None  # the first bucket not written yet
+        self._written: float | None = None  # the newest bucket written
         self._newest: float | None = None
         self._span: tuple[float, float] | None = None  # of this batch, for log_ranges
 
@@ -140,8 +142,6 @@ class Loader:
             self.result.already_loaded += 1
             return
         start = (at // self.bucket_s) * self.bucket_s
-        if self._next_bucket is None:
-            self._next_bucket = start
         sums = self._buckets.setdefault(start, {})
         cell = sums.setdefault((s.fingerprint, s.application == OWN_APPLICATION), [0, 0.0])
         cell[0] += 1
@@ -150,7 +150,7 @@ class Loader:
         self.result.statements += 1
         if self._newest is None or start > self._newest:
             self._newest = start
-            if self._next_bucket < start - FLUSH_LAG * self.bucket_s:
+            if min(self._buckets) < start - FLUSH_LAG * self.bucket_s:
                 self.flush()
 
     def _was_loaded(self, at: float) -> bool:
@@ -184,20 +184,22 @@ class Loader:
         self._texts, self._events, self._plans, self._span = {}, [], {}, None
 
     def _ready_buckets(self, final: bool) -> list[Bucket]:
-        """Buckets the log has moved past (``final``: all), empty ones between included, and
-        buckets that got late lines (added to what is stored)."""
-        if self._next_bucket is None or self._newest is None:
+        """Buckets the log has moved past (``final``: all) and the empty ones between them (a
+        silence of at most ``FILL_MAX`` buckets: the log was written, nothing ran; a longer one
+        is left uncovered), and buckets that got late lines (added to what is stored)."""
+        if self._newest is None:
             return []
-        last = self._newest if final else self._newest - FLUSH_LAG * self.bucket_s
-        starts = []
-        start = self._next_bucket
-        while start <= last:
+        limit = self._newest if final else self._newest - FLUSH_LAG * self.bucket_s
+        starts: list[float] = []
+        previous = self._written
+        for start in sorted(b for b in self._buckets if b <= limit):
+            if previous is not None and start > previous:
+                missing = round((start - previous) / self.bucket_s) - 1
+                if 0 < missing <= FILL_MAX:
+                    starts += [previous + self.bucket_s * (k + 1) for k in range(missing)]
             starts.append(start)
-            start += self.bucket_s
-        self._next_bucket = start
-        starts += sorted(b for b in self._buckets if b < starts[0]) if starts else []
-        if not starts:
-            starts = sorted(b for b in self._buckets if b < start)
+            previous = start if previous is None else max(previous, start)
+        self._written = previous
         return [self._bucket(b) for b in starts]
 
     def _bucket(self, start: float) -> Bucket:
