@@ -5,7 +5,9 @@ checking every server; owner leases keep two watchers off one server."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,3 +215,70 @@ def test_collect_takes_one_server_of_a_fleet_and_respects_leases(
         assert isinstance(taken.exception, ServerLeased), taken.output
     finally:
         watch.stop()
+
+
+class SlowProxy:
+    """A TCP proxy on 127.0.0.1 that holds every reply of the server for ``delay`` seconds: a
+    slow, far-away server (each monitoring query takes that much longer)."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.upstream, self.delay = port, delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closing = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._pump, args=(client, server, 0.0), daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(server, client, self.delay), daemon=True
+            ).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, delay: float) -> None:
+        try:
+            while data := src.recv(65536):
+                time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.listener.close()
+
+
+def test_a_slow_server_never_delays_the_others(two: tuple[str, str], tmp_path: Path) -> None:
+    port = int(two[1].split("port=")[1].split()[0])
+    proxy = SlowProxy(port, 0.15)  # every reply of "slow" arrives 0.15 s late
+    path = tmp_path / "qw.db"
+    Store(path).close()
+    slow = two[1].replace(f"port={port}", f"port={proxy.port}")
+    servers = (ServerEntry("fast", two[0]), ServerEntry("slow", slow))
+    watch = Watch(Settings(store=str(path), interval=1.0, activity_interval=0.5, servers=servers))
+    try:
+        assert wait_until(lambda: counts(path).get("fast", 0) >= 3, 60)
+        since = time.time()
+        time.sleep(8)
+    finally:
+        watch.stop()
+        proxy.close()
+    with Store(path, create=False) as st:
+        by_name = {s.name: s.id for s in st.servers()}
+        fast = [
+            s.seconds for s in st.summaries(by_name["fast"], since, time.time()) if s.start >= since
+        ]
+        slow_n = len(st.summaries(by_name["slow"], since, time.time())) if "slow" in by_name else 0
+    assert len(fast) >= 6, fast
+    off = [round(x, 3) for x in fast if abs(x - 1.0) > 0.1]
+    assert not off, f"the fast server's intervals were delayed: {off}"
+    assert slow_n < len(fast), (slow_n, len(fast))  # the slow one did fall behind
+    print(f"fast: {len(fast)} intervals {min(fast):.3f}-{max(fast):.3f} s; slow: {slow_n}")
