@@ -128,12 +128,19 @@ class Loader:
         n = self._alike[key] = self._alike.get(key, 0) + 1
         return row if n == 1 else replace(row, ident=f"{row.ident}#{n}")
 
-    def _seen(self, at: float) -> None:
+    def _seen(self, at: float) -> None:  # once per event: plain comparisons
         r = self.result
-        r.first_at = at if r.first_at is None else min(r.first_at, at)
-        r.last_at = at if r.last_at is None else max(r.last_at, at)
-        a, b = self._span or (at, at)
-        self._span = (min(a, at), max(b, at))
+        if r.first_at is None or r.last_at is None:
+            r.first_at = r.last_at = at
+        elif at > r.last_at:
+            r.last_at = at
+        elif at < r.first_at:
+            r.first_at = at
+        span = self._span
+        if span is None:
+            self._span = (at, at)
+        elif at > span[1] or at < span[0]:
+            self._span = (min(span[0], at), max(span[1], at))
 
     def _statement(self, s: Statement, at: float) -> None:
         if not self.durations or s.duration_ms is None or s.phase not in COUNTED_PHASES:
