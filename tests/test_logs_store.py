@@ -4,12 +4,14 @@ reload or with pg_stat_statements, plans into the plan history, events kept once
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from querywatch.audit.run import plan_changes
 from querywatch.fingerprint import fingerprint, normalize
 from querywatch.logs.load import Loader, plan_document, text_plan
 from querywatch.logs.records import Event, LockWait, Plan, Statement, TempFile
@@ -259,3 +261,25 @@ def test_a_long_silence_is_left_uncovered(tmp_path: Path) -> None:
         result = load(st, sorted(events, key=lambda e: e.at or T0)).result
     assert result.statements == 6
     assert result.buckets == 26 + 1  # minutes 0-25 (silences under an hour filled); the last
+
+
+def test_a_plan_change_across_a_deploy_is_seen_by_audit(tmp_path: Path) -> None:
+    """auto_explain plans before and after a deploy: the audit names the plan change."""
+    q = "SELECT count(*) FROM t WHERE v LIKE 'v1%'"
+    indexed = {
+        "Plan": {
+            "Node Type": "Aggregate",
+            "Total Cost": 8.3,
+            "Plans": [{"Node Type": "Index Only Scan", "Relation Name": "t", "Index Name": "t_v"}],
+        }
+    }
+    before, after = plan("json", json.dumps(indexed), q), plan("json", json.dumps(JSON_PLAN), q)
+    after = dataclasses.replace(after, at=T0 + timedelta(hours=1))
+    with Store(tmp_path / "s.db") as st:
+        srv = st.server("db1")
+        Loader(st, srv.id).add_all([before, after])
+        deploy = st.add_deploy("v2", (T0 + timedelta(minutes=30)).timestamp())
+        changes = plan_changes(st, srv.id, deploy, [fingerprint(q)])
+    assert changes is not None and fingerprint(q) in changes
+    change = changes[fingerprint(q)]
+    assert "Index Only Scan" in str(change) and "Seq Scan" in str(change)
