@@ -178,6 +178,8 @@ TIMED = frozenset(
         "test_fleet_acceptance_pg",
         "test_fleet_pg",
         "test_replication_pg",
+        "test_logs_cli",  # --follow waits for a subprocess
+        "test_logs_pg",  # watch --log
     }
 )
 
