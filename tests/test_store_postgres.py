@@ -22,7 +22,7 @@ import webstore
 from querywatch.durations import iso
 from querywatch.errors import ServerLeased
 from querywatch.model import Counters, Interval, StatementDelta, StatementKey
-from querywatch.store import Retention, Store, postgres
+from querywatch.store import Retention, Store, dialect
 
 A = StatementKey(1, 10, 111)
 FPS = {A: "fa"}
@@ -58,7 +58,7 @@ def partitions(location: str) -> list[str]:
 
 
 def test_translation_doctests() -> None:
-    assert doctest.testmod(postgres, raise_on_error=True).attempted >= 2
+    assert doctest.testmod(dialect, raise_on_error=True).attempted >= 2
 
 
 def test_retention_drops_whole_daily_partitions(pg_store_base: str) -> None:

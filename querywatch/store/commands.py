@@ -9,7 +9,7 @@ import typer
 from ..clikit import out
 from ..errors import InputError
 from .copy import copy_store
-from .postgres import redact
+from .location import redact
 from .sqlite import Store
 
 store_app = typer.Typer(help="Manage the history store (SQLite file or PostgreSQL).")

@@ -19,7 +19,7 @@ from psycopg import sql
 
 from ..errors import StoreCorrupt, StoreError
 from . import schema
-from .db import Connection
+from .dialect import translate
 from .rollup import SETTLE_S
 from .schema import COUNTER_COLUMNS
 
@@ -58,8 +58,6 @@ def day_end(day: int) -> float:
 
 def ddl(script: str) -> list[str]:
     """One SQLite migration script as PostgreSQL statements."""
-    from .postgres import translate
-
     out: list[str] = []
     for statement in script.split(";"):
         text = statement.strip()
@@ -94,12 +92,8 @@ def ddl(script: str) -> list[str]:
     return out
 
 
-def migrate(conn: Connection, location: str, create: bool) -> None:
+def migrate(raw: psycopg.Connection[Any], location: str, create: bool) -> None:
     """Bring the schema to ``schema.LATEST``, one migration per transaction, under a lock."""
-    from .postgres import PgConnection
-
-    assert isinstance(conn, PgConnection)
-    raw = conn.raw
     with raw.transaction():
         raw.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_ID,))
         has_version = raw.execute("SELECT to_regclass('qw_schema') IS NOT NULL").fetchone()

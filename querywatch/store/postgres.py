@@ -15,14 +15,11 @@ that database named after the file's path, so the whole test suite can run on Po
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,61 +31,16 @@ from psycopg_pool import ConnectionPool
 from ..errors import StoreError, StoreUnreachable
 from . import pgschema, rollup
 from .db import Connection
-from .sqlite import Store
+from .dialect import translate
+from .location import TEST_STORE_ENV as TEST_STORE_ENV
+from .location import pg_target as pg_target
+from .location import redact
+from .sqlite import ENGINES, Store
 
 log = logging.getLogger("querywatch.store.postgres")
 
-TEST_STORE_ENV = "QW_TEST_PG_STORE"
-PREFIXES = ("postgresql://", "postgres://")
 POOL_MAX = 4
 CONNECT_TIMEOUT_S = 5
-
-
-def pg_target(location: str | Path) -> tuple[str, str | None] | None:
-    """(DSN, schema) when ``location`` names a PostgreSQL store, else None (a SQLite file).
-
-    A file path becomes a schema of the ``QW_TEST_PG_STORE`` database when that is set.
-    """
-    text = str(location)
-    if text.startswith(PREFIXES):
-        return text, None
-    redirect = os.environ.get(TEST_STORE_ENV, "")
-    if redirect.startswith(PREFIXES):
-        digest = hashlib.sha1(str(Path(text).absolute()).encode()).hexdigest()[:20]
-        return redirect, f"qwt_{digest}"
-    return None
-
-
-def redact(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1@", dsn)
-
-
-# -- dialect translation ------------------------------------------------------------------------
-_CAST_INT = re.compile(r"CAST\(((?:[^()]|\((?:[^()]|\([^()]*\))*\))*?) AS INTEGER\)")
-_END = re.compile(r'(?<![\w"])end(?![\w"])')
-_OR_IGNORE = re.compile(r"INSERT OR IGNORE INTO")
-
-
-@lru_cache(maxsize=2048)
-def translate(query: str, bound: bool = True) -> str:
-    """SQLite-flavoured portable SQL -> PostgreSQL (``bound``: parameters follow, so ``?`` and
-    ``%`` become psycopg's ``%s`` and ``%%``).
-
-    >>> translate("SELECT CAST(start / ? AS INTEGER), max(end) FROM intervals WHERE end > ?")
-    'SELECT trunc(start / %s)::bigint, max("end") FROM intervals WHERE "end" > %s'
-    >>> translate("SELECT CASE WHEN x = 1 THEN i.end - i.start ELSE 0 END FROM t", bound=False)
-    'SELECT CASE WHEN x = 1 THEN i."end" - i.start ELSE 0 END FROM t'
-    """
-    if "INSERT OR REPLACE" in query:
-        raise StoreError("store: INSERT OR REPLACE is not portable (use ON CONFLICT ... DO UPDATE)")
-    out = _CAST_INT.sub(r"trunc(\1)::bigint", query)
-    out = _END.sub('"end"', out)
-    if _OR_IGNORE.search(out):
-        out = _OR_IGNORE.sub("INSERT INTO", out).rstrip() + " ON CONFLICT DO NOTHING"
-    if bound:
-        out = out.replace("%", "%%").replace("?", "%s")
-    return out
 
 
 class _Number(Loader):
@@ -183,7 +135,7 @@ class PgStore(Store):
             _configure(first)
             try:
                 schema = self._use_schema(first, create)
-                pgschema.migrate(PgConnection(first), self.location, create)
+                pgschema.migrate(first, self.location, create)
             except psycopg.Error as exc:
                 raise self._failed(exc) from None
         options = f"-csearch_path={schema}"
@@ -332,3 +284,6 @@ def store_exists(location: str | Path) -> bool:
     except psycopg.Error:
         return True
     return bool(row and row[0])
+
+
+ENGINES["postgresql"] = PgStore

@@ -44,6 +44,7 @@ from .intervals import counters_to_row as counters_to_row
 from .intervals import interval_values as interval_values
 from .intervals import row_to_counters as row_to_counters
 from .leases import LeasesMixin
+from .location import pg_target
 from .outbox import OutboxEntry, OutboxRow, OutboxSummary
 from .plans import PlansMixin
 from .plans import StoredPlan as StoredPlan
@@ -57,6 +58,9 @@ from .statements import StatementsMixin
 from .status import StatusMixin
 
 log = logging.getLogger("querywatch.store")
+
+
+ENGINES: dict[str, type[Store]] = {}  # other engines, registered by their modules (postgres)
 
 
 class Store(
@@ -76,11 +80,13 @@ class Store(
     """
 
     def __new__(cls, path: str | Path, *args: Any, **kwargs: Any) -> Store:
-        if cls is Store:
-            from .postgres import PgStore, pg_target
-
-            if pg_target(path) is not None:
-                return super().__new__(PgStore)
+        if cls is Store and pg_target(path) is not None:
+            engine = ENGINES.get("postgresql")
+            if engine is None:  # querywatch.store (its __init__) registers it
+                raise StoreError(
+                    "store: the PostgreSQL engine is not loaded (import querywatch.store)"
+                )
+            return super().__new__(engine)
         return super().__new__(cls)
 
     def __init__(
