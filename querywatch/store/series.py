@@ -56,7 +56,7 @@ SELECT i.start, sum(d.calls), sum(d.exec_us), sum(d.rows)
 FROM deltas d JOIN intervals i ON i.id = d.interval_id
 WHERE i.server_id = ? AND i.end > ? AND i.start >= ? AND i.start < ?
     AND d.statement_id NOT IN (SELECT id FROM statements WHERE toplevel = 0 OR own = 1)
-GROUP BY d.interval_id
+GROUP BY d.interval_id, i.start
 """
 # The rows of a few chosen statements; {picked} is one "?" mark per statement id bound.
 WEB_ROLLUP_PICKED = """
