@@ -202,17 +202,18 @@ def wait_until(probe: Callable[[], Any], timeout: float, step: float = 0.1) -> A
 
 def learned(store: Path, timeout: float = 60.0) -> bool:
     """True once the watcher's detector has left its learning period."""
-    import sqlite3
+    from querywatch.errors import StoreError
+    from querywatch.store import Store, store_exists
 
-    def probe() -> bool:
-        if not store.exists():
+    def probe() -> bool:  # through the Store: also with QW_TEST_STORE=postgresql
+        if not store_exists(store):
             return False
         try:
-            with sqlite3.connect(store) as db:
-                rows = db.execute("SELECT value FROM status WHERE key LIKE 'detector:%'").fetchall()
-        except sqlite3.Error:
+            with Store(store, create=False) as st:
+                board = st.status()
+        except StoreError:
             return False
-        return any(not json.loads(r[0])["learning"] for r in rows)
+        return any(not v["learning"] for k, v in board.items() if k.startswith("detector:"))
 
     return bool(wait_until(probe, timeout, 0.2))
 
