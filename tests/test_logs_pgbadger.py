@@ -14,11 +14,16 @@ Debian package) and querywatch read the same file; these must agree:
 * errors: messages of severity ERROR, FATAL and PANIC. pgBadger's ``errors_number`` also counts
   some LOG messages it files under its events (``database system was shut down``, ``process N
   still waiting for ...``): their original text starts with ``LOG:``, the test leaves them out;
-* the top normalized statements: pgBadger's five most frequent normalized texts have the same
-  count when querywatch's statements (their logged text, ``keep_params``) are normalized the way
-  pgBadger does it (lowercase, values and ``$n`` as ``?``, IN lists as ``in (...)``), and each
-  such group is one querywatch fingerprint or a part of one (the fingerprint may join more:
-  libpg_query ignores what pgBadger's regexes keep, e.g. ``1.0`` vs ``1``).
+* the normalized statements: each of pgBadger's normalized texts (the five most frequent first)
+  has the same count when querywatch's statements (their logged text, ``keep_params``) are
+  normalized the way pgBadger does it (lowercase, values and ``$n`` as ``?``, IN lists as
+  ``in (...)``, quoted aliases kept, bind parameters put in, EXECUTE named by its PREPARE), and
+  each of the top five is one querywatch fingerprint or a part of one (the fingerprint may join
+  more: libpg_query ignores what pgBadger's regexes keep). Two pgBadger habits are reproduced or
+  left out, precisely: it cuts a bind parameter value at its first comma (so the executions of one
+  statement with range values fall in several groups, see postgresql_param_range.log), and it
+  drops the ``$n`` of a PREPARE's body (``prepare foo (int) as select;``, one group of
+  queryid.log), which querywatch keeps.
 
 Formats pgBadger cannot detect by itself are given to it (``-f csv`` ...). pgBadger 12 reads no
 CloudNativePG log (its -f jsonlog finds no record inside the operator's wrapper): for that file
@@ -155,6 +160,7 @@ def querywatch_figures(path: Path) -> dict[str, Any]:
 
 
 _PGB_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
+_PGB_ALIAS = re.compile(r'\bAS\s+"([^"]+)"', re.IGNORECASE)
 _PGB_STRING = re.compile(r"'[^']*'")
 _PGB_NUMBER = re.compile(r"([^a-z0-9_\$\-])-?\d+")
 _PGB_PARAM = re.compile(r"\$\d+")
@@ -163,8 +169,10 @@ _PGB_IN = re.compile(r"\bin\s*\([\'0-9\,\s\?]*\)")
 
 def pgbadger_normalize(text: str) -> str:
     """pgBadger's ``normalize_query`` (pgbadger 12), the parts its corpus needs."""
+    aliases = iter(_PGB_ALIAS.findall(text))
     q = _PGB_COMMENT.sub("", text).lower()
     q = re.sub(r"\s+", " ", q)
+    q = _PGB_ALIAS.sub(lambda _: f'AS "{next(aliases, "")}"', q)  # quoted aliases keep their case
     q = q.replace("\\'", "")
     q = _PGB_STRING.sub("?", q)
     q = re.sub(r"\?(\?)+", "?", q)
@@ -235,8 +243,16 @@ def test_top_normalized_statements_match_pgbadger(
     ours = querywatch_figures(CORPUS / name)
     mine = Counter({_key(k): v for k, v in ours["normalized"].items()})
     mine_cut = Counter({_key(k): v for k, v in ours["cut"].items()})
-    top = theirs.most_common(5)
-    for text, count in top:
+    top = sorted(theirs.items(), key=lambda kv: (-kv[1], kv[0]))[:5]  # ties in a stable order
+    for text, count in theirs.items():  # every group, the top five first of all
+        if (
+            text.startswith("prepare ")
+            and "$" not in text
+            and count == 1
+            and (text, count) not in top
+        ):
+            continue  # pgBadger drops the $n of a PREPARE's body ("... as select;"), not ours
+
         if _key(text) in mine:
             assert mine[_key(text)] == count, f"{name}: {text[:120]!r}"
         else:
