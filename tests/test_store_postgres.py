@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,12 @@ def test_concurrent_maintenance_counts_each_interval_once(pg_store_base: str) ->
         conn.execute(f"SET search_path TO {schema_of(location)}")
         row = conn.execute("SELECT sum(calls) FROM rollups WHERE resolution = 60").fetchone()
     assert row is not None and int(row[0]) == 360 * 10
+
+
+def test_store_exists_on_both_engines(store_location: Callable[[str], str]) -> None:
+    from querywatch.store import store_exists
+
+    location = store_location("exists")
+    assert not store_exists(location)
+    Store(location).close()
+    assert store_exists(location)

@@ -279,7 +279,7 @@ def store_exists(location: str | Path) -> bool:
                 row = conn.execute("SELECT to_regclass('qw_schema') IS NOT NULL").fetchone()
             else:
                 row = conn.execute(
-                    "SELECT to_regclass(format('%I.qw_schema', %s::text)) IS NOT NULL", (schema,)
+                    "SELECT to_regclass(format('%%I.qw_schema', %s::text)) IS NOT NULL", (schema,)
                 ).fetchone()
     except psycopg.Error:
         return True
