@@ -179,6 +179,7 @@ TIMED = frozenset(
         "test_fleet_pg",
         "test_replication_pg",
         "test_logs_cli",  # --follow waits for a subprocess
+        "test_capacity_pg",  # diagnose --now samples a paced load for 4 s
         "test_logs_pg",  # watch --log
     }
 )

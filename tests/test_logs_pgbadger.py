@@ -86,7 +86,9 @@ def pgbadger_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[st
     found: dict[str, dict[str, Any]] = {}
     for name in FILES:
         out = out_dir / f"{name}.json"
-        argv = [exe, "-q", *PGBADGER_ARGS.get(name, ()), "-o", str(out), str(CORPUS / name)]
+        # its own pid file: pgBadger refuses to start while /tmp/pgbadger.pid (another worker) exists
+        argv = [exe, "-q", "--pid-dir", str(out_dir), *PGBADGER_ARGS.get(name, ())]
+        argv += ["-o", str(out), str(CORPUS / name)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
         assert done.returncode == 0, f"pgbadger {name}: {done.stderr.strip()}"
         found[name] = json.loads(out.read_text(encoding="utf-8"))
