@@ -112,7 +112,7 @@ def test_five_clusters_one_pages_one_stopped_the_rest_on_cadence(
         load.__enter__()
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        assert wait_until(lambda: all_learned(store), 90), "the five detectors never all learned"
+        assert wait_until(lambda: all_learned(store), 180), "the five detectors never all learned"
         time.sleep(3)
         loads[SICK].set_rate("scan", 40)  # the new code path runs the scan 13x as often
         time.sleep(2)
