@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +58,7 @@ log = logging.getLogger("querywatch")
 STOP_POLL_S = 0.2  # how often a stop_event is looked at
 THREAD_PREFIX = "qw:"  # a fleet's server threads are named qw:<server>
 LEASE_INTERVALS = 3.0  # an owner lease lapses after this many intervals without renewal
+LEASE_SLACK_S = 0.2  # past a dead watcher's lease expiry before claiming it
 OWNER = f"querywatch watch (pid {os.getpid()})"  # who holds a lease, in a refusal
 FLUSH_S = 10.0  # how long queued alerts may take to go out at the end
 
@@ -225,8 +227,43 @@ def _claim(shared: _Shared, unit: ServerWatch) -> None:
     if unit.lease is not None:
         return
     ttl = LEASE_INTERVALS * shared.cfg.interval
-    unit.lease = shared.store.claim_server(unit.name, OWNER, ttl)
+    try:
+        unit.lease = shared.store.claim_server(unit.name, OWNER, ttl)
+    except ServerLeased:
+        orphan = _orphaned(shared.store, unit.name)
+        if orphan is None:
+            raise
+        wait = max(0.0, orphan.expires_at() - shared.store.clock())
+        log.warning(
+            "%s: its last watcher (pid %d on this host) is gone; its lease lapses in %s",
+            unit.name,
+            orphan.pid,
+            human(wait),
+        )
+        unit.watcher.pause(wait + LEASE_SLACK_S)  # a restart after kill -9 (systemd, cron)
+        unit.lease = shared.store.claim_server(unit.name, OWNER, ttl)
     _announce(shared, unit)
+
+
+def _orphaned(store: Store, name: str) -> Lease | None:
+    """The live lease of ``name`` held by a watcher of this host that no longer runs (killed):
+    waited out rather than refused, so a restart after a crash goes on collecting."""
+    here = socket.gethostname()
+    now = store.clock()
+    for lease in store.leases():
+        if lease.server_name == name and lease.host == here and lease.live(now):
+            return None if _running(lease.pid) else lease
+    return None
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _announce(shared: _Shared, unit: ServerWatch) -> None:
