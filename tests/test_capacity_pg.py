@@ -302,18 +302,20 @@ def test_one_shot_diagnosis_gives_the_headroom(cluster: Cluster) -> None:
     """`diagnose --dsn ... --now` (no store) reads the server's cores and says the headroom."""
     fresh = "SELECT count(*) FROM cap_items WHERE note LIKE %s"
     load = {"fresh": Statement(fresh, 25.0, lambda r: (f"y{r.random()}%",))}
-    # the statement starts during the sample, so it is new against the server's counters (a load
-    # already running since the module's reset would be this server's normal: healthy)
+    # the statement starts once the sample has begun (the CLI says "sampling" on connecting, just
+    # before its first snapshot), so it is new against the server's counters; a load already
+    # running at the first snapshot would be this young server's normal: healthy
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QUERYWATCH_", "PG"))}
     argv = [sys.executable, "-m", "querywatch", "diagnose", "--dsn", cluster.primary.dsn]
     argv += ["--now", "--sample", "4s", "--format", "json"]
     with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     ) as proc:
-        time.sleep(1.0)
+        assert proc.stderr is not None
+        said = proc.stderr.readline()  # blocks until connected (or the error line)
         with Load(cluster.primary.dsn, load, max_s=60):
             out, err = proc.communicate(timeout=60)
-    done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    done = subprocess.CompletedProcess(argv, proc.returncode, out, said + err)
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["culprits"], (doc["verdict"], doc["summary"], done.stderr)
