@@ -153,6 +153,89 @@ class TopologyEvent:
 
 
 @dataclass(frozen=True)
+class TopologyIncident:
+    """A page about the topology, open until resolved, kept in the store so that a restarted
+    watcher goes on with it (no second page) and one event seen by several watched entries
+    pages once.
+
+    ``key`` says what it is about, the same whoever sees it: ``lag:<system id>:<replica's
+    application_name>``, ``failover:<system id>``, ``down:<system id>:<postmaster start>``.
+    ``server_id`` is the server it is about (the replica, the new primary, the server gone; the
+    lowest id among watched entries that reach the same server), ``observer`` the server whose
+    watcher resolves it: the one that opened a lag page (its view of the lag), the owner
+    otherwise. ``kind`` is the page's verdict (``replication_lag``, ``failover``,
+    ``server_unreachable``); ``subject`` the replica or server named."""
+
+    server_id: int
+    key: str
+    id: str
+    kind: str
+    subject: str
+    observer: int
+    opened_at: float
+    summary: str
+    resolved_at: float | None = None
+
+
+def identity(node: NodeState | None) -> tuple[int, float] | None:
+    """What tells one running server apart, whatever name or DSN reaches it: its cluster's
+    system identifier and its postmaster's start time (a replica shares the first with its
+    primary, never the second). None when either is unknown.
+
+    >>> identity(NodeState("db", 1.0, True, system_identifier=7, started=5.5))
+    (7, 5.5)
+    """
+    if node is None or node.system_identifier is None or node.started is None:
+        return None
+    return node.system_identifier, node.started
+
+
+def lag_key(node: NodeState, application_name: str, owner: int) -> str:
+    """The lag incident of one replica: its cluster and the name it streams under."""
+    return f"lag:{_cluster(node, owner)}:{application_name}"
+
+
+def failover_key(node: NodeState, owner: int) -> str:
+    return f"failover:{_cluster(node, owner)}"
+
+
+def down_key(node: NodeState, owner: int) -> str:
+    return f"down:{_cluster(node, owner)}:{node.started if node.started is not None else ''}"
+
+
+def _cluster(node: NodeState, owner: int) -> str:
+    sid = node.system_identifier
+    return str(sid) if sid is not None else f"server{owner}"
+
+
+def settled(node: NodeState, peers: Sequence[Peer]) -> bool:
+    """The new topology holds: ``node`` (the new primary) is reachable and takes writes (not in
+    recovery), and no other server of its cluster does: each peer is gone (unreachable) or
+    follows (a replica).
+
+    >>> new = NodeState("db-2", 9.0, True, in_recovery=False)
+    >>> settled(new, [Peer("db-1", "primary", False, 5.0)])
+    True
+    >>> settled(new, [Peer("db-1", "primary", True, None)])
+    False
+    """
+    if node.role != "primary":
+        return False
+    return all(not p.reachable or p.role != "primary" for p in peers)
+
+
+def settled_summary(node: NodeState, peers: Sequence[Peer], samples: int) -> str:
+    """The resolve notice of a failover: the new topology and how long it held."""
+    parts = [f"failover over: {node.server} is the primary (timeline {node.timeline})"]
+    parts += [
+        f"{p.name} {'unreachable' if not p.reachable else 'follows as a ' + p.role}"
+        for p in peers
+        if p.name != node.server
+    ]
+    return "; ".join(parts) + f"; stable for {samples} intervals"
+
+
+@dataclass(frozen=True)
 class Finding:
     """A replication finding with its documented id and the exact fix."""
 
@@ -175,6 +258,10 @@ class ReplicationSettings:
     min_history: int = 10  # samples needed before the baseline counts (the floor alone before)
     slot_inactive_bytes: float = 1 * MiB  # an inactive slot holding this much WAL is a finding
     slot_retained_bytes: float = 1024 * MiB  # an active slot holding this much WAL is a finding
+    settle: int = 3  # samples in a row the new topology holds before a failover resolves
+
+
+_COUNTS = frozenset({"hold", "history", "min_history", "settle"})
 
 
 def settings_from_mapping(table: Mapping[str, object]) -> ReplicationSettings:
@@ -187,7 +274,7 @@ def settings_from_mapping(table: Mapping[str, object]) -> ReplicationSettings:
         number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
         if number is None or not math.isfinite(number) or number < 0:
             raise ConfigError(f"[replication] {key}: {value!r} is not a number >= 0")
-        values[key] = int(number) if key in {"hold", "history", "min_history"} else float(number)
+        values[key] = int(number) if key in _COUNTS else float(number)
     return ReplicationSettings(**values)
 
 
@@ -319,6 +406,35 @@ def lag_threshold(history: Sequence[float], floor: float, settings: ReplicationS
     return max(floor, settings.lag_factor * usual)
 
 
+PAUSED = "replay paused"  # the state of a replica whose replay is paused (its own view)
+
+
+def own_lag(node: NodeState) -> ReplicaState | None:
+    """A replica's lag as the replica itself sees it (WAL received and not replayed, seconds
+    since the last replayed transaction while there is some), when its primary is not watched
+    or sees nothing; None for a primary or an unreachable server.
+
+    >>> own_lag(NodeState("db-2", 9.0, True, in_recovery=True, replay_paused=True,
+    ...     replay_lag_s=12.0, application_name="db-2")).state
+    'replay paused'
+    """
+    if node.role != "replica":
+        return None
+    state = PAUSED if node.replay_paused else "replaying"
+    return ReplicaState(
+        server=node.server,
+        name=node.server,
+        application_name=node.application_name,
+        client_addr="",
+        state=state,
+        sync_state="",
+        replay_lag_s=node.replay_lag_s,
+        replay_lag_bytes=node.replay_lag_bytes,
+        at=node.at,
+        watched=node.server,
+    )
+
+
 @dataclass(frozen=True)
 class LagVerdict:
     """A replica's lag judged: ``high`` this sample, ``firing`` after ``hold`` high samples."""
@@ -328,6 +444,7 @@ class LagVerdict:
     unit: str  # "s" or "bytes"
     threshold: float
     high: bool
+    paused: bool = False  # the replica says its replay is paused (pg_wal_replay_pause)
 
 
 def judge_lag(
@@ -341,13 +458,15 @@ def judge_lag(
     unit = "s" if replica.replay_lag_s is not None else "bytes"
     past = [v[0] for v in (lag_value(h, settings) for h in history[-settings.history :]) if v]
     threshold = lag_threshold(past, floor, settings)
-    return LagVerdict(replica.name, lag, unit, threshold, lag >= threshold)
+    paused = replica.state == PAUSED
+    return LagVerdict(replica.name, lag, unit, threshold, lag >= threshold, paused)
 
 
 def lag_text(verdict: LagVerdict) -> str:
+    paused = "; its replay is paused (pg_wal_replay_pause)" if verdict.paused else ""
     return (
         f"replica {verdict.replica} replays {_amount(verdict.lag, verdict.unit)} behind "
-        f"(threshold {_amount(verdict.threshold, verdict.unit)})"
+        f"(threshold {_amount(verdict.threshold, verdict.unit)}){paused}"
     )
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from querywatch.replication import NodeState, ReplicaState, SlotState, TopologyEvent
+from querywatch.replication import (
+    NodeState,
+    ReplicaState,
+    SlotState,
+    TopologyEvent,
+    TopologyIncident,
+)
 from querywatch.store import Store
 
 
@@ -60,3 +66,29 @@ def test_old_samples_are_pruned_with_the_raw_intervals(
         store.maintain(1e6)
         assert [n.at for n in store.node_states(sid, 0.0, 2e6)] == [1e6 - 5]
         assert len(store.replica_lag(sid, 0.0, 2e6)) == 1
+
+
+def _incident(server_id: int, ident: str, key: str, observer: int, at: float) -> TopologyIncident:
+    return TopologyIncident(server_id, key, ident, "replication_lag", "db-2", observer, at, "s")
+
+
+def test_one_open_topology_incident_per_key_and_resolved_once(any_store: Store) -> None:
+    store = any_store
+    a, b = store.server("db-1").id, store.server("db-2").id
+    first = _incident(b, "lag-1", "lag:7:db-2", a, 10.0)
+    assert store.open_topology_incident(first) == first  # opened by this call
+    again = _incident(b, "lag-2", "lag:7:db-2", b, 11.0)  # the same replica seen by another
+    assert store.open_topology_incident(again) == first
+    elsewhere = _incident(a, "lag-3", "lag:7:db-2", a, 12.0)  # under another server: still one
+    assert store.open_topology_incident(elsewhere) == first
+    other = _incident(b, "lag-4", "lag:7:db-3", a, 13.0)
+    assert store.open_topology_incident(other) == other
+    assert [i.id for i in store.topology_incidents()] == ["lag-1", "lag-4"]
+    assert store.topology_incidents(a) == []
+    assert store.resolve_topology_incident(b, "lag-1", 20.0)
+    assert not store.resolve_topology_incident(b, "lag-1", 21.0)  # resolved once
+    assert [i.id for i in store.topology_incidents(b)] == ["lag-4"]
+    [closed, _] = store.topology_incidents(b, open_only=False)
+    assert (closed.id, closed.resolved_at) == ("lag-1", 20.0)
+    reopened = _incident(b, "lag-5", "lag:7:db-2", a, 30.0)  # a new episode: a new incident
+    assert store.open_topology_incident(reopened) == reopened

@@ -25,7 +25,13 @@ from ..model import (
     Statement,
     StatementKey,
 )
-from ..replication import NodeState, ReplicaState, SlotState, TopologyEvent
+from ..replication import (
+    NodeState,
+    ReplicaState,
+    SlotState,
+    TopologyEvent,
+    TopologyIncident,
+)
 from ..source.kcache import CpuUsage, KcacheUsage
 from . import dbtime, logevents
 from .incidents import StoredIncident
@@ -233,6 +239,14 @@ class OtherStore(Protocol):
     def topology_events(
         self, server_id: int | None = None, start: float = 0.0, end: float = float("inf")
     ) -> list[TopologyEvent]: ...
+
+    def open_topology_incident(self, incident: TopologyIncident) -> TopologyIncident: ...
+
+    def topology_incidents(
+        self, server_id: int | None = None, *, open_only: bool = True
+    ) -> list[TopologyIncident]: ...
+
+    def resolve_topology_incident(self, server_id: int, ident: str, at: float) -> bool: ...
 
     def add_outbox(self, entries: Sequence[OutboxEntry]) -> int: ...
 

@@ -7,6 +7,9 @@
 - ``replication_slots``: each server's slots as last read, keyed (server_id, slot_name).
 - ``topology_events``: promotions, new timelines, unreachable servers, identity changes, lag,
   conflicts (querywatch.replication), keyed (server_id, at, kind).
+- ``topology_incidents`` (migration ``TOPOLOGY_INCIDENTS``): the failover, lag and unreachable
+  pages, open until resolved, keyed (server_id, id); at most one open per (server_id, key), so
+  two watchers (or two entries reaching one server) that open the same one at once page once.
 
 Samples older than the raw retention are pruned with the raw intervals (``prune``). Every
 function takes a DB-API connection; none commits.
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..replication import NodeState, ReplicaState, SlotState, TopologyEvent
+from ..replication import NodeState, ReplicaState, SlotState, TopologyEvent, TopologyIncident
 from .db import Connection
 
 REPLICATION = """
@@ -69,6 +72,23 @@ CREATE TABLE topology_events (
     detail TEXT NOT NULL,
     PRIMARY KEY (server_id, at, kind)
 )
+"""
+
+TOPOLOGY_INCIDENTS = """
+CREATE TABLE topology_incidents (
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    observer INTEGER NOT NULL,
+    opened_at REAL NOT NULL,
+    summary TEXT NOT NULL,
+    resolved_at REAL,
+    PRIMARY KEY (server_id, id)
+);
+CREATE UNIQUE INDEX topology_incidents_open ON topology_incidents (server_id, key)
+    WHERE resolved_at IS NULL
 """
 
 _NODE_COLUMNS = (
@@ -142,9 +162,27 @@ FROM topology_events e JOIN servers s ON s.id = e.server_id
 WHERE (? = 0 OR e.server_id = ?) AND e.at >= ? AND e.at < ?
 ORDER BY e.at, s.name, e.kind
 """
+_INCIDENT_COLUMNS = "server_id, id, key, kind, subject, observer, opened_at, summary, resolved_at"
+INSERT_INCIDENT = f"""
+INSERT INTO topology_incidents ({_INCIDENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)
+ON CONFLICT DO NOTHING
+"""
+SELECT_OPEN_INCIDENTS = f"""
+SELECT {_INCIDENT_COLUMNS} FROM topology_incidents
+WHERE (? = 0 OR server_id = ?) AND resolved_at IS NULL ORDER BY opened_at, server_id, id
+"""
+SELECT_INCIDENTS = f"""
+SELECT {_INCIDENT_COLUMNS} FROM topology_incidents
+WHERE (? = 0 OR server_id = ?) ORDER BY opened_at, server_id, id
+"""
+RESOLVE_INCIDENT = """
+UPDATE topology_incidents SET resolved_at = ?
+WHERE server_id = ? AND id = ? AND resolved_at IS NULL
+"""
 PRUNE = (
     "DELETE FROM node_states WHERE at < ?",
     "DELETE FROM replica_lag WHERE at < ?",
+    "DELETE FROM topology_incidents WHERE resolved_at < ?",
 )
 
 
@@ -288,7 +326,55 @@ def events(
     ]
 
 
+def open_incident(conn: Connection, incident: TopologyIncident) -> TopologyIncident:
+    """Open ``incident`` unless one with its key is open already, for its server or any other
+    (two entries that reached one server apart); returns the open one (``incident`` when this
+    call opened it)."""
+    found = _open_with_key(conn, incident.key)
+    if found is not None:
+        return found
+    i = incident
+    row = (i.server_id, i.id, i.key, i.kind, i.subject, i.observer, i.opened_at, i.summary)
+    if conn.execute(INSERT_INCIDENT, row).rowcount == 1:
+        return incident
+    found = _open_with_key(conn, incident.key)  # opened meanwhile by another watcher
+    return found if found is not None else incident
+
+
+def _open_with_key(conn: Connection, key: str) -> TopologyIncident | None:
+    return next((i for i in incidents(conn, None) if i.key == key), None)
+
+
+def incidents(
+    conn: Connection, server_id: int | None, *, open_only: bool = True
+) -> list[TopologyIncident]:
+    """Topology incidents of one server (or None: of all), the open ones only by default."""
+    sid = server_id or 0
+    query = SELECT_OPEN_INCIDENTS if open_only else SELECT_INCIDENTS
+    return [_incident(r) for r in conn.execute(query, (sid, sid))]
+
+
+def _incident(row: Sequence[Any]) -> TopologyIncident:
+    return TopologyIncident(
+        server_id=int(row[0]),
+        id=row[1],
+        key=row[2],
+        kind=row[3],
+        subject=row[4],
+        observer=int(row[5]),
+        opened_at=float(row[6]),
+        summary=row[7],
+        resolved_at=None if row[8] is None else float(row[8]),
+    )
+
+
+def resolve_incident(conn: Connection, server_id: int, ident: str, at: float) -> bool:
+    """Close an open incident; False when it was closed already (by another watcher)."""
+    return conn.execute(RESOLVE_INCIDENT, (at, server_id, ident)).rowcount == 1
+
+
 def prune(conn: Connection, before: float) -> None:
-    """Drop samples older than ``before`` (events and slots stay: they are few)."""
+    """Drop samples and resolved incidents older than ``before`` (events and slots stay: they
+    are few)."""
     for statement in PRUNE:
         conn.execute(statement, (before,))

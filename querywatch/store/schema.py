@@ -8,7 +8,7 @@ seconds, statement times are integer microseconds.
 from __future__ import annotations
 
 from ..model import COUNTER_FIELDS
-from .replication import REPLICATION
+from .replication import REPLICATION, TOPOLOGY_INCIDENTS
 
 APPLICATION_ID = 0x51575443  # "QWTC": marks a file as a querywatch store
 
@@ -330,5 +330,6 @@ MIGRATIONS: tuple[str, ...] = (
     LEASES,
     LOG_EVENTS,
     REPLICATION,
+    TOPOLOGY_INCIDENTS,
 )
 LATEST = len(MIGRATIONS)

@@ -22,7 +22,13 @@ from ..model import (
     Snapshot,
     StatementKey,
 )
-from ..replication import NodeState, ReplicaState, SlotState, TopologyEvent
+from ..replication import (
+    NodeState,
+    ReplicaState,
+    SlotState,
+    TopologyEvent,
+    TopologyIncident,
+)
 from ..source.kcache import CpuUsage, KcacheUsage
 from . import (
     dbtime,
@@ -341,6 +347,23 @@ class Store(
         """Topology events (promotions, unreachable servers, lag...) in [start, end)."""
         with self._errors():
             return replication.events(self._conn, server_id, start, min(end, 1e18))
+
+    def open_topology_incident(self, incident: TopologyIncident) -> TopologyIncident:
+        """Open a failover, lag or unreachable page unless one with its key is open; returns
+        the open one (``incident`` itself when this call opened it)."""
+        with self._errors(), self._transaction() as conn:
+            return replication.open_incident(conn, incident)
+
+    def topology_incidents(
+        self, server_id: int | None = None, *, open_only: bool = True
+    ) -> list[TopologyIncident]:
+        with self._errors():
+            return replication.incidents(self._conn, server_id, open_only=open_only)
+
+    def resolve_topology_incident(self, server_id: int, ident: str, at: float) -> bool:
+        """Close an open topology incident; False when it was closed already."""
+        with self._errors(), self._transaction() as conn:
+            return replication.resolve_incident(conn, server_id, ident, at)
 
     # -- reading --------------------------------------------------------------------------------
 
