@@ -58,11 +58,13 @@ MOVED = "node_changed"
 LAG = "replication_lag"
 LAG_BACK = "replication_lag_resolved"
 CONFLICTS = "standby_conflicts"
+SETTLED = "failover_settled"  # the new topology held: the failover page resolves
 FAILOVER_KINDS = frozenset({PROMOTED, IDENTITY, MOVED})  # the events that page as a failover
 EVENT_RULES: Mapping[str, str] = {
     PROMOTED: FAILOVER_RULE,
     DEMOTED: FAILOVER_RULE,
     NEW_TIMELINE: FAILOVER_RULE,
+    SETTLED: FAILOVER_RULE,
     UNREACHABLE: FAILOVER_RULE,
     REACHABLE: FAILOVER_RULE,
     IDENTITY: FAILOVER_RULE,
@@ -72,6 +74,10 @@ EVENT_RULES: Mapping[str, str] = {
     CONFLICTS: CONFLICTS_RULE,
 }
 MiB = 1024.0 * 1024.0
+# the verdicts of topology pages (TopologyIncident.kind)
+FAILOVER_PAGE = "failover"
+DOWN_PAGE = "server_unreachable"
+LAG_PAGE = "replication_lag"
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """Acceptance of replication health and failover detection on real PostgreSQL (issue 15A).
 
 One primary (db-1) and one streaming replica made with pg_basebackup (db-2), both watched by one
-``run_watch`` (a fleet of two, 1 s intervals) with a webhook to a real HTTP receiver on
-127.0.0.1. The tests run in order on the same pair and the same watch: the replica discovered,
-its lag rising while replay is paused and falling back once resumed, an inactive slot holding
-WAL, then a failover (db-1 stopped, db-2 promoted with pg_ctl) at the end.
+``run_watch`` (1 s intervals) with a webhook to a real HTTP receiver on 127.0.0.1; a third entry
+(db) is a multi-host DSN that reaches whichever takes writes: db-1, then db-2. The tests run in
+order on the same pair and the same watch: the replica discovered, its lag rising while replay is
+paused and falling back once resumed (paged once although db-1, db and db-2 itself all see it),
+an inactive slot holding WAL, a second watch of the replica alone (its own view of the lag, the
+page continued across a restart of that watch), then a failover (db-1 stopped, db-2 promoted with
+pg_ctl) at the end, paged once and resolved once the new topology holds.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from querywatch.replication import (
     CONFLICTS,
     LAG,
     LAG_BACK,
+    LAG_PAGE,
     MOVED,
     PROMOTED,
+    SETTLED,
     SLOT_INACTIVE,
     UNREACHABLE,
     TopologyEvent,
@@ -148,7 +153,7 @@ def test_replica_discovered_and_its_lag_detected_then_back(pair: Pair) -> None:
             fired = wait_for(
                 "a lag alert", lambda: _alerts(pair.receiver, "replication_lag", "firing")
             )
-            event = next(e for e in store.topology_events(primary) if e.kind == LAG)
+            event = next(e for e in store.topology_events() if e.kind == LAG)
             peak = max(
                 r.replay_lag_s or 0.0 for r in store.replica_lag(primary, paused_at, time.time())
             )
@@ -156,14 +161,23 @@ def test_replica_discovered_and_its_lag_detected_then_back(pair: Pair) -> None:
             resumed_at = time.time()
             conn.execute("SELECT pg_wal_replay_resume()")
         wait_for("the lag resolved", lambda: _alerts(pair.receiver, "replication_lag", "resolved"))
-        back = next(e for e in store.topology_events(primary) if e.kind == LAG_BACK)
+        back = next(e for e in store.topology_events() if e.kind == LAG_BACK)
         history = store.replica_lag(primary, paused_at - 5, time.time(), "db-2")
+        time.sleep(3 * INTERVAL)  # any late second page of the same lag
+        lags = [e for e in store.topology_events() if e.kind == LAG]
+        [stored] = store.topology_incidents(None, open_only=False)
     print(
         f"\nlag: detected {event.at - paused_at:.1f} s after the pause ({event.detail}), "
         f"alert {fired[0].received_at - paused_at:.1f} s, peak {peak:.1f} s; back "
         f"{back.at - resumed_at:.1f} s after resume ({back.detail})"
     )
     assert "db-2" in fired[0].body["diagnosis"]["summary"]
+    # db-1, db (the same server under a multi-host DSN) and db-2 itself see the lag: one page
+    pages = [a.body["incident"] for a in list(pair.receiver.alerts)]
+    assert len(fired) == 1 and len(lags) == 1, [e.detail for e in lags]
+    assert pages.count(fired[0].body["incident"]) == 2  # firing, then resolved
+    assert (stored.id, stored.kind, stored.subject) == (fired[0].body["incident"], LAG_PAGE, "db-2")
+    assert stored.resolved_at is not None and stored.key.endswith(":db-2")
     [db1] = [n for n in shown["nodes"] if n["server"] == "db-1"]
     assert db1["replicas"][0]["name"] == "db-2" and db1["replicas"][0]["replay_lag_s"] >= LAG_S
     assert "replication_lag" in [e["kind"] for e in shown["events"]]
@@ -243,6 +257,67 @@ def test_queries_cancelled_by_recovery_conflicts_are_an_event(pair: Pair) -> Non
     assert event.detail.startswith("1 queries cancelled by recovery conflicts")
 
 
+def _watch_replica_alone(
+    pair: Pair, store: Path, receiver: AlertReceiver
+) -> tuple[threading.Thread, threading.Event]:
+    """A watch of the replica only (its primary not watched), paging to ``receiver``."""
+    cfg = Settings(
+        store=str(store),
+        interval=INTERVAL,
+        servers=(ServerEntry("r", pair.replica.dsn, {"role": "replica"}),),
+        sections={"replication": {"lag_s": LAG_S, "hold": 2}},
+    )
+    stop = threading.Event()
+    options = WatchOptions(channels=[WebhookChannel(receiver.url)])
+    watch = threading.Thread(target=run_watch, args=(cfg, options, stop), daemon=True)
+    watch.start()
+    return watch, stop
+
+
+def test_replica_side_lag_paged_once_across_a_restart(pair: Pair, tmp_path: Path) -> None:
+    """The replica's own view (its primary not watched): lag and a paused replay paged; the
+    watch restarted while it still lags goes on with the same page, and resolves it."""
+    receiver = AlertReceiver().start()
+    store = tmp_path / "alone.db"
+    Store(store).close()  # created before the watch and the test open it
+    watch, stop = _watch_replica_alone(pair, store, receiver)
+    conn = psycopg.connect(pair.replica.dsn, autocommit=True)
+    try:
+        wait_for("r sampled", lambda: _sampled(store, "r"))
+        conn.execute("SELECT pg_wal_replay_pause()")
+        [fired] = wait_for("a lag page", lambda: _alerts(receiver, "replication_lag", "firing"))
+        stop.set()
+        watch.join(30)
+        assert not watch.is_alive()
+        restarted_at = time.time()
+        watch, stop = _watch_replica_alone(pair, store, receiver)
+        wait_for("r sampled again", lambda: _sampled(store, "r", after=restarted_at))
+        time.sleep((2 + 3) * INTERVAL)  # past `hold`: a duplicate page would have come
+        with Store(store) as st:
+            [open_] = st.topology_incidents()
+        conn.execute("SELECT pg_wal_replay_resume()")
+        [back] = wait_for("resolved", lambda: _alerts(receiver, "replication_lag", "resolved"))
+    finally:
+        conn.execute("SELECT pg_wal_replay_resume()")
+        conn.close()
+        stop.set()
+        watch.join(30)
+        receiver.stop()
+    summary = fired.body["diagnosis"]["summary"]
+    print(f"\nreplica-side lag: {summary}; after the restart: {open_.id}; {back.body}")
+    assert summary.startswith("replica r replays ") and "its replay is paused" in summary
+    assert [a.body["status"] for a in receiver.alerts] == ["firing", "resolved"]
+    assert open_.id == fired.body["incident"] == back.body["incident"]
+    assert back.body["diagnosis"]["summary"].startswith("replica r caught up")
+
+
+def _sampled(path: Path, name: str, after: float = 0.0) -> bool:
+    with Store(path) as store:
+        sid = _server_id(store, name)
+        node = store.node_state(sid) if sid is not None else None
+    return node is not None and node.reachable and node.at > after
+
+
 def test_promotion_is_a_failover_event_alerted_and_history_stays(pair: Pair) -> None:
     names = ("db-1", "db-2", "db")
     with pair.open_store() as store:
@@ -256,7 +331,8 @@ def test_promotion_is_a_failover_event_alerted_and_history_stays(pair: Pair) -> 
         [event] = wait_for("db-2 promoted", lambda: _events(store, ids["db-2"], PROMOTED))
         alert = wait_for("the failover page", lambda: _failover(pair.receiver, "replica db-2"))
         [moved] = wait_for("db moved", lambda: _events(store, ids["db"], MOVED))
-        followed = wait_for("db's failover page", lambda: _failover(pair.receiver, "db: "))
+        resolved = wait_for("the failover resolved", lambda: _resolved(pair.receiver, alert))
+        [settled] = _events(store, ids["db-2"], SETTLED)
         time.sleep(3 * INTERVAL)
         after = {name: store.interval_count(sid) for name, sid in ids.items()}
         gaps = {n: store.gaps(ids[n], promoted_at - 5, time.time()) for n in ("db-2", "db")}
@@ -267,9 +343,22 @@ def test_promotion_is_a_failover_event_alerted_and_history_stays(pair: Pair) -> 
         f"\nfailover: event {event.at - promoted_at:.2f} s after pg_ctl promote, alert "
         f"{alert.received_at - promoted_at:.2f} s; db-1 stopped {promoted_at - stopped_at:.1f} s "
         f"before; intervals before {before}, after {after}; summary: {summary}"
-        f"\nmulti-host DSN: {moved.kind} {moved.at - promoted_at:.1f} s after promote; page: "
-        f"{followed.body['diagnosis']['summary']}; its gaps: {[g.detail for g in gaps['db']]}"
+        f"\nmulti-host DSN: {moved.kind} {moved.at - promoted_at:.1f} s after promote; its "
+        f"gaps: {[g.detail for g in gaps['db']]}\nresolved {resolved.received_at - promoted_at:.1f}"
+        f" s after promote: {resolved.body['diagnosis']['summary']}"
     )
+    # one failover, one page (db-2 promoted, db following it) and one resolve notice
+    assert [a.body["incident"] for a in _alerts(pair.receiver, "failover", "firing")] == [
+        alert.body["incident"]
+    ]
+    assert resolved.body["diagnosis"]["summary"] == settled.detail
+    assert settled.detail.startswith("failover over: db-2 is the primary (timeline 2); db-1 ")
+    assert settled.detail.endswith("; stable for 3 intervals")
+    assert settled.at - event.at >= 2 * INTERVAL * 0.9  # three samples: the promotion's and two
+    # db-1 gone: paged once although db (reaching db-1 then) lost it too; still down: not resolved
+    down = _alerts(pair.receiver, "server_unreachable", "firing")
+    assert [a.body["diagnosis"]["server"] for a in down] in (["db-1"], ["db"]), down
+    assert not _alerts(pair.receiver, "server_unreachable", "resolved")
     assert event.at - promoted_at <= 2 * INTERVAL + 0.5
     assert summary.startswith("replica db-2 promoted at ") and "timeline 1 -> 2" in summary
     assert "db-1 unreachable since" in summary
@@ -287,6 +376,11 @@ def test_promotion_is_a_failover_event_alerted_and_history_stays(pair: Pair) -> 
 
 def _events(store: Store, server_id: int, kind: str) -> list[TopologyEvent]:
     return [e for e in store.topology_events(server_id) if e.kind == kind]
+
+
+def _resolved(receiver: AlertReceiver, firing: Alert) -> Alert | None:
+    found = _alerts(receiver, "failover", "resolved")
+    return next((a for a in found if a.body["incident"] == firing.body["incident"]), None)
 
 
 def _failover(receiver: AlertReceiver, start: str) -> Alert | None:
