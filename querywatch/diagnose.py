@@ -13,6 +13,13 @@ fingerprint the blocking sessions ran last); ``traffic_surge`` when traffic grew
 excess is a small part of the increase; ``query_regression`` when a few fingerprints hold the
 excess; ``healthy`` otherwise. A deploy is suspect only when a culprit that is new or changed
 started within ``suspect_window_s`` after it. Times are POSIX seconds; text says HH:MM:SS UTC.
+
+Contention (:mod:`querywatch.contention`): when the busy statements ran slower together, or the
+ones carrying a traffic surge did, each statement's mean rise up to that common factor s is
+contention, not its own excess: it is handed to what added the load (the traffic, and the
+culprits by their own excess: extra calls, a new statement, a per-call rise beyond s). A server
+slowed by a surge is then a ``traffic_surge``, and a statement whose extra calls slowed everyone
+carries their slowdown, instead of each slowed statement posing as a regression.
 """
 
 from __future__ import annotations
@@ -20,9 +27,17 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from querywatch.contention import (
+    Change,
+    Contention,
+    ContentionSettings,
+    busy_cores,
+    contention,
+    shares,
+)
 from querywatch.durations import clock
 from querywatch.errors import InputError
 from querywatch.model import (
@@ -71,6 +86,8 @@ class DiagnoseSettings:
     suspect_window_s: float = 300.0  # a culprit must start within this after a deploy
     change_factor: float = 1.5  # calls/s or mean changing by this factor is a change
     onset_fraction: float = 0.5  # onset: DB time/s above expected + this x the excess
+    # a slowdown the busy statements shared (querywatch.contention); cpu_cores tells saturation
+    contention: ContentionSettings = field(default_factory=ContentionSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +134,8 @@ class Attribution:
     window: Load
     expected_ms_per_s: float
     frequency_ms_per_s: float
-    per_call_ms_per_s: float
+    per_call_ms_per_s: float  # its own: beyond the contention the server shared
+    contention_ms_per_s: float = 0.0  # its mean rise up to the shared slowdown, at window calls
 
     @property
     def new(self) -> bool:
@@ -125,7 +143,7 @@ class Attribution:
 
     @property
     def excess_ms_per_s(self) -> float:
-        return self.window.ms_per_s - self.expected_ms_per_s
+        return self.window.ms_per_s - self.expected_ms_per_s - self.contention_ms_per_s
 
     @property
     def kind(self) -> CulpritKind:
@@ -159,6 +177,8 @@ class _Context:
     statements: Mapping[str, Statement]
     settings: DiagnoseSettings
     resolution: float  # how precisely an onset is known (see judge_deploys)
+    contention: Contention = field(default_factory=Contention)
+    given: Mapping[str, float] = field(default_factory=dict)  # contention handed to culprits
 
 
 def workload(intervals: Iterable[IntervalSummary]) -> Workload:
@@ -217,17 +237,47 @@ def _weighted_median(pairs: list[tuple[float, float]]) -> float:
     return ordered[-1][0]
 
 
-def attribute(base: Workload, win: Workload) -> dict[str, Attribution]:
-    """Split each fingerprint's excess DB time into frequency and per-call parts."""
+def attribute(
+    base: Workload, win: Workload, allowance: Mapping[str, float] | None = None
+) -> dict[str, Attribution]:
+    """Split each fingerprint's excess DB time into frequency and per-call parts; a mean rise
+    up to its ``allowance`` factor (contention the server shared, 1 by default) is set apart."""
     k = traffic_factor(base, win)
     result: dict[str, Attribution] = {}
     for fp in sorted(base.by_fingerprint.keys() | win.by_fingerprint.keys()):
         b = base.by_fingerprint.get(fp, Load())
         w = win.by_fingerprint.get(fp, Load())
+        shared = (allowance or {}).get(fp, 1.0)
         frequency = (w.calls_per_s - k * b.calls_per_s) * b.mean_ms
-        per_call = w.calls_per_s * (w.mean_ms - b.mean_ms)
-        result[fp] = Attribution(fp, b, w, k * b.ms_per_s, frequency, per_call)
+        per_call = w.calls_per_s * (w.mean_ms - shared * b.mean_ms)
+        slowed = w.calls_per_s * (shared - 1.0) * b.mean_ms
+        result[fp] = Attribution(fp, b, w, k * b.ms_per_s, frequency, per_call, slowed)
     return result
+
+
+def changes(base: Workload, win: Workload) -> list[Change]:
+    """Each fingerprint's calls/s and mean in both spans, for :func:`querywatch.contention`."""
+    out = []
+    for fp in sorted(base.by_fingerprint.keys() | win.by_fingerprint.keys()):
+        b = base.by_fingerprint.get(fp, Load())
+        w = win.by_fingerprint.get(fp, Load())
+        out.append(Change(fp, b.calls_per_s, b.mean_ms, w.calls_per_s, w.mean_ms))
+    return out
+
+
+def window_contention(
+    window: Sequence[IntervalSummary], base: Workload, win: Workload, s: DiagnoseSettings
+) -> Contention:
+    """The slowdown the busy statements shared in ``window`` (querywatch.contention), with
+    its sessions busy on CPU from the activity samples (else its DB time)."""
+    samples = [
+        (i.activity.samples, i.activity.active_mean, i.activity.lock_waiting_mean)
+        for i in _complete(window)
+        if i.activity is not None
+    ]
+    busy = busy_cores(samples, win.ms_per_s)
+    k = traffic_factor(base, win)
+    return contention(changes(base, win), k, s.surge_factor, busy, s.contention)
 
 
 def lock_picture(intervals: Iterable[IntervalSummary]) -> LockPicture:
@@ -530,10 +580,20 @@ def _context(
     settings: DiagnoseSettings,
     step: float,
 ) -> _Context:
-    attributions = attribute(base, win)
-    positive = sum(max(a.excess_ms_per_s, 0.0) for a in attributions.values())
+    shared = window_contention(window, base, win, settings)
+    allowance = {c.fingerprint: shared.allowance(c) for c in changes(base, win)}
+    attributions = attribute(base, win, allowance)
     k = traffic_factor(base, win)
-    return _Context(window, base, win, k, attributions, positive, statements, settings, step)
+    drivers = {
+        a.fingerprint: a.excess_ms_per_s for a in attributions.values() if _significant(a, settings)
+    }
+    total = sum(a.contention_ms_per_s for a in attributions.values())
+    given = shares(total, max(k - 1.0, 0.0) * base.ms_per_s, drivers)
+    positive = sum(max(a.excess_ms_per_s, 0.0) for a in attributions.values())
+    positive += sum(given.values())
+    return _Context(
+        window, base, win, k, attributions, positive, statements, settings, step, shared, given
+    )
 
 
 def _resolution(window: Sequence[IntervalSummary]) -> float:
@@ -652,9 +712,12 @@ def _significant(a: Attribution, s: DiagnoseSettings) -> bool:
 
 
 def _excess_culprits(ctx: _Context) -> tuple[Culprit, ...]:
+    def held(a: Attribution) -> float:  # its own excess and the contention its load caused
+        return a.excess_ms_per_s + ctx.given.get(a.fingerprint, 0.0)
+
     ranked = sorted(
         (a for a in ctx.attributions.values() if _significant(a, ctx.settings)),
-        key=lambda a: (-a.excess_ms_per_s, a.fingerprint),
+        key=lambda a: (-held(a), a.fingerprint),
     )[: ctx.settings.max_culprits]
     return tuple(_culprit(a, a.kind, _onset(a, ctx), ctx, ()) for a in ranked)
 
@@ -711,7 +774,8 @@ LONG_CATCH_UP_INTERVALS = 3.0  # as querywatch.collector.LONG_CATCH_UP (a pure m
 
 def _onset(a: Attribution, ctx: _Context) -> float | None:
     """Start of the first complete window interval where the fingerprint clearly exceeds."""
-    threshold = a.expected_ms_per_s + ctx.settings.onset_fraction * a.excess_ms_per_s
+    expected = a.expected_ms_per_s + a.contention_ms_per_s
+    threshold = expected + ctx.settings.onset_fraction * a.excess_ms_per_s
     for interval in _complete(ctx.window):
         if interval.catch_up and interval.seconds > LONG_CATCH_UP_INTERVALS * ctx.resolution:
             continue  # a watcher's downtime averaged: the change is placed where it is seen next
@@ -750,7 +814,14 @@ def _culprit(
     extra: tuple[str, ...],
 ) -> Culprit:
     statement = ctx.statements.get(a.fingerprint)
-    share = _ratio(max(a.excess_ms_per_s, 0.0), ctx.positive_excess)
+    given = ctx.given.get(a.fingerprint, 0.0) if kind is not CulpritKind.BLOCKING else 0.0
+    excess = a.excess_ms_per_s + given
+    share = _ratio(max(excess, 0.0), ctx.positive_excess)
+    caused = (
+        (f"+{figure(given)} ms/s of the others' slowdown: contention its load caused",)
+        if given >= ctx.settings.min_excess_ms_per_s
+        else ()
+    )
     return Culprit(
         queryid=str(statement.queryids[0]) if statement and statement.queryids else "",
         fingerprint=a.fingerprint,
@@ -760,15 +831,15 @@ def _culprit(
         calls_per_s=Rate(a.baseline.calls_per_s, a.window.calls_per_s),
         mean_ms=Rate(a.baseline.mean_ms, a.window.mean_ms),
         onset=onset,
-        evidence=extra + _evidence(a, kind, onset, share, ctx.factor),
-        excess_ms_per_s=a.excess_ms_per_s,
+        evidence=extra + _evidence(a, kind, onset, share, ctx.factor, excess) + caused,
+        excess_ms_per_s=excess,
         frequency_ms_per_s=a.frequency_ms_per_s,
         per_call_ms_per_s=a.per_call_ms_per_s,
     )
 
 
 def _evidence(
-    a: Attribution, kind: CulpritKind, onset: float | None, share: float, k: float
+    a: Attribution, kind: CulpritKind, onset: float | None, share: float, k: float, excess: float
 ) -> tuple[str, ...]:
     """Short numeric lines: what changed and since when, its share, overall traffic."""
     since = f" since {clock(onset)}" if onset is not None else ""
@@ -787,7 +858,7 @@ def _evidence(
     else:
         lines = [f"calls/s {calls}", f"mean {mean}"]
     if share > 0:
-        lines.append(f"{share:.0%} of the extra DB time (+{figure(a.excess_ms_per_s)} ms/s)")
+        lines.append(f"{share:.0%} of the extra DB time (+{figure(excess)} ms/s)")
     lines.append(f"traffic overall x{figure(k)}")
     return tuple(lines)
 
@@ -801,15 +872,43 @@ def _summary(
 ) -> str:
     if verdict is Verdict.LOCK_CONTENTION:
         return _lock_summary(culprits, ctx, window[0])
+    shared = _contention_words(culprits, ctx)
     if verdict is Verdict.TRAFFIC_SURGE:
-        return _surge_summary(ctx)
+        return _surge_summary(ctx) + (f" {shared[0].upper()}{shared[1:]}." if shared else "")
     if verdict is Verdict.QUERY_REGRESSION:
-        return _regression_summary(culprits[0], ctx, deploys, window[0])
-    return (
-        f"Nothing abnormal between {clock(window[0])} and {clock(window[1])} UTC: database time "
-        f"{ctx.base.ms_per_s:.0f} -> {ctx.win.ms_per_s:.0f} ms/s, traffic x{figure(ctx.factor)}, "
-        "no statement stands out."
+        found = _regression_summary(culprits[0], ctx, deploys, window[0])
+        return found + (f" {shared[0].upper()}{shared[1:]}." if shared else "")
+    between = f"between {clock(window[0])} and {clock(window[1])} UTC"
+    figures = (
+        f"database time {ctx.base.ms_per_s:.0f} -> {ctx.win.ms_per_s:.0f} ms/s, "
+        f"traffic x{figure(ctx.factor)}"
     )
+    if shared:
+        return f"No single query changed {between}: {figures}; {shared}."
+    return f"Nothing abnormal {between}: {figures}, no statement stands out."
+
+
+def _contention_words(culprits: Sequence[Culprit], ctx: _Context) -> str:
+    """The slowdown the server shared and what caused it, or '' when there was none (or it
+    is too small to matter)."""
+    total = sum(a.contention_ms_per_s for a in ctx.attributions.values())
+    if not ctx.contention.found or total < ctx.settings.min_excess_ms_per_s:
+        return ""
+    listed = {c.fingerprint for c in culprits}
+    to_culprits = sum(v for fp, v in ctx.given.items() if fp in listed)
+    traffic = total - to_culprits if ctx.factor > 1.0 else 0.0
+    min_ms = ctx.settings.min_excess_ms_per_s
+    causes = ["the extra traffic"] if traffic >= min_ms else []
+    if to_culprits >= min_ms:
+        causes.append("culprit 1's load" if len(culprits) == 1 else "the culprits' load")
+    if not causes:
+        cause = (
+            "from outside the statements querywatch sees (another process on the host, I/O, "
+            "CPU steal)"
+        )
+    else:
+        cause = "caused by " + " and ".join(causes)
+    return f"{ctx.contention.words()}, {cause}"
 
 
 def _regression_summary(
