@@ -261,7 +261,7 @@ class Monitor:
             self.server_id,
             start,
             end,
-            self.diagnose_settings,
+            self._diagnose_settings(),
             baseline_s=self.baseline_s,
             spans=self._incident_spans(start),
             interval_s=self._interval_hint,
@@ -301,6 +301,14 @@ class Monitor:
     def _text_of(self, fingerprint: str) -> str | None:
         found = self.store.statements([fingerprint], server_id=self.server_id).get(fingerprint)
         return found.query if found is not None else None
+
+    def _diagnose_settings(self) -> DiagnoseSettings:
+        """The diagnosis thresholds with the server's cores, so that a CPU-saturated window
+        tells contention from a regression (querywatch.contention); as set otherwise."""
+        s, cores = self.diagnose_settings, self.detector.settings.cpu_cores
+        if s.contention.cpu_cores is not None or not cores:
+            return s
+        return replace(s, contention=replace(s.contention, cpu_cores=cores))
 
     def _with_cpu(self, found: Diagnosis) -> Diagnosis:
         """Each culprit's share of the server's CPU time as evidence, when pg_stat_kcache
