@@ -110,7 +110,7 @@ class Contention:
 
     def words(self) -> str:
         """What slowed and why, e.g. "all 3 busy statements ran ~1.6x slower at once: CPU
-        contention (1.9 sessions busy on CPU for 2 cores)"."""
+        contention (1.9 of 2 cores busy)"."""
         if not self.found:
             return ""
         s = figure(self.factor)
@@ -120,10 +120,7 @@ class Contention:
             many = "all" if self.slowed == self.judged else f"{self.slowed} of"
             what = f"{many} {self.judged} busy statements ran ~{s}x slower at once"
         if self.saturated and self.busy_cores is not None:
-            return (
-                f"{what}: CPU contention ({self.busy_cores:.1f} sessions busy on CPU for "
-                f"{self.cores} cores)"
-            )
+            return f"{what}: CPU contention ({self.busy_cores:.1f} of {self.cores} cores busy)"
         return f"{what}: server-wide contention"
 
 

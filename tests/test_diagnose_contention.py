@@ -80,7 +80,7 @@ def test_a_surge_that_slowed_every_statement_is_a_traffic_surge() -> None:
 def test_a_saturated_surge_says_cpu_contention() -> None:
     d = run(steady(times(2.0, 1.6)), settings=cores(2), activity=saturated())
     assert d.verdict is Verdict.TRAFFIC_SURGE
-    assert "CPU contention (1.9 sessions busy on CPU for 2 cores)" in d.summary
+    assert "CPU contention (1.9 of 2 cores busy)" in d.summary
 
 
 # -- (b) a genuine regression ------------------------------------------------------------------
@@ -105,9 +105,7 @@ def test_a_regression_that_saturates_the_cpu_also_holds_the_others_slowdown() ->
     top = d.culprits[0]
     assert top.excess_share == pytest.approx(1.0)
     assert any("contention its load caused" in line for line in top.evidence)
-    assert "CPU contention (1.9 sessions busy on CPU for 2 cores), caused by culprit 1" in (
-        d.summary
-    )
+    assert "CPU contention (1.9 of 2 cores busy), caused by culprit 1" in d.summary
 
 
 # -- (c) one statement's calls drive the contention --------------------------------------------
@@ -122,13 +120,13 @@ def test_the_statement_whose_calls_rose_is_named_not_the_slowed_ones() -> None:
     assert top.onset == ONSET
     assert top.excess_share == pytest.approx(1.0)
     increase = d.culprits[0].excess_ms_per_s
-    # lookup +100, cart +50, orders' own calls at 1.5x +80 ms/s slowed, and its 6 extra calls
+    # slowed x1.5: lookup +100, cart +50, orders' 8 calls/s +160 ms/s; its 6 extra calls +240
     assert increase == pytest.approx((100 + 50 + 8 * 20 + 6 * 40) * 52 / 60, rel=0.05)
     assert "its calls/s went up" in d.summary
     assert (
         # x1.5 from the onset, 8 of the window's 60 intervals before it: x1.43 over the window
-        "All 3 busy statements ran ~1.4x slower at once: CPU contention (1.9 sessions busy on "
-        "CPU for 2 cores), caused by culprit 1's load." in d.summary
+        "All 3 busy statements ran ~1.4x slower at once: CPU contention (1.9 of 2 cores busy), "
+        "caused by culprit 1's load." in d.summary
     )
 
 
