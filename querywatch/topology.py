@@ -54,7 +54,7 @@ from .replication import (
 )
 from .source import replication as source
 from .source.postgres import PostgresSource
-from .store import Store
+from .store.protocol import StoreProtocol
 
 log = logging.getLogger("querywatch.topology")
 
@@ -77,7 +77,7 @@ class Page:
 class TopologyMonitor:
     """Samples one server's replication state each interval and pages its failovers and lag."""
 
-    store: Store
+    store: StoreProtocol
     server_id: int
     server_name: str
     source: PostgresSource
@@ -112,10 +112,24 @@ class TopologyMonitor:
     # -- one sample ---------------------------------------------------------------------------------
     def sample(self) -> list[TopologyEvent]:
         """Read, judge, store and page; returns the events found (none when it failed)."""
-        now = self.clock()
+        try:
+            node, replicas, slots = self._read(self.clock())
+        except SourceError as exc:
+            log.warning("replication state of %s not read: %s", self.server_name, exc)
+            return []
+        return self.judge(node, replicas, slots)
+
+    def judge(
+        self,
+        node: NodeState,
+        replicas: list[ReplicaState],
+        slots: list[SlotState] | None = None,
+    ) -> list[TopologyEvent]:
+        """Judge, store and page one sample of the server (``sample`` reads it); returns the
+        events found (none when the store failed)."""
+        now = node.at
         self._pages = []
         try:
-            node, replicas, slots = self._read(now)
             self._load(now)
             events = self._events(node)
             replicas = self._named(replicas, node)
@@ -123,8 +137,8 @@ class TopologyMonitor:
             self._incidents(events, node)
             self.store.record_replication(self.server_id, node, replicas, slots, events)
             self._settle(node)
-        except (SourceError, StoreError) as exc:
-            log.warning("replication state of %s not sampled: %s", self.server_name, exc)
+        except StoreError as exc:
+            log.warning("replication state of %s not stored: %s", self.server_name, exc)
             self._flush()  # the incidents opened or resolved before the failure are paged
             return []
         self._last = node
@@ -409,17 +423,19 @@ class TopologyMonitor:
         counting the entries that reach this same server (a multi-host DSN, a second name)."""
         peers = []
         ident = rp.identity(node)
-        for sid, name, known in self._watched():
+        seen = {ident}  # one peer per server: the lowest id among the entries reaching it
+        for sid, name, known in sorted(self._watched(), key=lambda w: w[0]):
             last = self.store.node_state(sid, node.at)
             if last is None:
                 continue
+            if last.reachable and known.address and known.address == node.address:
+                continue
+            if ident is not None and rp.identity(known) in seen:
+                continue  # the same server under another name
             ours, theirs = node.system_identifier, known.system_identifier
             if ours is not None and theirs is not None and ours != theirs:
                 continue  # another cluster
-            if last.reachable and ident is not None and rp.identity(known) == ident:
-                continue  # the same server under another name
-            if last.reachable and known.address and known.address == node.address:
-                continue
+            seen.add(rp.identity(known) if rp.identity(known) is not None else (sid, 0.0))
             since = None
             if not last.reachable:
                 since = self.store.unreachable_since(sid, known.at, node.at)

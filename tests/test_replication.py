@@ -204,3 +204,57 @@ def test_settings() -> None:
     for bad in (-1, "5", float("nan"), True):
         with pytest.raises(ConfigError, match="lag_s"):
             rp.settings_from_mapping({"lag_s": bad})
+
+
+NEW = replace(REPLICA, in_recovery=False, timeline=2)
+
+
+@pytest.mark.parametrize(
+    ("node", "peers", "settled"),
+    [
+        (NEW, [Peer("db-1", "primary", False, 99.0)], True),  # the old primary gone
+        (NEW, [Peer("db-1", "replica", True, None)], True),  # it follows
+        (NEW, [Peer("db-1", "primary", True, None)], False),  # split brain
+        (NEW, [], True),
+        (REPLICA, [Peer("db-1", "primary", False, 99.0)], False),  # not promoted (yet)
+        (replace(DOWN, server="db-2"), [], False),  # the new primary unreachable
+    ],
+)
+def test_a_failover_is_settled_when_one_primary_takes_writes(
+    node: NodeState, peers: list[Peer], settled: bool
+) -> None:
+    assert rp.settled(node, peers) is settled
+
+
+def test_settled_summary_names_the_new_topology() -> None:
+    peers = [Peer("db-1", "primary", False, 99.0), Peer("db-3", "replica", True, None)]
+    assert rp.settled_summary(NEW, peers, 3) == (
+        "failover over: db-2 is the primary (timeline 2); db-1 unreachable; "
+        "db-3 follows as a replica; stable for 3 intervals"
+    )
+
+
+def test_the_same_server_under_two_names_has_one_identity_and_keys() -> None:
+    started = replace(PRIMARY, started=5.0)
+    alias = replace(started, server="db", address="local:5432")
+    assert rp.identity(alias) == rp.identity(started) == (7, 5.0)
+    assert rp.identity(replace(REPLICA, started=6.0)) != rp.identity(started)  # same cluster
+    assert rp.identity(PRIMARY) is None  # start time unknown: no claim
+    assert rp.lag_key(started, "db-2", 1) == rp.lag_key(REPLICA, "db-2", 2) == "lag:7:db-2"
+    assert rp.failover_key(replace(REPLICA, system_identifier=None), 3) == "failover:server3"
+    assert rp.down_key(started, 1) == "down:7:5.0"
+
+
+def test_a_replicas_own_view_of_its_lag() -> None:
+    paused = replace(REPLICA, replay_paused=True, replay_lag_s=12.0, application_name="db-2")
+    own = rp.own_lag(paused)
+    assert own is not None and (own.name, own.state, own.replay_lag_s) == ("db-2", rp.PAUSED, 12.0)
+    verdict = rp.judge_lag(own, [], ReplicationSettings())
+    assert verdict is not None and verdict.paused and not verdict.high
+    assert rp.lag_text(verdict).endswith("; its replay is paused (pg_wal_replay_pause)")
+    assert rp.own_lag(PRIMARY) is None and rp.own_lag(DOWN) is None
+
+
+def test_settle_setting() -> None:
+    assert rp.settings_from_mapping({"settle": 5}).settle == 5
+    assert ReplicationSettings().settle == 3
