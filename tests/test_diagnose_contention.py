@@ -4,6 +4,7 @@ added the load. A genuine regression (one statement's mean, the others flat) sta
 
 from __future__ import annotations
 
+import doctest
 import json
 import math
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from test_diagnose import BASE, BASELINE, ONSET, STATEMENTS, WINDOW, Loads, series, steady, switch
 
+from querywatch import contention as contention_module
 from querywatch.contention import (
     SURGE,
     TOGETHER,
@@ -332,3 +334,8 @@ def test_shares_split_by_added_load() -> None:
     assert shares(90.0, 0.0, {"a": 20.0, "b": 10.0}) == {"a": 60.0, "b": 30.0}
     assert shares(90.0, 0.0, {}) == {}
     assert shares(90.0, -5.0, {"a": -1.0}) == {}
+
+
+def test_the_module_examples_hold() -> None:
+    result = doctest.testmod(contention_module)
+    assert result.attempted >= 4 and result.failed == 0
