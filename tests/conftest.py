@@ -119,6 +119,15 @@ def pg_store_everywhere(request: pytest.FixtureRequest) -> Iterator[None]:
     os.environ.pop("QW_TEST_PG_STORE", None)
 
 
+@pytest.fixture
+def sqlite_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a test about the SQLite file itself (damaged, foreign, unwritable, disk full, WAL):
+    its file paths stay SQLite files under QW_TEST_STORE=postgresql (use it with a comment why)."""
+    import storekit
+
+    storekit.sqlite_only(monkeypatch)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_engine(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
+import pytest
 
 STORE_DATABASE = "qwstore"
 _counter = itertools.count()
@@ -40,3 +43,38 @@ def pg_location(base: str, name: str) -> str:
 
 def sqlite_location(tmp_path: Path, name: str) -> str:
     return str(tmp_path / f"{name}.db")
+
+
+# -- reading a store the way the code under test wrote it (tests that ran a watcher on a path) ----
+# Under QW_TEST_STORE=postgresql a file path names a schema of the qwstore database (see
+# querywatch.store.location), so a test reads what a watcher stored through the Store, never with
+# sqlite3 on the file. ``rows`` runs a portable read-only query through the store's own engine.
+def exists(location: str | Path) -> bool:
+    """A store is at ``location`` (a file, or a schema under QW_TEST_STORE=postgresql)."""
+    from querywatch.store import store_exists
+
+    return store_exists(location)
+
+
+def rows(location: str | Path, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """The rows of a portable read-only ``query`` on the store at ``location``, through its engine.
+
+    Raises ``querywatch.errors.StoreError`` when there is no store (yet) or the query fails.
+    """
+    from querywatch.store import Store
+
+    with Store(location, create=False) as store, store._errors():
+        return [tuple(row) for row in store._conn.execute(query, params).fetchall()]
+
+
+def value(location: str | Path, query: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row of ``query`` (None when there is no row)."""
+    found = rows(location, query, params)
+    return found[0][0] if found else None
+
+
+def sqlite_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep file paths SQLite files for this test even under QW_TEST_STORE=postgresql."""
+    from querywatch.store.location import TEST_STORE_ENV
+
+    monkeypatch.delenv(TEST_STORE_ENV, raising=False)

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import storekit
 
 from querywatch.source.postgres import PostgresSource
 from querywatch.store import Store
@@ -143,7 +144,11 @@ def test_top_ranks_the_expensive_statement_first(pg_dsn: str, conn: Any, tmp_pat
         (["collect", "--once", "--interval", "abc"], ["interval", "abc"]),
     ],
 )
-def test_bad_input_is_one_line(args: list[str], needles: list[str], tmp_path: Path) -> None:
+def test_bad_input_is_one_line(
+    args: list[str], needles: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if "/nonexistent/dir/qw.db" in args:  # a missing folder: about the SQLite file's path
+        storekit.sqlite_only(monkeypatch)
     (tmp_path / "x.db").write_bytes(b"")
     assert_one_line_error(run(*args, cwd=tmp_path), *needles)
 
@@ -160,6 +165,7 @@ def test_bad_config_file_and_environment(tmp_path: Path) -> None:
     assert_one_line_error(result, "statement_timeout_ms")
 
 
+@pytest.mark.usefixtures("sqlite_only")  # a damaged SQLite file: only the SQLite engine has one
 def test_corrupt_store_is_refused_and_left_intact(pg_dsn: str, tmp_path: Path) -> None:
     path = tmp_path / "qw.db"
     garbage = b"this is not sqlite " * 500
@@ -171,6 +177,7 @@ def test_corrupt_store_is_refused_and_left_intact(pg_dsn: str, tmp_path: Path) -
     assert path.read_bytes() == garbage
 
 
+@pytest.mark.usefixtures("sqlite_only")  # another program's SQLite file at the store's path
 def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
     import sqlite3
 
@@ -182,6 +189,7 @@ def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
     assert path.read_bytes() == before
 
 
+@pytest.mark.usefixtures("sqlite_only")  # file modes of the SQLite file's folder
 def test_unwritable_store(pg_dsn: str, tmp_path: Path) -> None:
     if os.geteuid() == 0:
         target = "/proc/qw.db"  # root ignores file modes; /proc refuses new files to anyone
