@@ -41,13 +41,19 @@ def replication(
 
 
 def lines(doc: Mapping[str, Any]) -> list[str]:
-    """The text output: a line per server and per replica, then findings, then events."""
+    """The text output: a line per server and per replica, then findings, the topology pages
+    open or resolved, then events."""
     shown: list[str] = []
     for node in doc["nodes"]:
         shown.append(_node_line(node))
         shown += [_replica_line(r) for r in node["replicas"]]
     findings = [f for node in doc["nodes"] for f in node["findings"]]
     shown += [f"{f['id']} on {f['server']}: {f['message']} (fix: {f['fix']})" for f in findings]
+    for page in doc["incidents"]:
+        when = f"since {page['opened_at']}"
+        if page["resolved_at"]:
+            when += f", resolved {page['resolved_at']}"
+        shown.append(f"{page['state']} {page['verdict']} {page['id']} ({when}): {page['summary']}")
     for event in doc["events"][:EVENTS_SHOWN]:
         shown.append(f"{event['at']} {event['server']} {event['kind']}: {event['detail']}")
     return shown or ["no replication sample yet (run `querywatch watch`)"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,13 @@ from typer.testing import CliRunner
 
 from querywatch.cli import app
 from querywatch.model import Incident, IncidentEvent, IncidentState
-from querywatch.replication import NodeState, ReplicaState, SlotState, TopologyEvent
+from querywatch.replication import (
+    NodeState,
+    ReplicaState,
+    SlotState,
+    TopologyEvent,
+    TopologyIncident,
+)
 from querywatch.store import Store
 from querywatch.topology import STATUS
 from querywatch.web import create_app, render_incident_report
@@ -114,3 +121,32 @@ def test_replication_command_text_and_json(tmp_path: Path) -> None:
     assert "db-1 promoted: promoted to primary (timeline 1 -> 2)" in text.output
     assert json.loads(doc.output)["nodes"][0]["replicas"][0]["replay_lag_s"] == 0.25
     assert "no store at" in str(missing.exception)  # main() prints it as one line
+
+
+def test_topology_pages_open_and_resolved_on_the_page_json_and_command(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store(path) as store:
+        one, two = store.server("db-1").id, store.server("db-2").id
+        store.record_replication(two, NodeState("db-2", NOW - 5, True, in_recovery=False))
+        failover = TopologyIncident(
+            two, "failover:7", "failover-db-2-1", "failover", "db-2", two, NOW - 50, "promoted"
+        )
+        down = TopologyIncident(
+            one, "down:7:1.0", "down-db-1-1", "server_unreachable", "db-1", one, NOW - 60, "gone"
+        )
+        old = replace(down, id="down-db-1-0", key="down:7:0.5", opened_at=NOW - 9000)
+        for incident in (old, down, failover):
+            store.open_topology_incident(incident)
+        store.resolve_topology_incident(one, old.id, NOW - 8000)  # before the range: not shown
+        store.resolve_topology_incident(two, failover.id, NOW - 20)
+        doc = webstore.Client(create_app(store, clock=lambda: NOW)).get("/replication.json").json()
+        html = webstore.Client(create_app(store, clock=lambda: NOW)).get("/replication").text
+    text = CliRunner().invoke(app, ["replication", "--store", str(path)]).output
+    assert [(i["id"], i["state"], i["server"]) for i in doc["incidents"]] == [
+        ("failover-db-2-1", "resolved", "db-2"),
+        ("down-db-1-1", "firing", "db-1"),
+    ]
+    assert doc["incidents"][0]["resolved_at"] is not None
+    assert 'data-doc="verdicts/failover"' in html and "down-db-1-0" not in html
+    assert "firing server_unreachable down-db-1-1 (since " in text
+    assert "resolved failover failover-db-2-1 (since " in text

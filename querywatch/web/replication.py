@@ -2,7 +2,8 @@
 
 ``/replication`` (and ``/replication.json``) lists every watched server with its role, timeline,
 upstream and findings, each primary's replicas with their replay lag now and over the range,
-and the topology events of the range (promotions, unreachable servers, lag, conflicts).
+the topology pages open now or resolved in the range (failover, a primary gone, lag), and the
+topology events of the range (promotions, unreachable servers, lag, conflicts).
 :func:`event_markers` and :func:`timeline_entries` put the same events on the overview chart and
 on an incident's timeline (and so in its standalone report).
 """
@@ -13,16 +14,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..durations import iso
-from ..replication import EVENT_RULES, FAILOVER_RULE, ReplicaState, TopologyEvent
+from ..replication import (
+    EVENT_RULES,
+    FAILOVER_RULE,
+    ReplicaState,
+    TopologyEvent,
+    TopologyIncident,
+)
 from ..status import SERVER_INFO
-from ..store import Store
+from ..store.protocol import StoreProtocol
 from ..topology import STATUS
 
 HREF = "/replication"
 MAX_POINTS = 300  # lag points per replica in a chart
 
 
-def context(store: Store, now: float, start: float, end: float) -> dict[str, Any]:
+def context(store: StoreProtocol, now: float, start: float, end: float) -> dict[str, Any]:
     """Every server the store holds a replication sample for, and the events in [start, end)."""
     status = store.status()
     servers = []
@@ -50,11 +57,32 @@ def context(store: Store, now: float, start: float, end: float) -> dict[str, Any
                 "findings": list(noted.get("findings", [])),
             }
         )
+    names = {srv.id: srv.name for srv in store.servers()}
+    pages = store.topology_incidents(None, open_only=False)
     return {
         "page": "replication",
         "window": {"start": iso(start), "end": iso(end)},
         "nodes": servers,
+        "incidents": [
+            _incident(i, names)
+            for i in reversed(pages)
+            if i.resolved_at is None or i.resolved_at >= start
+        ],
         "events": [_event(e) for e in reversed(store.topology_events(None, start, end))],
+    }
+
+
+def _incident(i: TopologyIncident, names: Mapping[int, str]) -> dict[str, Any]:
+    """A topology page: open (firing) or resolved, about which server, since when."""
+    return {
+        "id": i.id,
+        "verdict": i.kind,
+        "state": "firing" if i.resolved_at is None else "resolved",
+        "server": names.get(i.server_id, ""),
+        "subject": i.subject,
+        "opened_at": iso(i.opened_at),
+        "resolved_at": iso(i.resolved_at) if i.resolved_at is not None else None,
+        "summary": i.summary,
     }
 
 
@@ -96,7 +124,7 @@ def _event(e: TopologyEvent) -> dict[str, Any]:
 
 
 def event_markers(
-    store: Store, server_id: int | None, start: float, end: float
+    store: StoreProtocol, server_id: int | None, start: float, end: float
 ) -> list[dict[str, Any]]:
     """Topology events as chart markers (same shape as the deploy markers)."""
     return [
@@ -111,7 +139,7 @@ def event_markers(
     ]
 
 
-def timeline_entries(store: Store, start: float, end: float) -> list[dict[str, Any]]:
+def timeline_entries(store: StoreProtocol, start: float, end: float) -> list[dict[str, Any]]:
     """Every server's topology events in [start, end) as incident timeline entries."""
     return [
         {"at": iso(e.at), "t": e.at, "state": e.kind, "detail": f"{e.server}: {e.detail}"}

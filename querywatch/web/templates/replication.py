@@ -28,6 +28,15 @@ def render(ctx: Context) -> str:
         (_replica_row(s["server"], r) for s in ctx["nodes"] for r in s["replicas"]),
         "replicas",
     )
+    body += "<h2>Pages</h2>" + (
+        table(
+            ("state", "page", "about", "since", "resolved", "summary"),
+            (_incident_row(i) for i in ctx["incidents"]),
+            "topology-incidents",
+        )
+        if ctx["incidents"]
+        else "<p class=note>None open or resolved in the range.</p>"
+    )
     findings = [f for s in ctx["nodes"] for f in s["findings"]]
     body += "<h2>Findings</h2>" + (
         table(("finding", "server", "what", "fix"), (_finding_row(f) for f in findings), "findings")
@@ -105,6 +114,18 @@ def _finding_row(f: Mapping[str, Any]) -> tuple[str, ...]:
         escape(str(f["server"])),
         escape(str(f["message"])),
         code(str(f["fix"])),
+    )
+
+
+def _incident_row(i: Mapping[str, Any]) -> tuple[str, ...]:
+    firing = i["state"] == "firing"
+    return (
+        f"{badge('critical' if firing else 'ok')} {escape(i['state'])}",
+        _docs(f"verdicts/{i['verdict']}", str(i["verdict"])),
+        escape(str(i["server"])),
+        escape(str(i["opened_at"])),
+        escape(str(i["resolved_at"] or "")),
+        escape(str(i["summary"])),
     )
 
 
