@@ -588,7 +588,9 @@ def _context(
         a.fingerprint: a.excess_ms_per_s for a in attributions.values() if _significant(a, settings)
     }
     total = sum(a.contention_ms_per_s for a in attributions.values())
-    given = shares(total, max(k - 1.0, 0.0) * base.ms_per_s, drivers)
+    # the traffic adds load once it rose by as much as a slowdown counts (a few % more does not)
+    rose = k >= settings.contention.slow_factor
+    given = shares(total, (k - 1.0) * base.ms_per_s if rose else 0.0, drivers)
     positive = sum(max(a.excess_ms_per_s, 0.0) for a in attributions.values())
     positive += sum(given.values())
     return _Context(
@@ -896,7 +898,8 @@ def _contention_words(culprits: Sequence[Culprit], ctx: _Context) -> str:
         return ""
     listed = {c.fingerprint for c in culprits}
     to_culprits = sum(v for fp, v in ctx.given.items() if fp in listed)
-    traffic = total - to_culprits if ctx.factor > 1.0 else 0.0
+    rose = ctx.factor >= ctx.settings.contention.slow_factor  # as in _context
+    traffic = total - sum(ctx.given.values()) if rose else 0.0
     min_ms = ctx.settings.min_excess_ms_per_s
     causes = ["the extra traffic"] if traffic >= min_ms else []
     if to_culprits >= min_ms:

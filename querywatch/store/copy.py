@@ -32,7 +32,7 @@ ORDER BY c.oid
 """
 PG_COLUMNS = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod),
-    coalesce(a.attnum = ANY (i.indkey) AND i.indnatts = 1, false)
+    a.attidentity <> '' OR coalesce(a.attnum = ANY (i.indkey) AND i.indnatts = 1, false)
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary

@@ -19,15 +19,17 @@ Sums = dict[float, dict[str, list[float]]]  # bucket -> fingerprint -> [calls, e
 GET_MARK = "SELECT value FROM meta WHERE key = ?"
 ROLLUP_SUMS = """
 SELECT CAST(r.bucket / ? AS INTEGER) AS b, s.fingerprint, sum(r.calls), sum(r.exec_us)
-FROM rollups r JOIN statements s ON s.id = r.statement_id
+FROM rollups r JOIN statements s ON s.server_id = r.server_id AND s.id = r.statement_id
 WHERE r.resolution = ? AND r.server_id = ? AND r.bucket >= ? AND r.bucket < ?
     AND s.toplevel = 1 AND s.own = 0 {only}
 GROUP BY b, s.fingerprint
 """
 RAW_SUMS = """
 SELECT CAST(i.start / ? AS INTEGER) AS b, s.fingerprint, sum(d.calls), sum(d.exec_us)
-FROM deltas d JOIN intervals i ON i.id = d.interval_id JOIN statements s ON s.id = d.statement_id
+FROM intervals i CROSS JOIN deltas d
+    JOIN statements s ON s.server_id = d.server_id AND s.id = d.statement_id
 WHERE i.server_id = ? AND i.end > ? AND i.start >= ? AND i.start < ?
+    AND d.server_id = i.server_id AND d.interval_id = i.id
     AND s.toplevel = 1 AND s.own = 0 {only}
 GROUP BY b, s.fingerprint
 """

@@ -17,6 +17,12 @@ from . import outbox
 from .base import StoreBase
 from .outbox import OutboxEntry
 
+DELETE_EVENTS = "DELETE FROM incident_events WHERE server_id = ? AND incident_id = ?"
+INSERT_EVENT = (
+    "INSERT INTO incident_events (server_id, incident_id, seq, at, state, detail) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
 
 @dataclass(frozen=True)
 class StoredIncident:
@@ -55,7 +61,8 @@ class IncidentsMixin(StoreBase):
             outbox.add(conn, notify)
             conn.execute(
                 "INSERT INTO incidents (id, server_id, key, state, opened_at, fired_at, resolved_at,"
-                " rules, diagnosis) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " rules, diagnosis) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (server_id, id) DO UPDATE SET"
                 " state = excluded.state, fired_at = excluded.fired_at,"
                 " resolved_at = excluded.resolved_at, rules = excluded.rules,"
                 " diagnosis = coalesce(excluded.diagnosis, incidents.diagnosis)",
@@ -71,10 +78,13 @@ class IncidentsMixin(StoreBase):
                     json.dumps(diagnosis) if diagnosis is not None else None,
                 ),
             )
-            conn.execute("DELETE FROM incident_events WHERE incident_id = ?", (incident.id,))
+            conn.execute(DELETE_EVENTS, (server_id, incident.id))
             conn.executemany(
-                "INSERT INTO incident_events (incident_id, at, state, detail) VALUES (?, ?, ?, ?)",
-                [(incident.id, e.at, e.state.value, e.detail) for e in incident.timeline],
+                INSERT_EVENT,
+                [
+                    (server_id, incident.id, seq, e.at, e.state.value, e.detail)
+                    for seq, e in enumerate(incident.timeline)
+                ],
             )
 
     def incidents(self, server_id: int | None = None, limit: int = 100) -> list[StoredIncident]:
@@ -85,7 +95,7 @@ class IncidentsMixin(StoreBase):
                 (server_id, server_id, limit),
             ).fetchall()
             events = self._conn.execute(
-                "SELECT incident_id, at, state, detail FROM incident_events ORDER BY at"
+                "SELECT incident_id, at, state, detail FROM incident_events ORDER BY at, seq"
             ).fetchall()
         timeline: dict[str, list[IncidentEvent]] = defaultdict(list)
         for e in events:

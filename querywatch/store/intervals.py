@@ -67,14 +67,14 @@ RETURNING id
 
 
 INSERT_DELTA = f"""
-INSERT INTO deltas (interval_id, statement_id, {", ".join(COUNTER_COLUMNS)})
-VALUES ({", ".join("?" * (2 + len(COUNTER_COLUMNS)))})
+INSERT INTO deltas (server_id, interval_id, statement_id, {", ".join(COUNTER_COLUMNS)})
+VALUES ({", ".join("?" * (3 + len(COUNTER_COLUMNS)))})
 """
 
 
 INSERT_ACTIVITY = """
-INSERT INTO activity (interval_id, fingerprint, active, lock_waits, blocking, blocked_sessions,
-    idle_in_transaction, running_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO activity (server_id, interval_id, fingerprint, active, lock_waits, blocking,
+    blocked_sessions, idle_in_transaction, running_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -93,8 +93,10 @@ FROM intervals WHERE server_id = ? AND end > ? AND start < ? ORDER BY start
 
 SELECT_INTERVAL_DELTAS = f"""
 SELECT d.interval_id, s.fingerprint, {_SUM_COUNTERS}
-FROM deltas d JOIN intervals i ON i.id = d.interval_id JOIN statements s ON s.id = d.statement_id
+FROM intervals i CROSS JOIN deltas d
+    JOIN statements s ON s.server_id = d.server_id AND s.id = d.statement_id
 WHERE i.server_id = ? AND i.end > ? AND i.start < ? AND s.toplevel = 1 AND s.own = 0
+    AND d.server_id = i.server_id AND d.interval_id = i.id
 GROUP BY d.interval_id, s.fingerprint
 """
 
@@ -102,15 +104,18 @@ GROUP BY d.interval_id, s.fingerprint
 SELECT_INTERVAL_ACTIVITY = """
 SELECT a.interval_id, a.fingerprint, a.active, a.lock_waits, a.blocking, a.blocked_sessions,
     a.idle_in_transaction, a.running_ms
-FROM activity a JOIN intervals i ON i.id = a.interval_id
+FROM intervals i CROSS JOIN activity a
 WHERE i.server_id = ? AND i.end > ? AND i.start < ?
+    AND a.server_id = i.server_id AND a.interval_id = i.id
 """
 
 
 SELECT_RAW_TOTALS = f"""
 SELECT s.fingerprint, {_SUM_COUNTERS}
-FROM deltas d JOIN intervals i ON i.id = d.interval_id JOIN statements s ON s.id = d.statement_id
+FROM intervals i CROSS JOIN deltas d
+    JOIN statements s ON s.server_id = d.server_id AND s.id = d.statement_id
 WHERE i.server_id = ? AND i.end > ? AND i.end <= ? AND s.toplevel = 1 AND s.own = 0
+    AND d.server_id = i.server_id AND d.interval_id = i.id
 GROUP BY s.fingerprint
 """
 
@@ -179,9 +184,12 @@ def _summary(
     )
 
 
-def _activity_rows(interval_id: int, activity: ActivitySummary) -> list[tuple[Any, ...]]:
+def _activity_rows(
+    server_id: int, interval_id: int, activity: ActivitySummary
+) -> list[tuple[Any, ...]]:
     return [
         (
+            server_id,
             interval_id,
             a.fingerprint,
             a.active,
@@ -227,11 +235,12 @@ class IntervalsMixin(StatementsMixin):
             self._insert_texts(conn, texts)
             interval_id = self._insert_interval(conn, server_id, interval, activity)
             rows = sorted(  # in key order, so the table's pages fill up
-                [interval_id, ids[d.key], *counters_to_row(d.counters)] for d in interval.statements
+                [server_id, interval_id, ids[d.key], *counters_to_row(d.counters)]
+                for d in interval.statements
             )
             self._insert_deltas(conn, rows)
             if activity is not None:
-                conn.executemany(INSERT_ACTIVITY, _activity_rows(interval_id, activity))
+                conn.executemany(INSERT_ACTIVITY, _activity_rows(server_id, interval_id, activity))
             for gap in interval.gaps:
                 conn.execute(INSERT_GAP, _gap_row(server_id, gap))
             if snapshot is not None:

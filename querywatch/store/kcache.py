@@ -17,36 +17,39 @@ from ..source.kcache import CpuUsage, KcacheCounters, KcacheUsage
 from .db import Connection
 
 INSERT_KCACHE = """
-INSERT INTO kcache (interval_id, statement_id, user_us, system_us, reads_bytes,
+INSERT INTO kcache (server_id, interval_id, statement_id, user_us, system_us, reads_bytes,
     writes_bytes, minflts, majflts)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (interval_id, statement_id) DO UPDATE SET user_us = excluded.user_us,
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (server_id, interval_id, statement_id) DO UPDATE SET user_us = excluded.user_us,
     system_us = excluded.system_us, reads_bytes = excluded.reads_bytes,
     writes_bytes = excluded.writes_bytes, minflts = excluded.minflts, majflts = excluded.majflts
 """
 SELECT_KCACHE = """
 SELECT s.fingerprint, sum(k.user_us), sum(k.system_us), sum(k.reads_bytes), sum(k.writes_bytes),
     sum(k.minflts), sum(k.majflts)
-FROM kcache k JOIN intervals i ON i.id = k.interval_id JOIN statements s ON s.id = k.statement_id
+FROM intervals i CROSS JOIN kcache k
+    JOIN statements s ON s.server_id = k.server_id AND s.id = k.statement_id
 WHERE i.server_id = ? AND i.end > ? AND i.start < ? AND i.complete = 1 AND s.toplevel = 1
+    AND k.server_id = i.server_id AND k.interval_id = i.id
 GROUP BY s.fingerprint
 """
 SELECT_KCACHE_SECONDS = """
 SELECT coalesce(sum(i.end - i.start), 0) FROM intervals i
 WHERE i.server_id = ? AND i.end > ? AND i.start < ? AND i.complete = 1
-    AND EXISTS (SELECT 1 FROM kcache k WHERE k.interval_id = i.id)
+    AND EXISTS (SELECT 1 FROM kcache k WHERE k.server_id = i.server_id AND k.interval_id = i.id)
 """
 
 
 def save(
     conn: Connection,
+    server_id: int,
     interval_id: int,
     usage: KcacheUsage,
     ids: Mapping[StatementKey, int],
 ) -> int:
     """Write the usage of the statements the store knows; returns the rows written."""
     rows = sorted(
-        (interval_id, ids[key], *_row(counters))
+        (server_id, interval_id, ids[key], *_row(counters))
         for key, counters in usage.by_key.items()
         if key in ids
     )

@@ -61,19 +61,19 @@ ON CONFLICT (server_id, dbid, userid, queryid, toplevel) DO UPDATE SET fingerpri
 RETURNING id
 """
 UPSERT_DELTA = """
-INSERT INTO deltas (interval_id, statement_id, calls, exec_us) VALUES (?, ?, ?, ?)
-ON CONFLICT (interval_id, statement_id) DO UPDATE SET calls = deltas.calls + excluded.calls,
+INSERT INTO deltas (server_id, interval_id, statement_id, calls, exec_us) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (server_id, interval_id, statement_id) DO UPDATE SET calls = deltas.calls + excluded.calls,
     exec_us = deltas.exec_us + excluded.exec_us
 """
 UPSERT_ROLLUP = """
 INSERT INTO rollups (resolution, server_id, bucket, statement_id, calls, exec_us)
 VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (resolution, server_id, bucket, statement_id) DO UPDATE SET
+ON CONFLICT (server_id, resolution, bucket, statement_id) DO UPDATE SET
     calls = rollups.calls + excluded.calls, exec_us = rollups.exec_us + excluded.exec_us
 """
 UPSERT_ROLLUP_SECONDS = """
 INSERT INTO rollup_buckets (resolution, server_id, bucket, seconds) VALUES (?, ?, ?, ?)
-ON CONFLICT (resolution, server_id, bucket) DO UPDATE SET
+ON CONFLICT (server_id, resolution, bucket) DO UPDATE SET
     seconds = rollup_buckets.seconds + excluded.seconds
 """
 GET_MARK = "SELECT value FROM meta WHERE key = ?"
@@ -200,7 +200,7 @@ def _save_bucket(
             INSERT_LOG_STATEMENT, (server_id, log_queryid(fp), fp, int(own), bucket.start)
         ).fetchone()[0]
         us = round(ms * 1000)
-        conn.execute(UPSERT_DELTA, (interval_id, sid, calls, us))
+        conn.execute(UPSERT_DELTA, (server_id, interval_id, sid, calls, us))
         for res, start in folded:
             conn.execute(UPSERT_ROLLUP, (res, server_id, start, sid, calls, us))
 

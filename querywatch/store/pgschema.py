@@ -6,7 +6,9 @@ PRECISION, ``id INTEGER PRIMARY KEY`` -> an identity column, ``end`` quoted. The
 interval id, one partition per day: an interval's id is ``day << 32 | sequence`` where ``day`` is
 the UTC day its start falls in, so retention drops a whole day of all four tables at once. Foreign
 keys into the partitioned tables are left out (retention drops partitions, never single rows).
-``qw_schema`` holds the version, as SQLite's ``PRAGMA user_version`` does.
+``qw_schema`` holds the version, as SQLite's ``PRAGMA user_version`` does. A step SQLite takes
+by rebuilding tables has its own PostgreSQL statements in ``OWN_STEPS`` (``SERVER_KEYS``: every key
+of a server's rows led by ``server_id``, so the schema distributes by server on Citus).
 """
 
 from __future__ import annotations
@@ -44,8 +46,58 @@ SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace
 WHERE n.nspname = current_schema() AND p.relname = 'intervals'
 """
-COPY_DELTAS = f"COPY deltas (interval_id, statement_id, {', '.join(COUNTER_COLUMNS)}) FROM STDIN"
+COPY_DELTAS = (
+    f"COPY deltas (server_id, interval_id, statement_id, {', '.join(COUNTER_COLUMNS)}) FROM STDIN"
+)
 INTERVAL_ID = "(?::bigint << 32) + nextval('interval_ids')"  # the first parameter is the day
+
+
+# schema.SERVER_KEYS on PostgreSQL: the per-interval tables get their server (backfilled from
+# intervals), every primary key and foreign key between a server's tables is led by server_id.
+_PER_INTERVAL = {
+    "deltas": "server_id, interval_id, statement_id",
+    "activity": "server_id, interval_id, fingerprint",
+    "kcache": "server_id, interval_id, statement_id",
+}
+SERVER_KEYS = [
+    *(
+        statement
+        for table, key in _PER_INTERVAL.items()
+        for statement in (
+            f"ALTER TABLE {table} ADD COLUMN server_id BIGINT",
+            f"UPDATE {table} t SET server_id = i.server_id FROM intervals i "
+            "WHERE i.id = t.interval_id",
+            f"ALTER TABLE {table} ALTER COLUMN server_id SET NOT NULL",
+            f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey",
+            f"ALTER TABLE {table} ADD PRIMARY KEY ({key})",
+        )
+    ),
+    "ALTER TABLE rollups DROP CONSTRAINT rollups_pkey, DROP CONSTRAINT rollups_statement_id_fkey",
+    "ALTER TABLE rollups ADD PRIMARY KEY (server_id, resolution, bucket, statement_id)",
+    "ALTER TABLE rollup_buckets DROP CONSTRAINT rollup_buckets_pkey",
+    "ALTER TABLE rollup_buckets ADD PRIMARY KEY (server_id, resolution, bucket)",
+    "ALTER TABLE statements DROP CONSTRAINT statements_pkey",
+    "ALTER TABLE statements ADD PRIMARY KEY (server_id, id)",
+    "ALTER TABLE rollups ADD FOREIGN KEY (server_id, statement_id) "
+    "REFERENCES statements (server_id, id)",
+    "ALTER TABLE gaps DROP CONSTRAINT gaps_pkey",
+    "ALTER TABLE gaps ADD PRIMARY KEY (server_id, id)",
+    "ALTER TABLE incident_events ADD COLUMN server_id BIGINT, ADD COLUMN seq BIGINT",
+    "UPDATE incident_events t SET server_id = i.server_id FROM incidents i "
+    "WHERE i.id = t.incident_id",
+    "UPDATE incident_events t SET seq = n.seq FROM (SELECT ctid AS row, row_number() OVER "
+    "(PARTITION BY incident_id ORDER BY at, ctid) - 1 AS seq FROM incident_events) n "
+    "WHERE t.ctid = n.row",
+    "ALTER TABLE incident_events ALTER COLUMN server_id SET NOT NULL, "
+    "ALTER COLUMN seq SET NOT NULL, DROP CONSTRAINT incident_events_incident_id_fkey",
+    "DROP INDEX incident_events_incident",
+    "ALTER TABLE incidents DROP CONSTRAINT incidents_pkey",
+    "ALTER TABLE incidents ADD PRIMARY KEY (server_id, id)",
+    "ALTER TABLE incident_events ADD PRIMARY KEY (server_id, incident_id, seq)",
+    "ALTER TABLE incident_events ADD FOREIGN KEY (server_id, incident_id) "
+    "REFERENCES incidents (server_id, id)",
+]
+OWN_STEPS: dict[str, list[str]] = {schema.SERVER_KEYS: SERVER_KEYS}
 
 
 def day_of(t: float) -> int:
@@ -123,7 +175,8 @@ def migrate(raw: psycopg.Connection[Any], location: str, create: bool) -> None:
                 )
             if version == schema.LATEST:
                 return
-            for statement in ddl(schema.MIGRATIONS[version]):
+            script = schema.MIGRATIONS[version]
+            for statement in OWN_STEPS.get(script) or ddl(script):
                 raw.execute(statement)
             raw.execute("UPDATE qw_schema SET version = %s", (version + 1,))
 

@@ -26,10 +26,11 @@ _UPSERT = ", ".join(f"{c} = rollups.{c} + excluded.{c}" for c in COUNTER_COLUMNS
 ROLL_RAW = f"""
 INSERT INTO rollups (resolution, server_id, bucket, statement_id, {_COLS})
 SELECT {MINUTE}, i.server_id, CAST(i.start / {MINUTE} AS INTEGER) * {MINUTE}, d.statement_id, {_SUMS_D}
-FROM deltas d JOIN intervals i ON i.id = d.interval_id
+FROM intervals i CROSS JOIN deltas d
 WHERE i.end > ? AND i.end <= ?
 GROUP BY i.server_id, CAST(i.start / {MINUTE} AS INTEGER), d.statement_id
-ON CONFLICT (resolution, server_id, bucket, statement_id) DO UPDATE SET {_UPSERT}
+    AND d.server_id = i.server_id AND d.interval_id = i.id
+ON CONFLICT (server_id, resolution, bucket, statement_id) DO UPDATE SET {_UPSERT}
 """
 ROLL_RAW_SECONDS = f"""
 INSERT INTO rollup_buckets (resolution, server_id, bucket, seconds)
@@ -37,23 +38,26 @@ SELECT {MINUTE}, server_id, CAST(start / {MINUTE} AS INTEGER) * {MINUTE},
     sum(CASE WHEN complete = 1 THEN end - start ELSE 0 END)
 FROM intervals WHERE end > ? AND end <= ?
 GROUP BY server_id, CAST(start / {MINUTE} AS INTEGER)
-ON CONFLICT (resolution, server_id, bucket)
+ON CONFLICT (server_id, resolution, bucket)
 DO UPDATE SET seconds = rollup_buckets.seconds + excluded.seconds
 """
 ROLL_MINUTES = f"""
 INSERT INTO rollups (resolution, server_id, bucket, statement_id, {_COLS})
 SELECT {HOUR}, r.server_id, CAST(r.bucket / {HOUR} AS INTEGER) * {HOUR}, r.statement_id, {_SUMS_R}
 FROM rollups r
-WHERE r.resolution = {MINUTE} AND r.bucket >= ? AND r.bucket < ?
+WHERE r.server_id IN (SELECT id FROM servers) AND r.resolution = {MINUTE}
+    AND r.bucket >= ? AND r.bucket < ?
 GROUP BY r.server_id, CAST(r.bucket / {HOUR} AS INTEGER), r.statement_id
-ON CONFLICT (resolution, server_id, bucket, statement_id) DO UPDATE SET {_UPSERT}
+ON CONFLICT (server_id, resolution, bucket, statement_id) DO UPDATE SET {_UPSERT}
 """
 ROLL_MINUTE_SECONDS = f"""
 INSERT INTO rollup_buckets (resolution, server_id, bucket, seconds)
 SELECT {HOUR}, server_id, CAST(bucket / {HOUR} AS INTEGER) * {HOUR}, sum(seconds)
-FROM rollup_buckets WHERE resolution = {MINUTE} AND bucket >= ? AND bucket < ?
+FROM rollup_buckets
+WHERE server_id IN (SELECT id FROM servers) AND resolution = {MINUTE}
+    AND bucket >= ? AND bucket < ?
 GROUP BY server_id, CAST(bucket / {HOUR} AS INTEGER)
-ON CONFLICT (resolution, server_id, bucket)
+ON CONFLICT (server_id, resolution, bucket)
 DO UPDATE SET seconds = rollup_buckets.seconds + excluded.seconds
 """
 GET_MARK = "SELECT value FROM meta WHERE key = ?"
@@ -62,8 +66,10 @@ SET_MARK = (
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
 TOTALS = f"""
+# Keys lead with server_id: a statement over every server names them, so the key is used.
+_EVERY_SERVER = "server_id IN (SELECT id FROM servers)"
 SELECT s.fingerprint, {_SUMS_R}
-FROM rollups r JOIN statements s ON s.id = r.statement_id
+FROM rollups r JOIN statements s ON s.server_id = r.server_id AND s.id = r.statement_id
 WHERE r.resolution = ? AND r.server_id = ? AND r.bucket >= ? AND r.bucket < ? AND s.toplevel = 1 AND s.own = 0
 GROUP BY s.fingerprint
 """
@@ -111,17 +117,20 @@ def apply_retention(conn: Connection, now: float, retention: Retention, raw: boo
     PostgreSQL store drops their daily partitions instead)."""
     if raw:
         raw_cut = min(now - retention.raw_s, mark(conn, "rollup_minute"))
-        old = "SELECT id FROM intervals WHERE end <= ?"
-        conn.execute(f"DELETE FROM deltas WHERE interval_id IN ({old})", (raw_cut,))
-        conn.execute(f"DELETE FROM activity WHERE interval_id IN ({old})", (raw_cut,))
+        old = "SELECT server_id, id FROM intervals WHERE end <= ?"
+        for table in ("deltas", "activity", "kcache"):
+            conn.execute(
+                f"DELETE FROM {table} WHERE (server_id, interval_id) IN ({old})", (raw_cut,)
+            )
         conn.execute("DELETE FROM intervals WHERE end <= ?", (raw_cut,))
     minute_cut = min(now - retention.minute_s, mark(conn, "rollup_hour"))
     for table in ("rollups", "rollup_buckets"):
         conn.execute(
-            f"DELETE FROM {table} WHERE resolution = ? AND bucket < ?", (MINUTE, minute_cut)
+            f"DELETE FROM {table} WHERE {_EVERY_SERVER} AND resolution = ? AND bucket < ?",
+            (MINUTE, minute_cut),
         )
         conn.execute(
-            f"DELETE FROM {table} WHERE resolution = ? AND bucket < ?",
+            f"DELETE FROM {table} WHERE {_EVERY_SERVER} AND resolution = ? AND bucket < ?",
             (HOUR, now - retention.hour_s),
         )
     conn.execute("DELETE FROM gaps WHERE end < ?", (now - retention.hour_s,))
@@ -163,7 +172,7 @@ _ONE_SERVER_MINUTES = ROLL_MINUTES.replace(
 _ONE_SERVER_MINUTE_SECONDS = ROLL_MINUTE_SECONDS.replace(
     "AND bucket >= ? AND bucket < ?", "AND bucket >= ? AND bucket < ? AND server_id = ?"
 )
-_FORGET = "DELETE FROM {table} WHERE resolution = ? AND server_id = ? AND bucket >= ?"
+_FORGET = "DELETE FROM {table} WHERE server_id = ? AND resolution = ? AND bucket >= ?"
 
 
 def roll_server(
@@ -180,13 +189,13 @@ def roll_server(
     if dst_minute < src_minute:  # the target rolls these intervals up itself later
         since = (dst_minute // MINUTE) * MINUTE - SETTLE_S
         for table in ("rollups", "rollup_buckets"):
-            conn.execute(_FORGET.format(table=table), (MINUTE, server_id, since))
+            conn.execute(_FORGET.format(table=table), (server_id, MINUTE, since))
         src_minute = since
     conn.execute(_ONE_SERVER_RAW, (src_minute, dst_minute, server_id, since))
     conn.execute(_ONE_SERVER_RAW_SECONDS, (src_minute, dst_minute, server_id, since))
     if dst_hour < src_hour:
         for table in ("rollups", "rollup_buckets"):
-            conn.execute(_FORGET.format(table=table), (HOUR, server_id, dst_hour))
+            conn.execute(_FORGET.format(table=table), (server_id, HOUR, dst_hour))
         src_hour = dst_hour
     conn.execute(_ONE_SERVER_MINUTES, (src_hour, dst_hour, server_id))
     conn.execute(_ONE_SERVER_MINUTE_SECONDS, (src_hour, dst_hour, server_id))

@@ -319,6 +319,131 @@ CREATE TABLE log_events (
 CREATE INDEX log_events_kind ON log_events (server_id, kind, at)
 """
 
+# `server_id` leads every key of a server's rows, so the same layout distributes by server (Citus
+# `create_distributed_table(..., 'server_id')`). SQLite cannot change a primary key in place: the
+# per-interval tables (deltas, activity, kcache), the rollups and the incident timelines are
+# rebuilt in this migration's one transaction, every row copied with its server (a row whose parent
+# is gone fails the NOT NULL, and the migration with it, rather than being dropped). Tables keyed by
+# a rowid id get a unique (server_id, ...) index: intervals' is the parent key of its children's
+# (server_id, interval_id) foreign keys, so retention's cascades stay indexed. PostgreSQL runs its
+# own statements for this step (pgschema.SERVER_KEYS).
+_KCACHE_DDL = ",\n    ".join(
+    f"{c} INTEGER NOT NULL DEFAULT 0"
+    for c in ("user_us", "system_us", "reads_bytes", "writes_bytes", "minflts", "majflts")
+)
+_ACTIVITY_DDL = ",\n    ".join(
+    f"{c} INTEGER NOT NULL DEFAULT 0"
+    for c in ("active", "lock_waits", "blocking", "blocked_sessions", "idle_in_transaction")
+)
+
+
+def _rebuild(table: str, create: str, columns: str, select: str) -> str:
+    """Rebuild ``table`` as ``create`` says, every row copied by ``select``."""
+    return f"""
+CREATE TABLE {table}_keyed {create};
+INSERT INTO {table}_keyed ({columns}) {select};
+DROP TABLE {table};
+ALTER TABLE {table}_keyed RENAME TO {table}
+"""
+
+
+_INTERVAL_SERVER = "(SELECT i.server_id FROM intervals i WHERE i.id = t.interval_id)"
+_DELTA_COLUMNS = ", ".join(COUNTER_COLUMNS)
+_KCACHE_COLUMNS = "user_us, system_us, reads_bytes, writes_bytes, minflts, majflts"
+_ACTIVITY_COLUMNS = (
+    "fingerprint, active, lock_waits, blocking, blocked_sessions, idle_in_transaction, running_ms"
+)
+SERVER_KEYS = ";".join(
+    (
+        "CREATE UNIQUE INDEX intervals_server_id ON intervals (server_id, id)",
+        "DROP INDEX gaps_server_end",
+        "CREATE UNIQUE INDEX gaps_server_end ON gaps (server_id, end, id)",
+        "CREATE UNIQUE INDEX incidents_server_id ON incidents (server_id, id)",
+        _rebuild(
+            "deltas",
+            f"""(
+    server_id INTEGER NOT NULL,
+    interval_id INTEGER NOT NULL,
+    statement_id INTEGER NOT NULL REFERENCES statements(id),
+    {_COUNTERS_DDL},
+    PRIMARY KEY (server_id, interval_id, statement_id),
+    FOREIGN KEY (server_id, interval_id) REFERENCES intervals (server_id, id) ON DELETE CASCADE
+) WITHOUT ROWID""",
+            f"server_id, interval_id, statement_id, {_DELTA_COLUMNS}",
+            f"SELECT {_INTERVAL_SERVER}, interval_id, statement_id, {_DELTA_COLUMNS} FROM deltas t",
+        ),
+        _rebuild(
+            "activity",
+            f"""(
+    server_id INTEGER NOT NULL,
+    interval_id INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    {_ACTIVITY_DDL},
+    running_ms REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (server_id, interval_id, fingerprint),
+    FOREIGN KEY (server_id, interval_id) REFERENCES intervals (server_id, id) ON DELETE CASCADE
+) WITHOUT ROWID""",
+            f"server_id, interval_id, {_ACTIVITY_COLUMNS}",
+            f"SELECT {_INTERVAL_SERVER}, interval_id, {_ACTIVITY_COLUMNS} FROM activity t",
+        ),
+        _rebuild(
+            "kcache",
+            f"""(
+    server_id INTEGER NOT NULL,
+    interval_id INTEGER NOT NULL,
+    statement_id INTEGER NOT NULL REFERENCES statements(id),
+    {_KCACHE_DDL},
+    PRIMARY KEY (server_id, interval_id, statement_id),
+    FOREIGN KEY (server_id, interval_id) REFERENCES intervals (server_id, id) ON DELETE CASCADE
+) WITHOUT ROWID""",
+            f"server_id, interval_id, statement_id, {_KCACHE_COLUMNS}",
+            f"SELECT {_INTERVAL_SERVER}, interval_id, statement_id, {_KCACHE_COLUMNS} FROM kcache t",
+        ),
+        _rebuild(
+            "rollups",
+            f"""(
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    resolution INTEGER NOT NULL,
+    bucket REAL NOT NULL,
+    statement_id INTEGER NOT NULL REFERENCES statements(id),
+    {_COUNTERS_DDL},
+    PRIMARY KEY (server_id, resolution, bucket, statement_id)
+) WITHOUT ROWID""",
+            f"server_id, resolution, bucket, statement_id, {_DELTA_COLUMNS}",
+            f"SELECT server_id, resolution, bucket, statement_id, {_DELTA_COLUMNS} FROM rollups",
+        ),
+        _rebuild(
+            "rollup_buckets",
+            """(
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    resolution INTEGER NOT NULL,
+    bucket REAL NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (server_id, resolution, bucket)
+) WITHOUT ROWID""",
+            "server_id, resolution, bucket, seconds",
+            "SELECT server_id, resolution, bucket, seconds FROM rollup_buckets",
+        ),
+        _rebuild(
+            "incident_events",
+            """(
+    server_id INTEGER NOT NULL,
+    incident_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (server_id, incident_id, seq),
+    FOREIGN KEY (server_id, incident_id) REFERENCES incidents (server_id, id)
+) WITHOUT ROWID""",
+            "server_id, incident_id, seq, at, state, detail",
+            "SELECT (SELECT i.server_id FROM incidents i WHERE i.id = t.incident_id), incident_id, "
+            "row_number() OVER (PARTITION BY incident_id ORDER BY at, rowid) - 1, at, state, "
+            "detail FROM incident_events t",
+        ),
+    )
+)
+
 MIGRATIONS: tuple[str, ...] = (
     V1,
     V2,
@@ -331,5 +456,6 @@ MIGRATIONS: tuple[str, ...] = (
     LOG_EVENTS,
     REPLICATION,
     TOPOLOGY_INCIDENTS,
+    SERVER_KEYS,
 )
 LATEST = len(MIGRATIONS)

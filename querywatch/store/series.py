@@ -41,8 +41,10 @@ WHERE resolution = ? AND server_id = ? AND bucket >= ? AND bucket < ? GROUP BY s
 WEB_RAW_TOTALS = """
 SELECT d.statement_id, sum(d.calls), sum(d.exec_us), sum(d.rows),
     sum(d.shared_blks_read), sum(d.local_blks_read), sum(d.temp_blks_read)
-FROM deltas d JOIN intervals i ON i.id = d.interval_id
-WHERE i.server_id = ? AND i.end > ? AND i.start >= ? AND i.start < ? GROUP BY d.statement_id
+FROM intervals i CROSS JOIN deltas d
+WHERE i.server_id = ? AND i.end > ? AND i.start >= ? AND i.start < ?
+    AND d.server_id = i.server_id AND d.interval_id = i.id
+GROUP BY d.statement_id
 """
 # Per-bucket sums over every top-level statement; rows come in bucket order, so they stream.
 WEB_ROLLUP_BUCKETS = """
@@ -53,8 +55,9 @@ GROUP BY bucket
 """
 WEB_RAW_BUCKETS = """
 SELECT i.start, sum(d.calls), sum(d.exec_us), sum(d.rows)
-FROM deltas d JOIN intervals i ON i.id = d.interval_id
+FROM intervals i CROSS JOIN deltas d
 WHERE i.server_id = ? AND i.end > ? AND i.start >= ? AND i.start < ?
+    AND d.server_id = i.server_id AND d.interval_id = i.id
     AND d.statement_id NOT IN (SELECT id FROM statements WHERE toplevel = 0 OR own = 1)
 GROUP BY d.interval_id, i.start
 """
@@ -66,8 +69,9 @@ WHERE resolution = ? AND server_id = ? AND bucket >= ? AND bucket < ?
 """
 WEB_RAW_PICKED = """
 SELECT i.start, d.statement_id, d.calls, d.exec_us, d.rows
-FROM deltas d JOIN intervals i ON i.id = d.interval_id
+FROM intervals i CROSS JOIN deltas d
 WHERE i.server_id = ? AND i.end > ? AND i.start >= ? AND i.start < ?
+    AND d.server_id = i.server_id AND d.interval_id = i.id
     AND d.statement_id IN ({picked})
 """
 WEB_ROLLUP_SECONDS = """

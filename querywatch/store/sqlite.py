@@ -280,7 +280,7 @@ class Store(
         written (statements the store does not know are left out)."""
         ids = self.known_keys(server_id)
         with self._errors(), self._transaction() as conn:
-            return kcache.save(conn, interval_id, usage, ids)
+            return kcache.save(conn, server_id, interval_id, usage, ids)
 
     def cpu_usage(self, server_id: int, start: float, end: float) -> CpuUsage | None:
         """pg_stat_kcache's figures per fingerprint over [start, end), None when none exist."""
