@@ -28,8 +28,8 @@ INSERT INTO rollups (resolution, server_id, bucket, statement_id, {_COLS})
 SELECT {MINUTE}, i.server_id, CAST(i.start / {MINUTE} AS INTEGER) * {MINUTE}, d.statement_id, {_SUMS_D}
 FROM intervals i CROSS JOIN deltas d
 WHERE i.end > ? AND i.end <= ?
-GROUP BY i.server_id, CAST(i.start / {MINUTE} AS INTEGER), d.statement_id
     AND d.server_id = i.server_id AND d.interval_id = i.id
+GROUP BY i.server_id, CAST(i.start / {MINUTE} AS INTEGER), d.statement_id
 ON CONFLICT (server_id, resolution, bucket, statement_id) DO UPDATE SET {_UPSERT}
 """
 ROLL_RAW_SECONDS = f"""
@@ -65,9 +65,9 @@ SET_MARK = (
     "INSERT INTO meta (key, value) VALUES (?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 )
-TOTALS = f"""
 # Keys lead with server_id: a statement over every server names them, so the key is used.
 _EVERY_SERVER = "server_id IN (SELECT id FROM servers)"
+TOTALS = f"""
 SELECT s.fingerprint, {_SUMS_R}
 FROM rollups r JOIN statements s ON s.server_id = r.server_id AND s.id = r.statement_id
 WHERE r.resolution = ? AND r.server_id = ? AND r.bucket >= ? AND r.bucket < ? AND s.toplevel = 1 AND s.own = 0
