@@ -61,6 +61,7 @@ log = logging.getLogger("querywatch.topology")
 STATUS = "replication:"  # status key prefix: a server's role, replicas and findings
 Status = Literal["firing", "resolved"]
 PAGED = frozenset({rp.PROMOTED, rp.IDENTITY, rp.MOVED})  # events that page as a failover
+STALE_SAMPLES = 5  # a view that made no sample for this many intervals hands its lag page over
 
 
 @dataclass(frozen=True)
@@ -193,13 +194,15 @@ class TopologyMonitor:
                 found.append((server.id, server.name, known))
         return found
 
-    def _owner(self, node: NodeState) -> int:
+    def _owner(self, node: NodeState, *, live: bool = False) -> int:
         """The server ``node`` is, as the store knows it: the lowest id among the watched
-        entries that reach it (this one, a multi-host DSN, a second name)."""
+        entries that reach it (this one, a multi-host DSN, a second name); with ``live``, among
+        those whose watcher still samples them."""
         ident = rp.identity(node)
         if ident is None:
             return self.server_id
         same = [sid for sid, _, known in self._watched() if rp.identity(known) == ident]
+        same = [sid for sid in same if not live or self._live(sid, node.at)]
         return min([self.server_id, *same])
 
     def _name_of(self, server_id: int) -> str:
@@ -276,8 +279,9 @@ class TopologyMonitor:
         """A lag event and its page when the replica starts lagging (unless another view or
         name of it has paged already), and when the lag this view paged is over."""
         name, at = replica.name, replica.at
-        if not verdict.high:
-            self._joined.pop(name, None)
+        joined = self._joined.pop(name, None) if not verdict.high else None
+        if joined is not None and not self._live(joined.observer, at):
+            self._lagging[name] = joined  # its view is no longer sampled: this one resolves
         if name in self._lagging and verdict.lag < verdict.threshold:
             text = f"replica {name} caught up: {rp.lag_text(verdict)}"
             event = TopologyEvent(self.server_name, at, rp.LAG_BACK, text)
@@ -290,7 +294,7 @@ class TopologyMonitor:
         event = TopologyEvent(self.server_name, at, rp.LAG, rp.lag_text(verdict))
         candidate = TopologyIncident(
             server_id=owner,
-            key=rp.lag_key(node, replica.application_name or name, owner),
+            key=rp.lag_key(node, replica.application_name if replica.watched else name, owner),
             id=f"lag-{self.server_name}-{name}-{int(at)}",
             kind=rp.LAG_PAGE,
             subject=name,
@@ -306,6 +310,13 @@ class TopologyMonitor:
         self._lagging[name] = incident
         self._pages.append(Page("firing", incident, event, incident.summary))
         return [event]
+
+    def _live(self, server_id: int, now: float) -> bool:
+        """Whether the server's watcher still samples it: a sample within ``STALE_SAMPLES`` of
+        this server's intervals (a watcher stopped for good, or an entry removed, is not)."""
+        last = self.store.node_state(server_id, now)
+        step = now - self._last.at if self._last is not None else 0.0
+        return last is not None and (step <= 0 or now - last.at <= STALE_SAMPLES * step)
 
     def _resolve(self, incident: TopologyIncident, event: TopologyEvent, summary: str) -> bool:
         """Close the incident in the store and page its resolve notice (once, whoever closes)."""
@@ -376,10 +387,13 @@ class TopologyMonitor:
             self._pages.append(Page("firing", incident, event, incident.summary))
 
     def _settle(self, node: NodeState) -> None:
-        """Resolve this server's open failover once the new topology held ``settle`` samples."""
-        open_ = [i for i in self.store.topology_incidents(self.server_id) if i.kind == "failover"]
-        peers = self._peers(node) if open_ and node.reachable else []
-        if not open_ or not rp.settled(node, peers):
+        """Resolve the open failover of this server's cluster once the new topology held
+        ``settle`` samples in a row, seen from its primary (the first of the entries that reach
+        it whose watcher still samples it)."""
+        open_ = [i for i in self.store.topology_incidents() if self._ours(i, node)]
+        mine = bool(open_) and node.reachable and self._owner(node, live=True) == self.server_id
+        peers = self._peers(node) if mine else []
+        if not mine or not rp.settled(node, peers):
             self._stable = 0
             return
         self._stable += 1
@@ -390,6 +404,14 @@ class TopologyMonitor:
         if any([self._resolve(i, event, summary) for i in open_]):
             self.store.add_topology_events(self.server_id, [event])
         self._stable = 0
+
+    def _ours(self, incident: TopologyIncident, node: NodeState) -> bool:
+        """A failover of this server's cluster (of this server, when its cluster is unknown)."""
+        if incident.kind != rp.FAILOVER_PAGE:
+            return False
+        if node.system_identifier is None:
+            return incident.server_id == self.server_id
+        return incident.key == rp.failover_key(node, incident.server_id)
 
     # -- findings and status --------------------------------------------------------------------------
     def _note(
@@ -420,7 +442,8 @@ class TopologyMonitor:
     # -- alerts -------------------------------------------------------------------------------------
     def _peers(self, node: NodeState) -> list[Peer]:
         """The other watched servers of this cluster (same system identifier, when known), not
-        counting the entries that reach this same server (a multi-host DSN, a second name)."""
+        counting the entries that reach this same server (a multi-host DSN, a second name) nor
+        those whose watcher no longer samples them (stopped, or the entry removed)."""
         peers = []
         ident = rp.identity(node)
         seen = {ident}  # one peer per server: the lowest id among the entries reaching it
@@ -432,6 +455,8 @@ class TopologyMonitor:
                 continue
             if ident is not None and rp.identity(known) in seen:
                 continue  # the same server under another name
+            if not self._live(sid, node.at):
+                continue  # its watcher no longer samples it: its state is not known
             ours, theirs = node.system_identifier, known.system_identifier
             if ours is not None and theirs is not None and ours != theirs:
                 continue  # another cluster

@@ -194,6 +194,30 @@ def test_one_lag_seen_by_the_primary_and_by_the_replica_pages_once(fleet: Fleet)
     assert len(fleet.ids()) == 2 and len(set(fleet.ids())) == 1
 
 
+def test_a_view_that_stopped_sampling_hands_its_pages_over(fleet: Fleet) -> None:
+    """db-1's watcher paged the lag, then stopped for good: db-2's own view resolves it; db-2's
+    watcher stopped after its promotion: db (reaching db-2) settles the failover."""
+    db1, db2, db = fleet.monitor("db-1"), fleet.monitor("db-2"), fleet.monitor("db")
+    db2.judge(at(REPLICA, 0), [])
+    for t, lag in ((1, 5.0), (2, 6.0)):
+        db1.judge(at(PRIMARY, t), [_lagging(t, lag)])
+        db2.judge(at(REPLICA, t, replay_lag_s=lag, replay_paused=True), [])
+    for t in range(3, 10):  # db-1 no longer sampled; db-2 still lags, then catches up
+        db2.judge(at(REPLICA, t, replay_lag_s=7.0, replay_paused=True), [])
+    db2.judge(at(REPLICA, 10), [])
+    assert [p[:2] for p in fleet.pages()] == [
+        ("firing", "replication_lag"),
+        ("resolved", "replication_lag"),
+    ]
+    assert fleet.pages()[1][2].startswith("replica db-2 caught up")
+    db.judge(at(REPLICA, 10, "db", **PROMOTED), [])
+    db2.judge(at(REPLICA, 11, **PROMOTED), [])  # the failover page, then db-2 is not sampled
+    for t in range(11, 20):
+        db.judge(at(REPLICA, t, "db", **PROMOTED), [])
+    assert [p[:2] for p in fleet.pages()[2:]] == [("firing", "failover"), ("resolved", "failover")]
+    assert fleet.pages()[3][2].startswith("failover over: db is the primary (timeline 2)")
+
+
 def test_a_replica_whose_primary_is_not_watched_pages_its_own_lag(fleet: Fleet) -> None:
     db2 = fleet.monitor("db-2")
     for t, lag in ((0, 0.0), (1, 3.0), (2, 4.0)):
