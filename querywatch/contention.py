@@ -6,7 +6,9 @@ together. That rise is contention: the fix is where the load comes from, not an 
 statement that slowed. :func:`contention` finds the factor ``s`` by which the busy statements ran
 slower together; :mod:`querywatch.diagnose` counts each statement's mean rise up to ``s`` as
 contention, only the part beyond ``s`` as the statement's own change, and hands the contention to
-what added the load (:func:`shares`: the traffic, and the culprits by their own extra DB time).
+what added the load (:func:`shares`: the traffic, and the culprits by their own extra DB time);
+when nothing did, diagnose leaves the rise with the statements (a table they share may have
+changed) and only says they slowed together.
 
 The slowdown is server-wide by either test:
 
@@ -108,17 +110,20 @@ class Contention:
         """How much of this statement's mean rise is contention: its factor, between 1 and s."""
         return min(max(change.slowdown, 1.0), self.factor) if self.found else 1.0
 
+    def what(self) -> str:
+        """What slowed, e.g. "all 3 busy statements ran ~1.6x slower at once"."""
+        s = figure(self.factor)
+        if self.how == SURGE:
+            return f"the statements carrying the surge ran ~{s}x slower under its load"
+        many = "all" if self.slowed == self.judged else f"{self.slowed} of"
+        return f"{many} {self.judged} busy statements ran ~{s}x slower at once"
+
     def words(self) -> str:
         """What slowed and why, e.g. "all 3 busy statements ran ~1.6x slower at once: CPU
         contention (1.9 of 2 cores busy)"."""
         if not self.found:
             return ""
-        s = figure(self.factor)
-        if self.how == SURGE:
-            what = f"the statements carrying the surge ran ~{s}x slower under its load"
-        else:
-            many = "all" if self.slowed == self.judged else f"{self.slowed} of"
-            what = f"{many} {self.judged} busy statements ran ~{s}x slower at once"
+        what = self.what()
         if self.saturated and self.busy_cores is not None:
             return f"{what}: CPU contention ({self.busy_cores:.1f} of {self.cores} cores busy)"
         return f"{what}: server-wide contention"

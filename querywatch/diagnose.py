@@ -19,7 +19,10 @@ ones carrying a traffic surge did, each statement's mean rise up to that common 
 contention, not its own excess: it is handed to what added the load (the traffic, and the
 culprits by their own excess: extra calls, a new statement, a per-call rise beyond s). A server
 slowed by a surge is then a ``traffic_surge``, and a statement whose extra calls slowed everyone
-carries their slowdown, instead of each slowed statement posing as a regression.
+carries their slowdown, instead of each slowed statement posing as a regression. When nothing
+added load (no culprit, traffic below the slowdown threshold) the rise is not set apart (a table
+they share may have changed): the statements stay culprits and the summary says they slowed
+together.
 """
 
 from __future__ import annotations
@@ -179,6 +182,10 @@ class _Context:
     resolution: float  # how precisely an onset is known (see judge_deploys)
     contention: Contention = field(default_factory=Contention)
     given: Mapping[str, float] = field(default_factory=dict)  # contention handed to culprits
+    contention_ms_per_s: float = 0.0  # the DB time the shared slowdown cost
+    # False: nothing added the load behind the shared slowdown (no culprit, traffic flat), so it
+    # is not set apart: each statement's rise stays its own, and the summary says they share it
+    caused: bool = True
 
 
 def workload(intervals: Iterable[IntervalSummary]) -> Workload:
@@ -591,10 +598,25 @@ def _context(
     # the traffic adds load once it rose by as much as a slowdown counts (a few % more does not)
     rose = k >= settings.contention.slow_factor
     given = shares(total, (k - 1.0) * base.ms_per_s if rose else 0.0, drivers)
+    caused = bool(given) or rose
+    if not caused:  # a table or plan they share may have changed as well as the host's load
+        attributions = attribute(base, win)
     positive = sum(max(a.excess_ms_per_s, 0.0) for a in attributions.values())
     positive += sum(given.values())
     return _Context(
-        window, base, win, k, attributions, positive, statements, settings, step, shared, given
+        window,
+        base,
+        win,
+        k,
+        attributions,
+        positive,
+        statements,
+        settings,
+        step,
+        shared,
+        given,
+        total,
+        caused,
     )
 
 
@@ -893,9 +915,14 @@ def _summary(
 def _contention_words(culprits: Sequence[Culprit], ctx: _Context) -> str:
     """The slowdown the server shared and what caused it, or '' when there was none (or it
     is too small to matter)."""
-    total = sum(a.contention_ms_per_s for a in ctx.attributions.values())
+    total = ctx.contention_ms_per_s
     if not ctx.contention.found or total < ctx.settings.min_excess_ms_per_s:
         return ""
+    if not ctx.caused:
+        return (
+            f"{ctx.contention.what()} with no load added: look for a cause they share (a table "
+            "or plan they use) or contention outside them (another process on the host, I/O)"
+        )
     listed = {c.fingerprint for c in culprits}
     to_culprits = sum(v for fp, v in ctx.given.items() if fp in listed)
     rose = ctx.factor >= ctx.settings.contention.slow_factor  # as in _context
@@ -904,14 +931,7 @@ def _contention_words(culprits: Sequence[Culprit], ctx: _Context) -> str:
     causes = ["the extra traffic"] if traffic >= min_ms else []
     if to_culprits >= min_ms:
         causes.append("culprit 1's load" if len(culprits) == 1 else "the culprits' load")
-    if not causes:
-        cause = (
-            "from outside the statements querywatch sees (another process on the host, I/O, "
-            "CPU steal)"
-        )
-    else:
-        cause = "caused by " + " and ".join(causes)
-    return f"{ctx.contention.words()}, {cause}"
+    return f"{ctx.contention.words()}, caused by {' and '.join(causes) or 'the extra load'}"
 
 
 def _regression_summary(
