@@ -34,8 +34,8 @@ from .diagnose import (
     rises,
 )
 from .model import Counters, Diagnosis, IntervalSummary
-from .store import Store
 from .store.dbtime import Sums
+from .store.protocol import StoreProtocol
 
 RAW_ROWS = 100_000  # raw statement rows (intervals x statements) a diagnosis reads at most...
 RAW_SPAN_S = 3600.0  # ... unless the window and its history are this short (an incident's)
@@ -49,7 +49,7 @@ Spans = Sequence[tuple[float, float]]
 
 
 def diagnose_stored(
-    store: Store,
+    store: StoreProtocol,
     server_id: int,
     start: float,
     end: float,
@@ -102,7 +102,9 @@ def _overlaps(start: float, end: float, spans: Spans) -> bool:
     return any(a < end and start < b for a, b in spans)
 
 
-def _long_run(store: Store, server_id: int, at: float) -> tuple[IntervalSummary | None, str]:
+def _long_run(
+    store: StoreProtocol, server_id: int, at: float
+) -> tuple[IntervalSummary | None, str]:
     """The stored long run, when there is one worth comparing with."""
     lr = store.long_run(server_id, at)
     if lr is None or not lr.trusted or lr.seconds <= 0 or not lr.by_fingerprint:
@@ -111,7 +113,7 @@ def _long_run(store: Store, server_id: int, at: float) -> tuple[IntervalSummary 
 
 
 def _incident_onset(
-    store: Store, server_id: int, start: float, end: float, interval_s: float
+    store: StoreProtocol, server_id: int, start: float, end: float, interval_s: float
 ) -> float | None:
     """The start of the first interval of the earliest incident that fired inside the window
     (an incident opens at the end of its first anomalous interval)."""
@@ -125,7 +127,7 @@ def _incident_onset(
 
 # -- long windows, from the rollups -------------------------------------------------------------
 def _diagnose_rollups(
-    store: Store,
+    store: StoreProtocol,
     server_id: int,
     start: float,
     end: float,
@@ -175,7 +177,7 @@ def _diagnose_rollups(
 
 
 def _long_onset(
-    store: Store, server_id: int, start: float, end: float, settings: DiagnoseSettings
+    store: StoreProtocol, server_id: int, start: float, end: float, settings: DiagnoseSettings
 ) -> float | None:
     """The change point of a long window, in two steps: the fingerprints that rose most between
     about ``COARSE`` parts of it (every fingerprint), then the per-minute series of each around
@@ -205,7 +207,7 @@ def _as_points(sums: Sums, seconds: dict[float, float]) -> list[Point]:
 
 
 def _history(
-    store: Store, server_id: int, before: float, baseline_s: float, spans: Spans
+    store: StoreProtocol, server_id: int, before: float, baseline_s: float, spans: Spans
 ) -> IntervalSummary | None:
     """The history before a long window as one piece, unless an earlier incident falls in it."""
     start = _floor(before - baseline_s, MINUTE)
@@ -215,7 +217,7 @@ def _history(
     return piece if piece.seconds > 0 else None
 
 
-def _piece(store: Store, server_id: int, start: float, end: float) -> IntervalSummary:
+def _piece(store: StoreProtocol, server_id: int, start: float, end: float) -> IntervalSummary:
     """[start, end) (minute-aligned) as one complete interval holding its complete seconds:
     it starts where they must so that its rates are right."""
     totals, seconds = _totals(store, server_id, start, end)
@@ -223,7 +225,7 @@ def _piece(store: Store, server_id: int, start: float, end: float) -> IntervalSu
 
 
 def _totals(
-    store: Store, server_id: int, start: float, end: float
+    store: StoreProtocol, server_id: int, start: float, end: float
 ) -> tuple[dict[str, Counters], float]:
     """Per-fingerprint calls and exec ms and the complete seconds over [start, end)
     (minute-aligned): whole hours from the hour rollups, the minutes around them from the minute

@@ -61,9 +61,9 @@ from .service import LEASE_INTERVALS, OWNER, WatchOptions, run_watch
 from .settings import Settings, help_text
 from .source.cores import server_cores
 from .source.postgres import PostgresSource, describe_dsn
-from .store import Store
 from .store import commands as store_commands
 from .store.leases import Lease
+from .store.protocol import StoreProtocol
 from .text import one_line
 from .watcher import Watcher
 from .web import commands as web_commands
@@ -122,7 +122,7 @@ def collect(
         log.info("stopped after %d intervals", watcher.status.intervals)
 
 
-def _renewed(st: Store, lease: Lease) -> None:
+def _renewed(st: StoreProtocol, lease: Lease) -> None:
     """Renew in place: the lease object is replaced in the store, ours keeps its token."""
     st.renew(lease)
 

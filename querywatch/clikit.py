@@ -24,6 +24,7 @@ from .errors import ConfigError, QuerywatchError
 from .settings import ServerEntry, Settings, help_text, load
 from .source.postgres import PostgresSource, server_label
 from .store import Retention, Store
+from .store.protocol import StoreProtocol
 
 if TYPE_CHECKING:
     from .store.sqlite import Server
@@ -108,13 +109,13 @@ def open_source(cfg: Settings, dsn: str | None = None) -> PostgresSource:
     )
 
 
-def open_store(cfg: Settings, create: bool = True) -> Store:
+def open_store(cfg: Settings, create: bool = True) -> StoreProtocol:
     """The store at ``cfg.store`` with the configured retention."""
     retention = Retention(cfg.retention_raw, cfg.retention_minute, cfg.retention_hour)
     return Store(cfg.store, retention=retention, create=create)
 
 
-def pick_server(st: Store, cfg: Settings) -> Server:
+def pick_server(st: StoreProtocol, cfg: Settings) -> Server:
     """The server named in the settings, else the store's first; an error when there is none."""
     servers = st.servers()
     if not servers:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from .capacity import CapacitySettings, ReplicaLoad, assess
 from .model import Diagnosis
-from .store import Store
+from .store.protocol import StoreProtocol
 
 DETECTOR = "detector:"  # status key prefix of each server's detector (querywatch.monitor)
 WINDOW_S = 300.0  # a replica's load is read over this long when no window is given
@@ -45,14 +45,14 @@ class KnownCores:
     how: str
 
 
-def stored_cores(store: Store, server_name: str) -> int | None:
+def stored_cores(store: StoreProtocol, server_name: str) -> int | None:
     """The cores the watcher last wrote for ``server_name`` (None: never known)."""
     row = store.status().get(f"{DETECTOR}{server_name}", {})
     value = row.get("cpu_cores")
     return int(value) if isinstance(value, int | float) and value > 0 else None
 
 
-def cores_of(store: Store, server_name: str, configured: int | None) -> KnownCores | None:
+def cores_of(store: StoreProtocol, server_name: str, configured: int | None) -> KnownCores | None:
     """The setting (or flag) when given, else what the watcher read from the server."""
     if configured:
         return KnownCores(configured, "the setting")
@@ -60,7 +60,7 @@ def cores_of(store: Store, server_name: str, configured: int | None) -> KnownCor
     return KnownCores(found, "read by the watcher") if found else None
 
 
-def db_ms_per_s(store: Store, server_id: int, start: float, end: float) -> float | None:
+def db_ms_per_s(store: StoreProtocol, server_id: int, start: float, end: float) -> float | None:
     """The server's DB (execution) time per second over the complete data in (start, end]."""
     rows, seconds = store.totals(server_id, start, end)
     if seconds <= 0:
@@ -69,7 +69,7 @@ def db_ms_per_s(store: Store, server_id: int, start: float, end: float) -> float
 
 
 def replica_loads(
-    store: Store, states: Sequence[ReplicaState], start: float, end: float
+    store: StoreProtocol, states: Sequence[ReplicaState], start: float, end: float
 ) -> list[ReplicaLoad]:
     """Each replica's cores, DB time over (start, end] and replay lag; cores and load only for
     the replicas that are watched (None otherwise)."""
@@ -91,7 +91,7 @@ def replica_loads(
 
 def with_capacity(
     found: Diagnosis,
-    store: Store,
+    store: StoreProtocol,
     server_id: int,
     cores: KnownCores | None,
     replicas: Sequence[ReplicaState] = (),

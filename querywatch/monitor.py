@@ -30,7 +30,7 @@ from .source.capabilities import Capabilities, with_note
 from .source.identify import identify
 from .source.kcache import with_cpu_evidence
 from .source.postgres import PostgresSource
-from .store import Store
+from .store.protocol import StoreProtocol
 
 log = logging.getLogger("querywatch.monitor")
 
@@ -43,7 +43,7 @@ VISIBILITY = "visibility:"  # status key prefix: what the monitoring role can se
 class Monitor:
     """Turns stored intervals into incidents, diagnoses and notifications for one server."""
 
-    store: Store
+    store: StoreProtocol
     server_id: int
     server_name: str
     detector: Detector

@@ -42,8 +42,8 @@ from .settings import ServerEntry, Settings
 from .source.cores import server_cores
 from .source.postgres import PostgresSource, describe_dsn
 from .status import SERVER_INFO
-from .store import Store
 from .store.leases import Lease
+from .store.protocol import StoreProtocol
 from .topology import TopologyMonitor
 from .watcher import BACKOFF_MAX_S, BACKOFF_START_S, CollectorStatus, IntervalHook, Watcher
 
@@ -167,7 +167,7 @@ class _Shared:
 
     cfg: Settings
     options: WatchOptions
-    store: Store
+    store: StoreProtocol
     dispatcher: Dispatcher
     detection: DetectSettings
 
@@ -245,7 +245,7 @@ def _claim(shared: _Shared, unit: ServerWatch) -> None:
     _announce(shared, unit)
 
 
-def _orphaned(store: Store, name: str) -> Lease | None:
+def _orphaned(store: StoreProtocol, name: str) -> Lease | None:
     """The live lease of ``name`` held by a watcher of this host that no longer runs (killed):
     waited out rather than refused, so a restart after a crash goes on collecting."""
     here = socket.gethostname()
@@ -387,7 +387,7 @@ def _leases_kept(shared: _Shared, units: Sequence[ServerWatch]) -> Iterator[None
             _release(shared.store, unit)
 
 
-def _renew(store: Store, unit: ServerWatch) -> None:
+def _renew(store: StoreProtocol, unit: ServerWatch) -> None:
     lease = unit.lease
     if lease is None or unit.watcher.stopping:
         return
@@ -401,7 +401,7 @@ def _renew(store: Store, unit: ServerWatch) -> None:
         log.warning("%s: lease not renewed: %s", unit.name, exc)
 
 
-def _release(store: Store, unit: ServerWatch) -> None:
+def _release(store: StoreProtocol, unit: ServerWatch) -> None:
     lease, unit.lease = unit.lease, None
     if lease is None:
         return

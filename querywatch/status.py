@@ -27,7 +27,7 @@ from typing import Any
 from .durations import human, iso
 from .fleet import FleetRow, ServerFacts, headline, sparkline
 from .model import IncidentState
-from .store import Store
+from .store.protocol import StoreProtocol
 
 OPEN_STATES = (IncidentState.PENDING.value, IncidentState.FIRING.value)
 ALL_TIME = (0.0, 1e18)
@@ -78,14 +78,14 @@ class ServerStatus:
         return self.last_success is not None and self.last_success > self.last_error_at
 
 
-def build(store: Store, only: str | None = None) -> list[ServerStatus]:
+def build(store: StoreProtocol, only: str | None = None) -> list[ServerStatus]:
     """Every server's status (only the one named ``only`` when given), from the store."""
     rows = store.status()
     return [_server(store, s.id, s.name, rows) for s in store.servers() if only in (None, s.name)]
 
 
 def _server(
-    store: Store, server_id: int, name: str, rows: Mapping[str, Mapping[str, Any]]
+    store: StoreProtocol, server_id: int, name: str, rows: Mapping[str, Mapping[str, Any]]
 ) -> ServerStatus:
     collector = rows.get(f"collector:{name}", {})
     visibility = rows.get(f"visibility:{name}", {})
@@ -128,7 +128,7 @@ def _server(
 
 
 def facts(
-    store: Store, now: float, span_s: float = 3600.0, buckets: int = SPARK_BUCKETS
+    store: StoreProtocol, now: float, span_s: float = 3600.0, buckets: int = SPARK_BUCKETS
 ) -> list[ServerFacts]:
     """Each server's facts for the fleet view (querywatch.fleet): its status and its DB time
     per second over the last ``span_s`` in ``buckets`` buckets (a sparkline)."""
@@ -159,7 +159,7 @@ def _facts(s: ServerStatus, spark: list[float | None]) -> ServerFacts:
 
 
 def db_time(
-    store: Store, server_id: int, start: float, step: float, buckets: int
+    store: StoreProtocol, server_id: int, start: float, step: float, buckets: int
 ) -> list[float | None]:
     """DB time (ms per second of collected time) per bucket from ``start``; None: no data."""
     sums, seconds = store.db_time(server_id, start, start + buckets * step, step)

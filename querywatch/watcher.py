@@ -49,7 +49,7 @@ from .model import (
 from .source.kcache import KcacheUsage
 from .source.postgres import PostgresSource, describe_dsn
 from .source.queries import MARKER
-from .store import Store
+from .store.protocol import StoreProtocol
 from .store.snapshots import StoredSnapshot
 
 log = logging.getLogger("querywatch.watcher")
@@ -98,7 +98,7 @@ class Watcher:
     """Collects one server into one store until ``stop()``."""
 
     source: PostgresSource
-    store: Store
+    store: StoreProtocol
     server_name: str
     interval_s: float = 10.0
     activity_interval_s: float = 1.0

@@ -24,7 +24,7 @@ from ..errors import CapabilityError, InputError, SourceError
 from ..fingerprint import shape
 from ..model import Statement
 from ..plans import statement_kind
-from ..store import Store
+from ..store.protocol import StoreProtocol
 from . import findings, health, indexes, nodes, plans
 from .records import Advice, HealthFinding, QueryStats, Review
 from .session import Session
@@ -236,7 +236,7 @@ def _user_relation(r: ast.RangeVar) -> bool:
 
 
 def store_workload(
-    store: Store, server_id: int, start: float, end: float, limit: int
+    store: StoreProtocol, server_id: int, start: float, end: float, limit: int
 ) -> list[Workload]:
     """The top statements by DB time over [start, end) from querywatch's own history."""
     rows, covered = store.totals(server_id, start, end)
@@ -305,7 +305,7 @@ def review(
 
 
 def remember(
-    store: Store, server_id: int, advice: Sequence[Advice], at: float | None = None
+    store: StoreProtocol, server_id: int, advice: Sequence[Advice], at: float | None = None
 ) -> int:
     """Store each advice's plan under its fingerprint and plan hash; returns how many."""
     count = 0

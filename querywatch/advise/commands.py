@@ -29,7 +29,8 @@ from ..errors import InputError
 from ..fingerprint import display
 from ..model import Statement
 from ..settings import Settings
-from ..store import Store, store_exists
+from ..store import store_exists
+from ..store.protocol import StoreProtocol
 from . import advisor, nodes, report
 from .records import Advice, QueryStats, Review
 from .session import Session
@@ -94,7 +95,7 @@ def register(app: typer.Typer) -> None:
     app.command("explain", context_settings={"ignore_unknown_options": True})(explain_command)
 
 
-def _open_store(cfg: Settings) -> Store | None:
+def _open_store(cfg: Settings) -> StoreProtocol | None:
     """The configured store when its file exists (advise works without one)."""
     return open_store(cfg, create=False) if store_exists(cfg.store) else None
 

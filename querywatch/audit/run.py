@@ -16,7 +16,7 @@ from ..advise import nodes
 from ..alerts import Dispatcher, Notification
 from ..errors import InputError, QuerywatchError
 from ..model import Deploy
-from ..store import Store
+from ..store.protocol import StoreProtocol
 from ..store.sqlite import StoredPlan
 from .core import AuditReport, AuditSettings, PlanChange, audit, due_audits, split
 from .report import audit_to_alert, audit_to_json
@@ -27,7 +27,7 @@ BEFORE_S = 1800.0
 AFTER_S = 900.0
 
 
-def find_deploy(store: Store, version: str) -> Deploy:
+def find_deploy(store: StoreProtocol, version: str) -> Deploy:
     """The latest deploy marker of that version."""
     found = [d for d in store.deploys() if d.version == version]
     if not found:
@@ -40,7 +40,7 @@ def find_deploy(store: Store, version: str) -> Deploy:
 
 
 def plan_changes(
-    store: Store, server_id: int, deploy: Deploy, fingerprints: Sequence[str]
+    store: StoreProtocol, server_id: int, deploy: Deploy, fingerprints: Sequence[str]
 ) -> dict[str, PlanChange] | None:
     """The plan each fingerprint used before the deploy and the new one after it, when the plan
     history (recorded by `querywatch advise`) shows one; None when no plan is recorded at all."""
@@ -69,7 +69,7 @@ def _describe(plan: StoredPlan) -> str:
 
 
 def run_audit(
-    store: Store,
+    store: StoreProtocol,
     server_id: int,
     deploy: Deploy,
     before_s: float = BEFORE_S,
@@ -88,7 +88,7 @@ def run_audit(
 class AuditScheduler:
     """Audits each deploy once its after-window has passed; call ``on_interval`` every interval."""
 
-    store: Store
+    store: StoreProtocol
     server_id: int
     server_name: str
     dispatcher: Dispatcher | None = None

@@ -24,7 +24,7 @@ from ..errors import QuerywatchError
 from ..headroom import db_ms_per_s, stored_cores
 from ..localpg import LocalPostgres
 from ..source.cores import local_cores
-from ..store import Store
+from ..store.protocol import StoreProtocol
 from .replica import can_replicate, start_replica
 
 NAME = "shop-replica"
@@ -67,7 +67,7 @@ class Incident:
 
 
 def incident_figures(
-    store: Store, culprit: dict[str, Any], start: float, end: float
+    store: StoreProtocol, culprit: dict[str, Any], start: float, end: float
 ) -> Incident | None:
     server = store.servers()[0]
     rows, seconds = store.totals(server.id, start, end)

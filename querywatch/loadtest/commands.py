@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ..clikit import DsnOpt, StoreOpt, err, load_settings, open_store, out
 from ..durations import parse_duration
 from ..errors import InputError
-from ..store import Store
+from ..store.protocol import StoreProtocol
 from .engine import Progress as LoadProgress
 from .params import read_params
 from .result import LoadResult, compare_text, load_file, to_json, to_text
@@ -26,7 +26,7 @@ class LoadFormat(StrEnum):
     json = "json"
 
 
-def statement_text(store: Store, fp: str) -> str:
+def statement_text(store: StoreProtocol, fp: str) -> str:
     """The normalized text (``$n`` placeholders) of a fingerprint recorded in the store."""
     found = store.statements([fp]).get(fp)
     if found is None or not found.query:

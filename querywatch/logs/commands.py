@@ -25,7 +25,7 @@ from ..clikit import DsnOpt, ServerOpt, err, load_settings, open_store, out, sto
 from ..durations import iso
 from ..errors import InputError, QuerywatchError
 from ..source.postgres import server_label
-from ..store import Store
+from ..store.protocol import StoreProtocol
 from . import report as rep
 from .explain import Explainer
 from .load import Loader, LoadResult
@@ -272,7 +272,7 @@ def build_report(
     return report
 
 
-def _replay(st: Store, server: str, loaded: LoadResult | None) -> list[dict[str, object]]:
+def _replay(st: StoreProtocol, server: str, loaded: LoadResult | None) -> list[dict[str, object]]:
     """The incidents detection opens over the span just loaded (``--incidents``)."""
     if loaded is None or loaded.first_at is None or loaded.last_at is None:
         return []

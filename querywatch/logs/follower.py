@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import ConfigError, QuerywatchError
-from ..store import Store
+from ..store.protocol import StoreProtocol
 from .load import Loader
 from .parser import detect_format, parse
 from .reader import CHUNK, Position, follow, open_log
@@ -61,7 +61,7 @@ class LogFollower:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreProtocol,
         server_id: int,
         server: str,
         path: str,
@@ -179,7 +179,11 @@ def _sleep_unless(stopping: Callable[[], bool], seconds: float) -> None:
 
 
 def start_followers(
-    store: Store, server_id: int, server: str, paths: Iterable[str], stopping: Callable[[], bool]
+    store: StoreProtocol,
+    server_id: int,
+    server: str,
+    paths: Iterable[str],
+    stopping: Callable[[], bool],
 ) -> list[LogFollower]:
     """One started follower per log file of the server."""
     followers = [LogFollower(store, server_id, server, p, stopping) for p in paths]

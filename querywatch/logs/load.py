@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..advise import nodes
-from ..store import Store
 from ..store.logevents import Batch, Bucket, EventRow
+from ..store.protocol import StoreProtocol
 from .records import (
     Autovacuum,
     Checkpoint,
@@ -77,7 +77,7 @@ class Loader:
     """Feed events with :meth:`add`, then :meth:`close`; ``durations=False`` (``watch --log``,
     where pg_stat_statements has the statistics) keeps plans and events only."""
 
-    store: Store
+    store: StoreProtocol
     server_id: int
     durations: bool = True
     bucket_s: float = BUCKET_S

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..detect import Detector
 from ..model import Interval
 from ..monitor import Monitor
-from ..store import Store
+from ..store.protocol import StoreProtocol
 
 log = logging.getLogger("querywatch.logs")
 
@@ -32,7 +32,9 @@ class Found:
     summary: str
 
 
-def replay(store: Store, server_id: int, server: str, start: float, end: float) -> list[Found]:
+def replay(
+    store: StoreProtocol, server_id: int, server: str, start: float, end: float
+) -> list[Found]:
     """Detect over the stored intervals of [start, end]; the incidents opened in that span."""
     known = {s.incident.id for s in store.incidents(server_id, limit=10_000)}
     monitor = Monitor(store, server_id, server, Detector())

@@ -8,7 +8,7 @@ below). Code that only needs one concept can take the narrower protocol.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -181,7 +181,7 @@ class OtherStore(Protocol):
 
     def close(self) -> None: ...
 
-    def __enter__(self) -> Store: ...
+    def __enter__(self) -> StoreProtocol: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
@@ -293,6 +293,7 @@ class StoreProtocol(
 
     path: Path
     location: str
+    clock: Callable[[], float]  # the store's clock (POSIX seconds), as its writes stamp rows
 
     @property
     def engine(self) -> str: ...

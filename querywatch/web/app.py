@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..errors import QuerywatchError, StoreError
 from ..store import Store
+from ..store.protocol import StoreProtocol
 from . import docsite, routes, templates, views
 
 log = logging.getLogger("querywatch.web")
@@ -46,7 +47,7 @@ SECURITY_HEADERS = {
 
 
 def create_app(
-    store: Store | str | Path,
+    store: StoreProtocol | str | Path,
     *,
     token: str = "",
     loopback: bool = True,
@@ -57,8 +58,8 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app over ``store`` (a Store, or the path of one to open for the app's lifetime);
     the documentation site built in ``docs_site`` is served at /docs/."""
-    owned = not isinstance(store, Store)
-    opened = store if isinstance(store, Store) else Store(store, create=False)
+    owned = isinstance(store, (str, Path))
+    opened = Store(store, create=False) if isinstance(store, (str, Path)) else store
     site = views.Site(opened, clock, advice)
 
     @asynccontextmanager

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..model import Counters, IncidentState
-from ..store import Store
+from ..store.protocol import StoreProtocol
 from ..store.sqlite import Server
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,7 +54,7 @@ class StoreCollector(Collector):
 
     def __init__(
         self,
-        store: Store,
+        store: StoreProtocol,
         clock: Callable[[], float],
         window_s: float = WINDOW_S,
         top: int = TOP,
@@ -78,7 +78,7 @@ class StoreCollector(Collector):
         yield from _store_families(self.store)
 
 
-def labelled(store: Store, servers: list[Server], cap: int = MAX_SERVERS) -> frozenset[str]:
+def labelled(store: StoreProtocol, servers: list[Server], cap: int = MAX_SERVERS) -> frozenset[str]:
     """The servers labelled by name: those with a firing incident first, then by name, at most
     ``cap``; every other server is ``other``."""
     firing = {
@@ -99,7 +99,7 @@ def render(collector: StoreCollector) -> bytes:
 
 
 def _statement_families(
-    store: Store,
+    store: StoreProtocol,
     servers: list[Server],
     named: frozenset[str],
     now: float,
@@ -151,7 +151,7 @@ class _Folded:
         self.servers = 0
         self.db_time = self.calls = self.rows = self.exec_ms = 0.0
 
-    def add(self, store: Store, srv: Server, now: float, window_s: float) -> None:
+    def add(self, store: StoreProtocol, srv: Server, now: float, window_s: float) -> None:
         start = now - window_s
         totals = store.fingerprint_totals(srv.id, start, now, RAW_STEP)
         seconds = sum(store.seconds_covered(srv.id, start, now, RAW_STEP).values())
@@ -178,7 +178,7 @@ class _Folded:
 
 
 def _add_statements(
-    f: _Statements, store: Store, srv: Server, now: float, window_s: float, top: int
+    f: _Statements, store: StoreProtocol, srv: Server, now: float, window_s: float, top: int
 ) -> None:
     start = now - window_s
     totals = store.fingerprint_totals(srv.id, start, now, RAW_STEP)
@@ -208,7 +208,7 @@ def _label(query: str) -> str:
 
 
 def _incident_families(
-    store: Store, servers: list[Server], named: frozenset[str]
+    store: StoreProtocol, servers: list[Server], named: frozenset[str]
 ) -> Iterator[GaugeMetricFamily]:
     names = {s.id: _as(named, s.name) for s in servers}
     counts = {(names[s.id], state.value): 0 for s in servers for state in IncidentState}
@@ -322,7 +322,7 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _store_families(store: Store) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+def _store_families(store: StoreProtocol) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
     yield GaugeMetricFamily(
         "querywatch_store_size_bytes", "Size of the history store file.", store.size_bytes()
     )

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from ..docs import DEFAULT_BASE, DOCS_PATH
 from ..errors import InputError
-from ..store import Store
+from ..store.protocol import StoreProtocol
 from . import templates, views
 from .app import STATIC
 
@@ -19,7 +19,7 @@ ICON_LINK = '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
 
 
 def render_incident_report(
-    store: Store,
+    store: StoreProtocol,
     incident_id: str,
     clock: Callable[[], float] = time.time,
     docs_base: str = DEFAULT_BASE,

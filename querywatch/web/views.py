@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..model import Counters, IncidentState
 from ..monitor import Monitor
 from ..report import diagnosis_to_json
-from ..store import Store
+from ..store.protocol import StoreProtocol
 from ..store.series import Series
 from ..store.sqlite import Server, StoredIncident
 from . import health as health_rules
@@ -61,7 +61,7 @@ NO_SERVER = Server(0, "", "", "")
 class Site:
     """What the views read: the store, the clock, and optional providers of later features."""
 
-    store: Store
+    store: StoreProtocol
     clock: Callable[[], float]
     advice: AdviceProvider | None = None
 
