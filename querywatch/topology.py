@@ -337,9 +337,10 @@ class TopologyMonitor:
                 self._failover(event, node, defer=True)
             elif event.kind == rp.UNREACHABLE:
                 self._gone(event)
-            elif event.kind == rp.REACHABLE and self._down is not None and not moved:
-                summary = f"{self.server_name} {event.detail} at {clock(event.at)}"
-                self._resolve(self._down, event, summary)
+            elif event.kind == rp.REACHABLE and self._down is not None:
+                if not moved:  # the same server back (a DSN now reaching another says nothing)
+                    summary = f"{self.server_name} {event.detail} at {clock(event.at)}"
+                    self._resolve(self._down, event, summary)
                 self._down = None
 
     def _failover(self, event: TopologyEvent, node: NodeState, *, defer: bool) -> None:

@@ -123,6 +123,12 @@ def test_failover_paged_once_and_resolved_once_the_new_topology_holds(fleet: Fle
     settled = [e for e in fleet.store.topology_events() if e.kind == rp.SETTLED]
     assert [(e.server, e.at) for e in settled] == [("db-2", T0 + 4)]
     assert [i.kind for i in fleet.store.topology_incidents()] == ["server_unreachable"]
+    db.judge(down("db", 5), [])  # now the new primary goes: db pages it (db-1 is still down)
+    db2.judge(down("db-2", 5), [])
+    assert fleet.pages()[3:] == [
+        ("firing", "server_unreachable", f"primary db-2 unreachable since {_clock(5)}")
+    ]
+    assert fleet.receiver.bodies()[3]["diagnosis"]["server"] == "db"  # seen first by db
 
 
 def test_two_primaries_keep_the_failover_open_until_the_old_one_follows(fleet: Fleet) -> None:
