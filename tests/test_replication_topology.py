@@ -180,6 +180,24 @@ def test_a_restarted_watcher_goes_on_with_its_open_pages(fleet: Fleet) -> None:
     assert fleet.store.topology_incidents() == []
 
 
+def test_a_failover_open_across_a_restart_resolves_once(fleet: Fleet) -> None:
+    db1, db2 = fleet.monitor("db-1"), fleet.monitor("db-2")
+    db1.judge(at(PRIMARY, 0), [])
+    db2.judge(at(REPLICA, 0), [])
+    db1.judge(down("db-1", 1), [])
+    db2.judge(at(REPLICA, 1, **PROMOTED), [])
+    again = fleet.monitor("db-2")  # restarted right after the page
+    for t in (2, 3, 4):
+        db1.judge(down("db-1", t), [])
+        again.judge(at(REPLICA, t, **PROMOTED), [])
+    assert [p[:2] for p in fleet.pages()] == [
+        ("firing", "server_unreachable"),
+        ("firing", "failover"),
+        ("resolved", "failover"),
+    ]
+    assert fleet.ids()[1] == fleet.ids()[2]
+
+
 def test_one_lag_seen_by_the_primary_and_by_the_replica_pages_once(fleet: Fleet) -> None:
     db1, db2, db = fleet.monitor("db-1"), fleet.monitor("db-2"), fleet.monitor("db")
     db2.judge(at(REPLICA, 0), [])  # db-2 is watched: db-1's row of it is named db-2
