@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from ..source.fetch import records
 from .records import IndexFact, TableFact
 
 _TABLE_COLUMNS = """
@@ -71,56 +72,22 @@ JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname
 """
 
 
-def _table(row: dict[str, Any]) -> TableFact:
-    return TableFact(
-        schema=row["schema"],
-        table=row["table"],
-        rows=float(row["rows"]),
-        pages=int(row["pages"]),
-        columns=tuple(row["columns"]),
-        live_rows=int(row["live_rows"]),
-        modified_since_analyze=int(row["modified_since_analyze"]),
-        analyzed=bool(row["analyzed"]),
-        seq_scans=int(row["seq_scans"]),
-        idx_scans=int(row["idx_scans"]),
-        writes=int(row["writes"]),
-        rows_read=int(row["rows_read"]),
-    )
-
-
 def tables(cur: psycopg.Cursor[Any], names: Sequence[str]) -> list[TableFact]:
     if not names:
         return []
     cur.execute(TABLES, {"names": list(names)})
-    return [_table(r) for r in cur.fetchall()]
+    return records(TableFact, cur.fetchall())
 
 
 def all_tables(cur: psycopg.Cursor[Any]) -> list[TableFact]:
     cur.execute(ALL_TABLES)
-    return [_table(r) for r in cur.fetchall()]
+    return records(TableFact, cur.fetchall())
 
 
 def indexes(cur: psycopg.Cursor[Any], names: Sequence[str] | None = None) -> list[IndexFact]:
     """Existing indexes of the named tables (all user tables when None)."""
     cur.execute(INDEXES, {"names": list(names) if names is not None else None})
-    return [
-        IndexFact(
-            schema=r["schema"],
-            table=r["table"],
-            name=r["name"],
-            keys=tuple(r["keys"]),
-            method=r["method"],
-            valid=r["valid"],
-            unique=r["unique"],
-            primary=r["primary"],
-            partial=r["partial"],
-            constraint=r["constraint"],
-            scans=int(r["scans"]),
-            bytes=int(r["bytes"]),
-            predicate=r["predicate"],
-        )
-        for r in cur.fetchall()
-    ]
+    return records(IndexFact, cur.fetchall())
 
 
 def distinct_values(cur: psycopg.Cursor[Any], names: Sequence[str]) -> dict[tuple[str, str], float]:

@@ -19,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..errors import CapabilityError
 from ..replication import NodeState, ReplicaState, SlotState
+from .fetch import record, records
 from .postgres import PostgresSource
 from .queries import MARKER
 
@@ -156,35 +157,12 @@ def read_replicas(source: PostgresSource, server: str, at: float) -> list[Replic
     for row, name in zip(rows, names, strict=True):
         if names.count(name) > 1:
             name = f"{name}@{row['client_addr']}:{row['client_port']}"
-        replicas.append(
-            ReplicaState(
-                server=server,
-                name=name,
-                application_name=str(row["application_name"]),
-                client_addr=str(row["client_addr"]),
-                state=str(row["state"]),
-                sync_state=str(row["sync_state"]),
-                replay_lag_s=_float(row["replay_lag_s"]),
-                replay_lag_bytes=_float(row["replay_lag_bytes"]),
-                at=at,
-            )
-        )
+        replicas.append(record(ReplicaState, row, server=server, name=name, at=at))
     return replicas
 
 
 def read_slots(source: PostgresSource, server: str, at: float) -> list[SlotState]:
-    return [
-        SlotState(
-            server=server,
-            slot_name=str(r["slot_name"]),
-            slot_type=str(r["slot_type"]),
-            active=bool(r["active"]),
-            retained_bytes=_float(r["retained_bytes"]),
-            wal_status=str(r["wal_status"]),
-            at=at,
-        )
-        for r in source.fetch(SLOTS)
-    ]
+    return records(SlotState, source.fetch(SLOTS), server=server, at=at)
 
 
 def _float(value: Any) -> float | None:
