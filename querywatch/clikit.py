@@ -44,7 +44,10 @@ DsnsOpt = Annotated[
     ),
 ]
 StoreOpt = Annotated[
-    str | None, typer.Option("--store", help=help_text("store", "history store file"))
+    str | None,
+    typer.Option(
+        "--store", help=help_text("store", "history store: a SQLite file or a postgresql:// URL")
+    ),
 ]
 ServerOpt = Annotated[
     str | None,
@@ -112,7 +115,7 @@ def open_source(cfg: Settings, dsn: str | None = None) -> PostgresSource:
 def open_store(cfg: Settings, create: bool = True) -> StoreProtocol:
     """The store at ``cfg.store`` with the configured retention."""
     retention = Retention(cfg.retention_raw, cfg.retention_minute, cfg.retention_hour)
-    return Store(cfg.store, retention=retention, create=create)
+    return Store(cfg.store, retention=retention, create=create, pool_size=cfg.store_pool_size)
 
 
 def pick_server(st: StoreProtocol, cfg: Settings) -> Server:

@@ -473,4 +473,4 @@ def _tagged(on: bool) -> Iterator[None]:
 def _dashboard(cfg: Settings) -> WebServer:
     from .web import start_in_thread  # the web stack loads only when asked for
 
-    return start_in_thread(cfg.store, cfg.host, cfg.port, cfg.token)
+    return start_in_thread(cfg.store, cfg.host, cfg.port, cfg.token, pool_size=cfg.store_pool_size)

@@ -30,6 +30,7 @@ from .errors import ConfigError, InputError
 CONFIG_FILE = "querywatch.toml"
 ENV_PREFIX = "QUERYWATCH_"
 README_MARKER = "<!-- settings table: python -m querywatch.settings --readme README.md -->"
+POOL_SIZE_MAX = 64  # connections of a PostgreSQL store's pool
 
 T = TypeVar("T")
 
@@ -82,11 +83,19 @@ def _url(name: str, value: Any) -> str:
     return text
 
 
+def _pool_size(name: str, value: Any) -> int:
+    text = "" if isinstance(value, bool) or not isinstance(value, int | str) else str(value).strip()
+    if not re.fullmatch(r"\d{1,3}", text) or not 1 <= int(text) <= POOL_SIZE_MAX:
+        raise ConfigError(f"{name}: {value!r} is not a whole number from 1 to {POOL_SIZE_MAX}")
+    return int(text)
+
+
 TEXT = Kind("text", _text, str)
 URL = Kind("URL", _url, str)
 DURATION = Kind("duration", _duration, human)
 COUNT = Kind("whole number", _count, str)
 PORT = Kind("TCP port", _port, str)
+POOL_SIZE = Kind("whole number 1-64", _pool_size, str)
 
 _DECLARED = "querywatch.setting"  # the key of a setting's declaration in its field's metadata
 
@@ -126,7 +135,12 @@ class Settings:
     dsn: str = setting(
         "", TEXT, "the monitored server (libpq conninfo or URI)", shown="libpq's PG* variables"
     )
-    store: str = setting("querywatch.db", TEXT, "the SQLite history store (WAL mode)")
+    store: str = setting(
+        "querywatch.db", TEXT, "the history store: a SQLite file (WAL mode) or a postgresql:// URL"
+    )
+    store_pool_size: int = setting(
+        4, POOL_SIZE, "connections each process may open to a PostgreSQL store"
+    )
     server_name: str = setting("", TEXT, "the server's name in the store", shown="from the DSN")
     interval: float = setting(10.0, DURATION, "time between snapshots")
     activity_interval: float = setting(1.0, DURATION, "time between pg_stat_activity samples")

@@ -75,6 +75,7 @@ SAMPLES = {
     "duration": ("7s", 7.0),
     "whole number": ("7", 7),
     "TCP port": ("7", 7),
+    "whole number 1-64": ("7", 7),
     "URL": ("https://qw.example.com/docs/", "https://qw.example.com/docs/"),
 }
 BAD = {
@@ -82,6 +83,7 @@ BAD = {
     "duration": "soon",
     "whole number": "many",
     "TCP port": 70000,
+    "whole number 1-64": 65,
     "URL": "qw.example.com/docs",
 }
 
@@ -98,7 +100,7 @@ def test_table_lists_every_setting_once(capsys: pytest.CaptureFixture[str]) -> N
     settings.main(["--markdown"])
     rows = capsys.readouterr().out.splitlines()[2:]
     assert [row.split("|")[1].strip(" `") for row in rows] == [s.name for s in settings.SETTINGS]
-    assert len(rows) == 14
+    assert len(rows) == 15
 
 
 def test_regenerating_replaces_only_the_table(tmp_path: Path) -> None:

@@ -39,7 +39,6 @@ from .sqlite import ENGINES, Store
 
 log = logging.getLogger("querywatch.store.postgres")
 
-POOL_MAX = 4
 CONNECT_TIMEOUT_S = 5
 
 
@@ -142,7 +141,7 @@ class PgStore(Store):
         self._pool: ConnectionPool[Any] = ConnectionPool(
             self.dsn,
             min_size=1,
-            max_size=POOL_MAX,
+            max_size=self.pool_size,
             kwargs={
                 "autocommit": True,
                 "cursor_factory": psycopg.ClientCursor,

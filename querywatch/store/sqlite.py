@@ -67,6 +67,7 @@ log = logging.getLogger("querywatch.store")
 
 
 ENGINES: dict[str, type[Store]] = {}  # other engines, registered by their modules (postgres)
+POOL_SIZE = 4  # connections of a PostgreSQL store's pool by default (setting store_pool_size)
 
 
 class Store(
@@ -102,8 +103,10 @@ class Store(
         retention: Retention | None = None,
         create: bool = True,
         clock: Any = time.time,
+        pool_size: int = POOL_SIZE,
     ) -> None:
         self.path = Path(path)
+        self.pool_size = pool_size  # connections of the PostgreSQL engine's pool (store_pool_size)
         self.retention = retention or Retention()
         self.clock = clock
         self._statement_ids: dict[int, dict[StatementKey, int]] = {}

@@ -28,6 +28,7 @@ from .. import __version__
 from ..errors import QuerywatchError, StoreError
 from ..store import Store
 from ..store.protocol import StoreProtocol
+from ..store.sqlite import POOL_SIZE
 from . import docsite, routes, templates, views
 
 log = logging.getLogger("querywatch.web")
@@ -55,11 +56,14 @@ def create_app(
     advice: views.AdviceProvider | None = None,
     allowed_hosts: Sequence[str] | None = None,
     docs_site: Path = docsite.SITE,
+    pool_size: int = POOL_SIZE,
 ) -> FastAPI:
     """The ASGI app over ``store`` (a Store, or the path of one to open for the app's lifetime);
     the documentation site built in ``docs_site`` is served at /docs/."""
     owned = isinstance(store, (str, Path))
-    opened = Store(store, create=False) if isinstance(store, (str, Path)) else store
+    opened = (
+        Store(store, create=False, pool_size=pool_size) if isinstance(store, (str, Path)) else store
+    )
     site = views.Site(opened, clock, advice)
 
     @asynccontextmanager

@@ -30,7 +30,7 @@ def serve(
 
     cfg = load_settings(store=store, host=host, port=port, token=token)
     setup_logging()
-    run_server(cfg.store, cfg.host, cfg.port, cfg.token)
+    run_server(cfg.store, cfg.host, cfg.port, cfg.token, cfg.store_pool_size)
 
 
 def register(app: typer.Typer) -> None:

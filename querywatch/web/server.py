@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from ..errors import ConfigError
+from ..store.sqlite import POOL_SIZE
 from . import docsite
 from .app import create_app
 
@@ -72,11 +73,16 @@ class _Server(uvicorn.Server):
 
 
 def _server(
-    store_path: str | Path, host: str, token: str, docs_site: Path | None = None
+    store_path: str | Path,
+    host: str,
+    token: str,
+    docs_site: Path | None = None,
+    pool_size: int = POOL_SIZE,
 ) -> uvicorn.Server:
     loopback = is_loopback(host)
     app = create_app(
         store_path,
+        pool_size=pool_size,
         token=token,
         loopback=loopback,
         allowed_hosts=LOOPBACK_NAMES if loopback else None,  # DNS rebinding
@@ -86,10 +92,12 @@ def _server(
     return _Server(config)
 
 
-def serve(store_path: str | Path, host: str, port: int, token: str) -> None:
+def serve(
+    store_path: str | Path, host: str, port: int, token: str, pool_size: int = POOL_SIZE
+) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles them and returns)."""
     check_bind(host, token)
-    server = _server(store_path, host, token)
+    server = _server(store_path, host, token, pool_size=pool_size)
     sock = listen(host, port)
     log.info("serving %s on http://%s:%d/", store_path, _url_host(host), sock.getsockname()[1])
     server.run(sockets=[sock])
@@ -114,12 +122,17 @@ class WebServer:
 
 
 def start_in_thread(
-    store_path: str | Path, host: str, port: int, token: str, docs_site: Path | None = None
+    store_path: str | Path,
+    host: str,
+    port: int,
+    token: str,
+    docs_site: Path | None = None,
+    pool_size: int = POOL_SIZE,
 ) -> WebServer:
     """Start serving in a daemon thread (port 0 picks a free port); returns once it listens.
     ``docs_site``: a built documentation site to serve at /docs/ instead of the package's."""
     check_bind(host, token)
-    server = _server(store_path, host, token, docs_site)
+    server = _server(store_path, host, token, docs_site, pool_size)
     sock = listen(host, port)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="querywatch-web", daemon=True
