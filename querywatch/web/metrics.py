@@ -324,7 +324,9 @@ def _number(value: object) -> float:
 
 def _store_families(store: StoreProtocol) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
     yield GaugeMetricFamily(
-        "querywatch_store_size_bytes", "Size of the history store file.", store.size_bytes()
+        "querywatch_store_size_bytes",
+        "Size of the history store (its SQLite file, or its PostgreSQL tables).",
+        store.size_bytes(),
     )
     deploys = store.deploys()
     yield CounterMetricFamily(
