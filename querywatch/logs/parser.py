@@ -88,7 +88,34 @@ _VALUE = re.compile(  # a quote, digit or $ first: the engine skips other bytes 
     rb"['\d$](?:(?<=')[^']*'|(?<=\$)\d+"
     rb"|(?<=\d)(?<![\w$.\x80-\xff]\d)[\d.]*(?:[eE][-+]?\d+)?)"
 )
-_IN_LIST = re.compile(rb"\b(?i:in)\s*\(\s*\x00(?:\s*,\s*\x00)*\s*\)")
+# A parenthesized list of masked values; an IN list when ``in`` (a word) and spaces lead to it.
+# Searched from its "(" (a literal first: the engine jumps to it) and checked backwards, which is
+# 4x cheaper than a pattern led by ``\b(?i:in)`` (i and n are everywhere in SQL).
+_VALUE_LIST = re.compile(rb"\(\s*\x00(?:\s*,\s*\x00)*\s*\)")
+_SPACE = frozenset(b" \t\n\r\f\v")  # \s of a bytes pattern
+_WORD = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")  # \w
+
+
+def _in_lists(masked: bytes) -> bytes:
+    """Each ``IN (\x00, \x00...)`` (any case, any spaces) of masked text as one ``\x04``."""
+    parts: list[bytes] = []
+    last = 0
+    for m in _VALUE_LIST.finditer(masked):
+        j = m.start()
+        while j > last and masked[j - 1] in _SPACE:
+            j -= 1
+        if (
+            j - 2 >= last
+            and masked[j - 2 : j].lower() == b"in"
+            and (j == 2 or masked[j - 3] not in _WORD)
+        ):
+            parts.append(masked[last : j - 2])
+            parts.append(b"\x04")
+            last = m.end()
+    if not parts:
+        return masked
+    parts.append(masked[last:])
+    return b"".join(parts)
 
 
 def shape_key(text: bytes) -> bytes:
@@ -112,7 +139,7 @@ def shape_key(text: bytes) -> bytes:
     else:
         masked = _VALUE.sub(b"\x00", text)
     if b"\x00, \x00" in masked or b"\x00,\x00" in masked:  # a list of values, maybe IN (...)
-        masked = _IN_LIST.sub(b"\x04", masked)
+        masked = _in_lists(masked)
     return masked
 
 

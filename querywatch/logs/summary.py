@@ -62,7 +62,11 @@ _EXECUTE = frozenset({b"execute ", b"EXECUTE ", b"Execute "})
 _log2 = math.log2
 _floor = math.floor
 _FAST_CACHE_MAX = 50_000
-_EXACT_MAX = 20_000  # texts seen as they are (a few MB at most)
+_EXACT_MAX = 20_000  # texts seen as they are, in two generations of half (a few MB at most)
+_ZEROED_MAX = 20_000  # texts with their digits made 0, the same
+# Digits 1-9 made 0: texts that differ only in their numbers share their shape key when every
+# digit is inside a value (`id = 12` and `id = 345`; not `t1` and `t2`): see _by_shape.
+_ZERO = bytes.maketrans(b"123456789", b"000000000")
 
 
 def summarize(
@@ -180,8 +184,14 @@ class Summary:
         self.first: datetime | None = None
         self.last: datetime | None = None
         self._fast: dict[bytes, tuple[_Stats, bool, bytes]] = {}
+        # Two generations (young, old): when the young one is full it becomes the old one, so
+        # the texts in use stay (a cache emptied whole when full misses most of a working set
+        # a little larger than it).
         self._exact: dict[bytes, tuple[_Stats, bool, bytes]] = {}
-        self._cur_hour_ts: bytes = b""
+        self._exact_old: dict[bytes, tuple[_Stats, bool, bytes]] = {}
+        self._zeroed: dict[bytes, bytes] = {}  # text with digits 0 -> its shape key, b"" if none
+        self._zeroed_old: dict[bytes, bytes] = {}
+        self._cur_hour_ts: bytes = b"\xff"  # the hour's timestamp prefix; no timestamp's first
         self._cur_tz: bytes | None = None
         self._cur_hour = _Hour()
         self._span: list[Any] = []
@@ -282,17 +292,13 @@ class Summary:
         False (the line then comes as an event) while a log_statement text awaits its duration.
         """
         _, _, ms, phase, text, ts, tz = line
-        if assembler.pending or text[:8] in _EXECUTE:
-            return False  # EXECUTE's fingerprint is its PREPARE's, on the DETAIL line
+        if assembler.pending:
+            return False
         hit = self._exact.get(text)  # the same text again (parameters as $n): no masking
         if hit is None or hit[2] != phase:
-            key = phase + b"\x05" + shape_key(text)
-            hit = self._fast.get(key)
+            hit = self._exact_miss(text, phase, line, assembler)
             if hit is None:
-                hit = self._fast_miss(key, line, assembler)
-            if len(self._exact) >= _EXACT_MAX:
-                self._exact.clear()
-            self._exact[text] = hit
+                return False  # EXECUTE's fingerprint is its PREPARE's, on the DETAIL line
         stats, execution, _ = hit
         self._timed_lines += 1
         if not execution:
@@ -309,7 +315,7 @@ class Summary:
         b = _floor(_log2(ms) * _STEPS) if ms > 0 else -10_000
         buckets = stats.buckets
         buckets[b] = buckets.get(b, 0) + 1
-        if ts[:13] != self._cur_hour_ts or tz != self._cur_tz:
+        if not ts.startswith(self._cur_hour_ts) or tz != self._cur_tz:  # a new hour (13 bytes)
             self._cur_hour = self._fast_hour((ts[:13], tz), line, assembler)
             self._cur_hour_ts, self._cur_tz = ts[:13], tz
             self._fast_range.setdefault(tz, [ts, line, ts, line])
@@ -325,6 +331,46 @@ class Summary:
         if ms > self._slow_floor:
             self._keep_slow(assembler.statement(formats.entry_of(line), ms, None), ms)
         return True
+
+    def _exact_miss(
+        self, text: bytes, phase: bytes, line: formats.Timed, assembler: Any
+    ) -> tuple[_Stats, bool, bytes] | None:
+        """A text not in the young generation: from the old one, or by its shape."""
+        hit = self._exact_old.get(text)
+        if hit is None or hit[2] != phase:
+            if text[:8] in _EXECUTE:  # never cached
+                return None
+            key = phase + b"\x05" + self._by_shape(text)
+            hit = self._fast.get(key)
+            if hit is None:
+                hit = self._fast_miss(key, line, assembler)
+        exact = self._exact
+        if len(exact) >= _EXACT_MAX // 2:
+            self._exact_old = exact
+            exact = self._exact = {}
+        exact[text] = hit
+        return hit
+
+    def _by_shape(self, text: bytes) -> bytes:
+        """The shape key of a text (parser.shape_key), through the cache of its zeroed digits.
+
+        When no digit of the zeroed text is left unmasked, every digit of the text is inside a
+        value, and the masks see classes of bytes (digit, word, quote...) that zeroing keeps: any
+        text zeroed the same has the same key.
+        """
+        zeroed = text.translate(_ZERO)
+        key = self._zeroed.get(zeroed)
+        if key is None:
+            key = self._zeroed_old.get(zeroed)
+            if key is None:
+                key = shape_key(zeroed)
+                if b"0" in key:  # a digit outside the values (t1, "col2"): not shared
+                    key = b""
+            if len(self._zeroed) >= _ZEROED_MAX // 2:
+                self._zeroed_old = self._zeroed
+                self._zeroed = {}
+            self._zeroed[zeroed] = key
+        return key or shape_key(text)
 
     def _fast_miss(
         self, key: bytes, line: formats.Timed, assembler: Any
