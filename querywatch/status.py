@@ -19,7 +19,7 @@ restarted, its statistics were reset, another server), the watcher stored a gap,
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,22 +27,13 @@ from typing import Any
 from .durations import human, iso
 from .fleet import FleetRow, ServerFacts, headline, sparkline
 from .model import IncidentState
+from .store.fleet import FleetServer, OpenIncident
 from .store.protocol import StoreProtocol
 
 OPEN_STATES = (IncidentState.PENDING.value, IncidentState.FIRING.value)
 ALL_TIME = (0.0, 1e18)
 SERVER_INFO = "server:"  # status key prefix: a server's labels, target and interval (watch)
 SPARK_BUCKETS = 30  # buckets of a fleet row's DB time sparkline
-
-
-@dataclass(frozen=True)
-class OpenIncident:
-    id: str
-    state: str
-    key: str
-    opened_at: float
-    fired_at: float | None
-    summary: str
 
 
 @dataclass(frozen=True)
@@ -90,10 +81,10 @@ def _server(
     collector = rows.get(f"collector:{name}", {})
     visibility = rows.get(f"visibility:{name}", {})
     info = rows.get(f"{SERVER_INFO}{name}", {})
-    labels = info.get("labels")
     gaps = Counter(g.reason.value for g in store.gaps(server_id, *ALL_TIME))
     incidents = tuple(
         OpenIncident(
+            server_id,
             s.incident.id,
             s.incident.state.value,
             s.incident.key,
@@ -116,13 +107,13 @@ def _server(
         last_error=str(collector.get("last_error") or ""),
         last_error_at=error_at,
         reconnects=int(collector.get("reconnects") or 0),
-        detector={k: v for k, v in rows.get(f"detector:{name}", {}).items() if k in DETECTOR},
+        detector=_detector(rows, name),
         open_incidents=incidents,
         visibility_note=str(visibility.get("note") or ""),
         visibility_fix=str(visibility.get("fix") or ""),
         stored_by=tuple(k for k in (f"collector:{name}", f"detector:{name}") if k in rows),
         server_id=server_id,
-        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        labels=_labels(info),
         interval_s=_number(info.get("interval_s")),
     )
 
@@ -131,45 +122,69 @@ def facts(
     store: StoreProtocol, now: float, span_s: float = 3600.0, buckets: int = SPARK_BUCKETS
 ) -> list[ServerFacts]:
     """Each server's facts for the fleet view (querywatch.fleet): its status and its DB time
-    per second over the last ``span_s`` in ``buckets`` buckets (a sparkline)."""
+    per second over the last ``span_s`` in ``buckets`` buckets (a sparkline). A few set-based
+    reads for the whole fleet (querywatch.store.fleet), none per server."""
     step = max(1.0, float(math.ceil(span_s / buckets)))
     start = math.floor(now / step) * step - (buckets - 1) * step
-    return [_facts(s, db_time(store, s.server_id, start, step, buckets)) for s in build(store)]
+    rows = store.status()
+    opened: dict[int, list[OpenIncident]] = defaultdict(list)
+    for incident in store.open_incidents():
+        opened[incident.server_id].append(incident)
+    spent = store.fleet_db_time(start, start + buckets * step, step)
+    return [
+        _facts(s, rows, opened[s.id], _spark(spent.get(s.id, {}), start, step, buckets))
+        for s in store.fleet_servers()
+    ]
 
 
-def _facts(s: ServerStatus, spark: list[float | None]) -> ServerFacts:
-    firing = [i for i in s.open_incidents if i.state == IncidentState.FIRING.value]
-    pending = [i for i in s.open_incidents if i.state != IncidentState.FIRING.value]
+def _facts(
+    s: FleetServer,
+    rows: Mapping[str, Mapping[str, Any]],
+    incidents: list[OpenIncident],
+    spark: list[float | None],
+) -> ServerFacts:
+    collector = rows.get(f"collector:{s.name}", {})
+    info = rows.get(f"{SERVER_INFO}{s.name}", {})
+    detector = _detector(rows, s.name)
+    last_success = _number(collector.get("last_success"))
+    firing = [i for i in incidents if i.state == IncidentState.FIRING.value]
+    pending = [i for i in incidents if i.state != IncidentState.FIRING.value]
     shown = next(iter(firing or pending), None)
     return ServerFacts(
         name=s.name,
-        labels=s.labels,
-        interval_s=s.interval_s,
+        labels=_labels(info),
+        interval_s=_number(info.get("interval_s")),
         intervals=s.intervals,
-        last_success=s.last_success,
-        last_error=s.last_error,
-        last_error_at=s.last_error_at,
+        last_success=last_success if last_success is not None else s.last_end,
+        last_error=str(collector.get("last_error") or ""),
+        last_error_at=_number(collector.get("last_error_at")),
         firing=len(firing),
         pending=len(pending),
-        learning=bool(s.detector.get("learning", True)) if s.detector else None,
+        learning=bool(detector.get("learning", True)) if detector else None,
         db_time=tuple(spark),
         incident=shown.id if shown else "",
         summary=shown.summary if shown else "",
     )
 
 
-def db_time(
-    store: StoreProtocol, server_id: int, start: float, step: float, buckets: int
+def _spark(
+    spent: Mapping[float, list[float]], start: float, step: float, buckets: int
 ) -> list[float | None]:
     """DB time (ms per second of collected time) per bucket from ``start``; None: no data."""
-    sums, seconds = store.db_time(server_id, start, start + buckets * step, step)
     out: list[float | None] = []
     for n in range(buckets):
-        bucket = start + n * step
-        covered = seconds.get(bucket, 0.0)
-        spent = sum(pair[1] for pair in sums.get(bucket, {}).values())
-        out.append(round(spent / covered, 3) if covered > 0 else None)
+        ms, covered = spent.get(start + n * step, (0.0, 0.0))
+        out.append(round(ms / covered, 3) if covered > 0 else None)
     return out
+
+
+def _detector(rows: Mapping[str, Mapping[str, Any]], name: str) -> dict[str, Any]:
+    return {k: v for k, v in rows.get(f"detector:{name}", {}).items() if k in DETECTOR}
+
+
+def _labels(info: Mapping[str, Any]) -> dict[str, str]:
+    labels = info.get("labels")
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
 DETECTOR = ("learning", "baseline", "learning_reason", "baseline_intervals", "updated_at")

@@ -11,6 +11,7 @@ The ``Store`` is assembled from one mixin per concept, each in the module named 
 ``plans``              plans per fingerprint
 ``status``             the status board
 ``leases``             owner leases (which watcher collects which server)
+``fleet``              every server's figures at once (the fleet page)
 =====================  ===================================================================
 
 and thin methods over ``snapshots``, ``longrun``, ``dbtime``, ``kcache``, ``outbox``,

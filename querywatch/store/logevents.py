@@ -27,6 +27,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import bucket_time
 from .db import Connection
 from .rollup import HOUR, MINUTE
 
@@ -160,6 +161,9 @@ def save(conn: Connection, server_id: int, batch: Batch, now: float) -> Written:
             continue
         _save_bucket(conn, server_id, bucket, marks)
         written += 1
+    if written:  # buckets folded behind the marks: their DB time (store.bucket_time)
+        starts = [b.start for b in batch.buckets]
+        bucket_time.refresh_server(conn, server_id, (min(starts) // HOUR) * HOUR, max(starts) + 1)
     if batch.ranges:
         _merge_ranges(conn, server_id, batch.ranges)
     return Written(written, skipped, events)

@@ -33,7 +33,7 @@ from ..replication import (
     TopologyIncident,
 )
 from ..source.kcache import CpuUsage, KcacheUsage
-from . import dbtime, logevents
+from . import dbtime, fleet, logevents
 from .incidents import StoredIncident
 from .intervals import TopRow
 from .leases import Lease
@@ -176,6 +176,16 @@ class LeasesStore(Protocol):
     def leases(self) -> list[Lease]: ...
 
 
+class FleetStore(Protocol):
+    """Every server's figures at once, for the fleet page."""
+
+    def fleet_servers(self) -> list[fleet.FleetServer]: ...
+
+    def open_incidents(self) -> list[fleet.OpenIncident]: ...
+
+    def fleet_db_time(self, start: float, end: float, step: float) -> fleet.DbTime: ...
+
+
 class OtherStore(Protocol):
     """Snapshots, long-run baselines, kcache, outbox, replication, logs; opening and closing."""
 
@@ -286,6 +296,7 @@ class StoreProtocol(
     PlansStore,
     StatusStore,
     LeasesStore,
+    FleetStore,
     OtherStore,
     Protocol,
 ):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import bucket_time
 from .db import Connection
 from .schema import COUNTER_COLUMNS
 
@@ -101,6 +102,7 @@ def roll_up(conn: Connection, now: float) -> None:
     if minute_end > done:
         conn.execute(ROLL_RAW, (done, minute_end))
         conn.execute(ROLL_RAW_SECONDS, (done, minute_end))
+        bucket_time.refresh_rolled(conn, MINUTE, done, minute_end)
         conn.execute(SET_MARK, ("rollup_minute", repr(minute_end)))
     # An interval is in the minute bucket its start falls in, but is rolled up once it has ended:
     # fold an hour only when no interval that started in it can still arrive.
@@ -109,6 +111,7 @@ def roll_up(conn: Connection, now: float) -> None:
     if hour_end > done_h:
         conn.execute(ROLL_MINUTES, (done_h, hour_end))
         conn.execute(ROLL_MINUTE_SECONDS, (done_h, hour_end))
+        bucket_time.refresh(conn, HOUR, done_h, hour_end)
         conn.execute(SET_MARK, ("rollup_hour", repr(hour_end)))
 
 
@@ -199,3 +202,4 @@ def roll_server(
         src_hour = dst_hour
     conn.execute(_ONE_SERVER_MINUTES, (src_hour, dst_hour, server_id))
     conn.execute(_ONE_SERVER_MINUTE_SECONDS, (src_hour, dst_hour, server_id))
+    bucket_time.refresh_server(conn, server_id)

@@ -444,6 +444,17 @@ SERVER_KEYS = ";".join(
     )
 )
 
+# Each server's DB time per rollup bucket (querywatch.store.bucket_time), for the fleet's
+# sparklines: one row per server and bucket instead of one per statement; existing buckets filled.
+BUCKET_DB_TIME = """
+ALTER TABLE rollup_buckets ADD COLUMN exec_us INTEGER NOT NULL DEFAULT 0;
+UPDATE rollup_buckets SET exec_us = coalesce((
+    SELECT sum(r.exec_us) FROM rollups r
+    JOIN statements s ON s.server_id = r.server_id AND s.id = r.statement_id
+    WHERE r.server_id = rollup_buckets.server_id AND r.resolution = rollup_buckets.resolution
+        AND r.bucket = rollup_buckets.bucket AND s.toplevel = 1 AND s.own = 0), 0)
+"""
+
 MIGRATIONS: tuple[str, ...] = (
     V1,
     V2,
@@ -457,5 +468,6 @@ MIGRATIONS: tuple[str, ...] = (
     REPLICATION,
     TOPOLOGY_INCIDENTS,
     SERVER_KEYS,
+    BUCKET_DB_TIME,
 )
 LATEST = len(MIGRATIONS)

@@ -42,6 +42,7 @@ from . import (
 )
 from .db import Connection
 from .deploys import DeploysMixin
+from .fleet import FleetMixin
 from .incidents import IncidentsMixin
 from .incidents import StoredIncident as StoredIncident
 from .intervals import IntervalsMixin
@@ -79,6 +80,7 @@ class Store(
     StatusMixin,
     LeasesMixin,
     StatementsMixin,
+    FleetMixin,
 ):
     """All reads and writes of querywatch's history. Open one per process.
 
