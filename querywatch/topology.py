@@ -61,6 +61,7 @@ log = logging.getLogger("querywatch.topology")
 STATUS = "replication:"  # status key prefix: a server's role, replicas and findings
 Status = Literal["firing", "resolved"]
 PAGED = frozenset({rp.PROMOTED, rp.IDENTITY, rp.MOVED})  # events that page as a failover
+DEFER_SAMPLES = 3  # samples an alias's failover waits for the server's own watcher, at most
 STALE_SAMPLES = 5  # a view that made no sample for this many intervals hands its lag page over
 
 
@@ -97,7 +98,7 @@ class TopologyMonitor:
         self._lagging: dict[str, TopologyIncident] = {}  # lag pages this view opened
         self._joined: dict[str, TopologyIncident] = {}  # lag pages another view opened
         self._down: TopologyIncident | None = None  # the page of this server unreachable
-        self._deferred: list[tuple[TopologyEvent, NodeState]] = []  # an alias's failovers
+        self._deferred: list[tuple[TopologyEvent, NodeState, int]] = []  # an alias's failovers
         self._stable = 0  # samples in a row the new topology of an open failover held
         self._pages: list[Page] = []
         self.findings: list[Finding] = []
@@ -328,13 +329,13 @@ class TopologyMonitor:
     # -- failover and a primary gone --------------------------------------------------------------------
     def _incidents(self, events: Sequence[TopologyEvent], node: NodeState) -> None:
         deferred, self._deferred = self._deferred, []
-        for event, seen in deferred:  # held back one sample: the server's own watcher has paged
-            self._failover(event, seen, defer=False)
+        for event, seen, waited in deferred:
+            self._failover(event, seen, waited=waited + 1)
         moved = any(e.kind in (rp.MOVED, rp.IDENTITY) for e in events)
         for event in events:
             log.warning("%s: %s (%s)", event.server, event.detail, event.kind)
             if event.kind in PAGED and not (moved and event.kind == rp.PROMOTED):
-                self._failover(event, node, defer=True)
+                self._failover(event, node)
             elif event.kind == rp.UNREACHABLE:
                 self._gone(event)
             elif event.kind == rp.REACHABLE and self._down is not None:
@@ -343,13 +344,17 @@ class TopologyMonitor:
                     self._resolve(self._down, event, summary)
                 self._down = None
 
-    def _failover(self, event: TopologyEvent, node: NodeState, *, defer: bool) -> None:
+    def _failover(self, event: TopologyEvent, node: NodeState, waited: int = 0) -> None:
         """Open the cluster's failover page. A DSN that now reaches a server watched under
-        another name waits one sample, so that server's own page (it was promoted) goes first."""
+        another name waits until that server's watcher has sampled it since (``DEFER_SAMPLES``
+        of its own samples at most), so that server's own page ("replica db-2 promoted") goes
+        first and this one joins it."""
         owner = self._owner(node)
-        if defer and owner != self.server_id:
-            self._deferred.append((event, node))
-            return
+        if owner != self.server_id and waited < DEFER_SAMPLES:
+            last = self.store.node_state(owner)
+            if last is None or last.at < event.at:
+                self._deferred.append((event, node, waited))
+                return
         summary = rp.failover_summary(event, node.role, self._peers(node))
         candidate = TopologyIncident(
             server_id=owner,

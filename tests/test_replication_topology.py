@@ -96,8 +96,8 @@ def test_failover_paged_once_and_resolved_once_the_new_topology_holds(fleet: Fle
     db.judge(at(PRIMARY, 0, "db"), [])  # a multi-host DSN: db-1 for now
     db1.judge(down("db-1", 1), [])
     db.judge(down("db", 1), [])  # it lost db-1 too: the same server gone, one page
+    db.judge(at(REPLICA, 2, "db", **PROMOTED), [])  # db reaches db-2 before db-2's own sample
     db2.judge(at(REPLICA, 2, **PROMOTED), [])
-    db.judge(at(REPLICA, 2, "db", **PROMOTED), [])  # db now reaches db-2
     assert fleet.pages() == [
         ("firing", "server_unreachable", f"primary db-1 unreachable since {_clock(1)}"),
         (
