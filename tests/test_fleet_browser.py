@@ -5,34 +5,16 @@ No request leaves 127.0.0.1 and the browser logs no error. Screenshots go to tes
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import missing
+from browser import browser_fixture, shot, watched_tab  # noqa: F401 (a fixture)
 from fleetstore import SERVERS, fill
 
 from querywatch.web import WebServer, start_in_thread
-
-CHROMIUM = Path(os.environ.get("QUERYWATCH_CHROMIUM", "/usr/lib/chromium/chromium"))
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-
-
-def shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"web-{name}.png"), full_page=True)
 
 
 @pytest.fixture(scope="module")
@@ -44,35 +26,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     handle.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        missing(f"chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser: Any, server: WebServer) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = context.new_page()
-    outside: list[str] = []
-    errors: list[str] = []
-    tab.on("request", lambda r: _outside(outside, r.url, server))
-    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    tab.on("pageerror", lambda e: errors.append(str(e)))
-    yield tab
-    context.close()
-    assert outside == [], f"requests left 127.0.0.1: {outside}"
-    assert errors == [], f"browser errors: {errors}"
-
-
-def _outside(found: list[str], url: str, server: WebServer) -> None:
-    if not (url.startswith(server.url + "/") or url.startswith("data:")):
-        found.append(url)
+    with watched_tab(browser, server.url) as tab:
+        yield tab
 
 
 def test_fleet_page_trouble_first_then_click_through_to_the_server(

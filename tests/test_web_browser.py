@@ -5,28 +5,14 @@ the overview to the statement to the incident. Screenshots go to test-artifacts/
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import webstore
-from conftest import missing
+from browser import browser_fixture, shot, watched_tab  # noqa: F401 (a fixture)
 
 from querywatch.web import WebServer, start_in_thread
-
-CHROMIUM = Path(os.environ.get("QUERYWATCH_CHROMIUM", "/usr/lib/chromium/chromium"))
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -37,40 +23,10 @@ def server(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[We
     handle.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        missing(f"chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser: Any, server: WebServer) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = context.new_page()
-    tab.outside: list[str] = []
-    tab.errors: list[str] = []
-    tab.on("request", lambda r: _note_outside(tab, r.url, server))
-    tab.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
-    tab.on("pageerror", lambda e: tab.errors.append(str(e)))
-    yield tab
-    context.close()
-    assert tab.outside == [], f"requests left 127.0.0.1: {tab.outside}"
-    assert tab.errors == [], f"browser errors: {tab.errors}"
-
-
-def _note_outside(tab: Any, url: str, server: WebServer) -> None:
-    if not (url.startswith(server.url + "/") or url.startswith("data:")):
-        tab.outside.append(url)
-
-
-def shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"web-{name}.png"), full_page=True)
+    with watched_tab(browser, server.url) as tab:
+        yield tab
 
 
 def chart_points(page: Any, name: str) -> int:
