@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import storekit
 from conftest import MakePg
 from workload import (
     Load,
@@ -94,21 +94,18 @@ def run(dsn: str, sql: str, times: int) -> None:
 
 
 def intervals(store: Path) -> list[dict[str, Any]]:
-    with sqlite3.connect(store) as db:
-        db.row_factory = sqlite3.Row
-        rows = db.execute("SELECT start, end, complete, catch_up FROM intervals ORDER BY start")
-        return [dict(r) for r in rows]
+    names = ("start", "end", "complete", "catch_up")
+    found = storekit.rows(store, "SELECT start, end, complete, catch_up FROM intervals ORDER BY start")
+    return [dict(zip(names, row, strict=True)) for row in found]
 
 
 def gaps(store: Path) -> list[str]:
-    with sqlite3.connect(store) as db:
-        return [r[0] for r in db.execute("SELECT reason FROM gaps WHERE partial = 0")]
+    return [r[0] for r in storekit.rows(store, "SELECT reason FROM gaps WHERE partial = 0")]
 
 
 def min_delta(store: Path) -> float:
-    with sqlite3.connect(store) as db:
-        columns = "min(calls), min(exec_us), min(rows), min(shared_blks_hit)"
-        return float(min(v or 0 for v in db.execute(f"SELECT {columns} FROM deltas").fetchone()))
+    columns = "min(calls), min(exec_us), min(rows), min(shared_blks_hit)"
+    return float(min(v or 0 for v in storekit.rows(store, f"SELECT {columns} FROM deltas")[0]))
 
 
 def make_items(dsn: str) -> None:
@@ -252,8 +249,7 @@ def snapshot(at: float, entries: list[StatementStats]) -> Snapshot:
 
 
 def entry_rows(path: Path) -> int:
-    with sqlite3.connect(path) as db:
-        return int(db.execute("SELECT count(*) FROM snapshot_entries").fetchone()[0])
+    return int(storekit.value(path, "SELECT count(*) FROM snapshot_entries"))
 
 
 def test_snapshot_round_trip_and_incremental_saves(tmp_path: Path) -> None:
@@ -398,9 +394,8 @@ def firing(receiver: Receiver) -> list[tuple[float, dict[str, Any]]]:
 
 
 def catch_up_end(store: Path) -> float | None:
-    with sqlite3.connect(store) as db:
-        row = db.execute("SELECT min(end) FROM intervals WHERE catch_up = 1").fetchone()
-    return float(row[0]) if row[0] is not None else None
+    found = storekit.value(store, "SELECT min(end) FROM intervals WHERE catch_up = 1")
+    return float(found) if found is not None else None
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
@@ -444,8 +439,7 @@ def test_watch_restarted_after_a_rollout_pages_within_two_intervals(
     suspects = [d["version"] for d in diagnosis["deploys"] if d["suspect"]]
     assert suspects == ["v3.1"], diagnosis["deploys"]
     # `diagnose` over both runs, the catch-up inside, agrees: the onset is not placed at the stop
-    with sqlite3.connect(store) as db:
-        first_start, last_end = db.execute("SELECT min(start), max(end) FROM intervals").fetchone()
+    [(first_start, last_end)] = storekit.rows(store, "SELECT min(start), max(end) FROM intervals")
     whole = diagnose_json(store, first_start, last_end)
     assert whole["culprits"][0]["query"] == culprit["query"], whole["summary"]
     assert [d["version"] for d in whole["deploys"] if d["suspect"]] == ["v3.1"], whole["summary"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import storekit
 from conftest import MakePg
 from workload import Load, Receiver, Statement, learned, wait_until, watch_process
 
@@ -204,9 +204,8 @@ def bodies(receiver: Receiver, status: str) -> list[dict[str, Any]]:
 
 
 def stored_state(store: Path, incident: str) -> str | None:
-    with sqlite3.connect(store) as db:
-        row = db.execute("SELECT state FROM incidents WHERE id = ?", (incident,)).fetchone()
-    return str(row[0]) if row else None
+    found = storekit.value(store, "SELECT state FROM incidents WHERE id = ?", (incident,))
+    return str(found) if found is not None else None
 
 
 @contextmanager
