@@ -29,9 +29,12 @@ from ..store.protocol import StoreProtocol
 from . import report as rep
 from .explain import Explainer
 from .load import Loader, LoadResult
+from .parallel import summarize_parallel
 from .parser import parse
 from .postmortem import replay
 from .reader import Position, follow, load_positions, read_chunks, save_positions
+from .reader import _line_end as line_end
+from .reader import _same_file as same_file
 from .records import Plan
 from .summary import Summary, summarize
 
@@ -59,6 +62,7 @@ class Run:
     summary: Summary = field(default_factory=Summary)
     loader: Loader | None = None
     positions: dict[str, Position] = field(default_factory=dict)
+    jobs: int = 1
 
     def consume(self, chunks: Iterable[bytes]) -> None:
         """Summarize (and load) one file's blocks; without a store nor --keep-params the
@@ -83,11 +87,37 @@ class Run:
             def keep(position: Position, key: str = key) -> None:
                 self.positions[key] = position
 
+            if self._splits(path) and self._parallel(path, key):
+                continue
             chunks = read_chunks(path, self.positions.get(key), on_position=keep)
             self.consume(_guarded(path, chunks))
             if self.loader is not None:  # each file's span of time on its own: a gap between
                 self.loader.flush()  # two files is not marked as loaded
         self.save_state()
+
+    def _splits(self, path: str) -> bool:
+        return self.jobs > 1 and self.loader is None and not self.keep_params and path != "-"
+
+    def _parallel(self, path: str, key: str) -> bool:
+        """The file read by `jobs` processes (a large plain stderr log); False: not split."""
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return False
+        position = self.positions.get(key)
+        start = position.offset if position is not None and same_file(position, stat) else 0
+        done = summarize_parallel(
+            path,
+            self.jobs,
+            fmt=self.log_format,
+            prefix=self.prefix,
+            start=start,
+            summary=self.summary,
+        )
+        if done is None:
+            return False
+        self.positions[key] = Position(path, stat.st_ino, stat.st_dev, line_end(path, done[1]))
+        return True
 
     def follow(self, stop: threading.Event) -> None:
         path = self.files[0]
@@ -217,6 +247,16 @@ def logs_command(
     server: ServerOpt = None,
     dsn: DsnOpt = None,
     top: Annotated[int, typer.Option("--top", min=1, help="statements per table")] = 20,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="processes reading a large plain stderr log (byte ranges, merged; "
+            "not with --store, --keep-params or --follow)",
+        ),
+    ] = 1,
 ) -> None:
     """Report on PostgreSQL server logs; with --store, load them as a second source."""
     check_files(files, follow_)
@@ -231,6 +271,7 @@ def logs_command(
         prefix=prefix,
         keep_params=keep_params,
         state=Path(state) if state else None,
+        jobs=jobs,
     )
     if run.state is not None:
         run.positions = load_positions(run.state)

@@ -414,6 +414,8 @@ def _stderr_block(
 
 
 _SECONDARY_BYTES = frozenset(k.encode() for k in SECONDARY)
+SECONDARY_BYTES = _SECONDARY_BYTES
+line_regex = _line_regex  # the regex of a stderr message (its prefix, severity, text, next lines)
 
 
 def fill(entry: Entry, m: re.Match[bytes], generic: bool, named: tuple[str, ...]) -> None:

@@ -28,8 +28,9 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from itertools import count
 from typing import Any
 
@@ -175,6 +176,7 @@ class Summary:
         self._plans: dict[str, tuple[float, Plan]] = {}  # slowest plan per fingerprint, bounded
         self._locks: list[tuple[float, int, LockWait]] = []
         self._waiting: dict[tuple[int | None, str, str], LockWait] = {}
+        self._opened: dict[tuple[int | None, str, str], _Hour] = {}  # first wait of each lock
         self._deadlocks: list[Deadlock] = []
         self._temp: dict[str | None, list[Any]] = {}
         self._errors: dict[tuple[str, str | None, str], list[Any]] = {}
@@ -202,6 +204,7 @@ class Summary:
             bytes | None, list[Any]
         ] = {}  # tz -> [first ts, line, last ts, line]
         self._assembler: Any = None
+        self._shapes: dict[bytes, tuple[str, str]] = {}  # the parse's shapes (merge, detached)
 
     # -- feeding ------------------------------------------------------------------------------
 
@@ -422,7 +425,10 @@ class Summary:
         before = self._waiting.pop(key, None)
         if before is None:
             self.lock_waits += 1
-            self._hour(event.at).lock_waits += 1
+            hour = self._hour(event.at)
+            hour.lock_waits += 1
+            if key not in self._opened and len(self._opened) < 10_000:
+                self._opened[key] = hour  # a later part's wait may have begun before it (merge)
         if not event.acquired and len(self._waiting) < 10_000:
             self._waiting[key] = event
         locks = self._locks
@@ -476,6 +482,119 @@ class Summary:
         if hour is None:
             hour = self._hours[key] = _Hour()
         return hour
+
+    # -- merging (parallel reading) -----------------------------------------------------------
+
+    def detached(self) -> Summary:
+        """This summary without what ties it to the parse (caches, matches): ready to pickle."""
+        self._settle()
+        if self._assembler is not None:
+            self._shapes = dict(self._assembler.shapes)
+        for name in ("_fast", "_exact", "_exact_old", "_zeroed", "_zeroed_old", "_fast_hours"):
+            setattr(self, name, {})
+        self._hour_keys = {}
+        self._assembler = None
+        self._span = []
+        self._cur_hour = _Hour()
+        self._cur_hour_ts, self._cur_tz = b"\xff", None
+        self._seq = None  # type: ignore[assignment]  # renumbered by merge
+        return self
+
+    def merge(self, later: Summary, line_shift: int = 0) -> Summary:
+        """Add the detached summary of the part of the log that comes after this one's.
+
+        The figures are those of one summary fed both parts in order: ``line_shift`` is added to
+        the later part's line numbers, a lock wait that began here and ended there is one wait.
+        """
+        self._settle()
+        first_seen: dict[tuple[str, str], str] = {}  # a shape's text as this part first saw it
+        for shape, (fingerprint, query) in later._shapes.items():
+            mine_shape = self._shapes.setdefault(shape, (fingerprint, query))
+            if mine_shape[1] != query:
+                first_seen[(fingerprint, query)] = mine_shape[1]
+        shift = partial(_shifted, line_shift, first_seen)
+        seen_text = {query: seen for (_, query), seen in first_seen.items()}  # errors: no fp
+        for name, n in later._kinds.items():
+            self._kinds[name] = self._kinds.get(name, 0) + n
+        self._timed_lines += later._timed_lines
+        self.unparsed += later.unparsed
+        for at in (later.first, later.last):
+            if at is not None:
+                self.first = at if self.first is None or at < self.first else self.first
+                self.last = at if self.last is None or at > self.last else self.last
+        for fingerprint, theirs in later._stats.items():
+            mine = self._stats.get(fingerprint)
+            if mine is None:
+                if len(self._stats) >= self.max_fingerprints:
+                    fingerprint = OTHER
+                    mine = self._stats.get(OTHER)
+                if mine is None:
+                    text = first_seen.get((fingerprint, theirs.query), theirs.query)
+                    mine = self._stats[fingerprint] = _Stats(
+                        text if fingerprint != OTHER else OTHER
+                    )
+            mine.calls += theirs.calls
+            mine.timed += theirs.timed
+            mine.total += theirs.total
+            mine.min = min(mine.min, theirs.min)
+            mine.max = max(mine.max, theirs.max)
+            for b, n in theirs.buckets.items():
+                mine.buckets[b] = mine.buckets.get(b, 0) + n
+        for key, lock_hour in later._opened.items():  # waits that began in this part
+            if self._waiting.pop(key, None) is not None:
+                later.lock_waits -= 1
+                lock_hour.lock_waits -= 1
+            elif key not in self._opened and len(self._opened) < 10_000:
+                self._opened[key] = lock_hour
+        self.lock_waits += later.lock_waits
+        for key, event in later._waiting.items():
+            if len(self._waiting) < 10_000:
+                self._waiting[key] = shift(event)
+        for hour_key, theirs_hour in later._hours.items():
+            hour = self._hours.get(hour_key)
+            if hour is None:
+                hour = self._hours[hour_key] = _Hour()
+            for field in _Hour.__slots__:
+                setattr(hour, field, getattr(hour, field) + getattr(theirs_hour, field))
+        for ms, _, slow in sorted(later._slowest, key=lambda t: t[1]):
+            if len(self._slowest) < self.keep or ms > self._slow_floor:
+                self._keep_slow(shift(slow), ms)
+        for fingerprint, (ms, plan) in later._plans.items():
+            held = self._plans.get(fingerprint)
+            if held is None and len(self._plans) >= self.keep * 4:
+                continue
+            if held is None or ms > held[0]:
+                self._plans[fingerprint] = (ms, shift(plan))
+        for wait_ms, _, wait in sorted(later._locks, key=lambda t: t[1]):
+            locks = self._locks
+            if len(locks) < self.keep:
+                heapq.heappush(locks, (wait_ms, next(self._seq), shift(wait)))
+            elif wait_ms > locks[0][0]:
+                heapq.heapreplace(locks, (wait_ms, next(self._seq), shift(wait)))
+        room = self.samples - len(self._deadlocks)
+        self._deadlocks.extend(shift(d) for d in later._deadlocks[: max(room, 0)])
+        room = self.samples - len(self._unparsed)
+        self._unparsed.extend(shift(u) for u in later._unparsed[: max(room, 0)])
+        for temp_key, row in later._temp.items():
+            into = temp_key if temp_key in self._temp or len(self._temp) < 10_000 else None
+            mine_row = self._temp.get(into)
+            if mine_row is None:
+                temp_text = first_seen.get((into, row[0]), row[0]) if into is not None else None
+                mine_row = self._temp[into] = [temp_text, 0, 0, 0]
+            mine_row[1] += row[1]
+            mine_row[2] += row[2]
+            mine_row[3] = max(mine_row[3], row[3])
+        for error_key, row in later._errors.items():
+            mine_row = self._errors.get(error_key)
+            if mine_row is None:
+                if len(self._errors) >= 10_000:
+                    error_key = (error_key[0], error_key[1], OTHER)
+                    mine_row = self._errors.get(error_key)
+                if mine_row is None:
+                    error_text = seen_text.get(row[1], row[1]) if row[1] is not None else None
+                    mine_row = self._errors[error_key] = [0, error_text]
+            mine_row[0] += row[0]
+        return self
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -642,6 +761,17 @@ def _lock_row(w: LockWait) -> rep.LockWaitRow:
         holders=w.holders,
         query=w.query,
     )
+
+
+def _shifted(lines: int, first_seen: dict[tuple[str, str], str], event: Any) -> Any:
+    """An event of a later part of a log read apart: its line number moved by `lines`, its
+    statement's text the one the earlier part first saw for that shape (as one reader gives)."""
+    query = getattr(event, "query", None)
+    if query is not None:
+        seen = first_seen.get((event.fingerprint, query))
+        if seen is not None:
+            return replace(event, line_no=event.line_no + lines, query=seen)
+    return replace(event, line_no=event.line_no + lines) if lines else event
 
 
 def _iso(at: datetime | None) -> str | None:
