@@ -357,13 +357,7 @@ class _Assembler:
         if self.keep_params and entry.detail and entry.detail.startswith("parameters: "):
             params = tuple(v.strip() for v in _PARAM.findall(entry.detail))
         return Statement(
-            at=self.at(entry),
-            line_no=entry.line_no,
-            pid=entry.pid,
-            database=entry.database,
-            user=entry.user,
-            application=entry.application,
-            client=entry.client,
+            **self.where(entry),
             duration_ms=ms,
             fingerprint=fingerprint,
             query=query,
@@ -395,13 +389,7 @@ class _Assembler:
                 query = "\n".join(taken)
         fingerprint, normalized = self.shape(query)
         return Plan(
-            at=self.at(entry),
-            line_no=entry.line_no,
-            pid=entry.pid,
-            database=entry.database,
-            user=entry.user,
-            application=entry.application,
-            client=entry.client,
+            **self.where(entry),
             duration_ms=ms,
             fingerprint=fingerprint,
             query=normalized,
@@ -528,6 +516,7 @@ class _Assembler:
         return cached
 
     def where(self, entry: Entry) -> _Where:
+        """Where and when the entry was logged: the fields every event has (records.Event)."""
         return {
             "at": self.at(entry),
             "line_no": entry.line_no,
