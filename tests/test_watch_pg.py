@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import storekit
 from workload import (
     Load,
     Receiver,
@@ -155,10 +156,7 @@ def test_frequency_x10_after_deploy_pages_names_culprit_and_resolves(
     # the unreachable webhook did not stop collection: intervals kept coming to the end
     later = diagnose_json(store, onset - 2, onset + 4)
     assert later["culprits"][0]["query"] == culprit["query"]
-    import sqlite3
-
-    with sqlite3.connect(store) as db:
-        last_end = db.execute("SELECT max(end) FROM intervals").fetchone()[0]
+    last_end = storekit.value(store, "SELECT max(end) FROM intervals")
     assert last_end >= end - 3 * INTERVAL
 
 
@@ -295,9 +293,6 @@ def test_jittery_steady_workload_never_pages(shop: str, tmp_path: Path, receiver
     ):
         assert learned(store)
         time.sleep(60)  # 60 more intervals of +-30% jitter
-        import sqlite3
-
-        with sqlite3.connect(store) as db:
-            intervals = db.execute("SELECT count(*) FROM intervals").fetchone()[0]
+        intervals = storekit.value(store, "SELECT count(*) FROM intervals")
     assert intervals >= 70
     assert receiver.bodies("/hook") == []

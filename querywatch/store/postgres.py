@@ -29,6 +29,7 @@ from psycopg.adapt import Loader
 from psycopg_pool import ConnectionPool
 
 from ..errors import StoreError, StoreUnreachable
+from ..source.queries import MARKER
 from . import pgschema, rollup
 from .db import Connection
 from .dialect import translate
@@ -58,8 +59,11 @@ _INSERT_INTERVAL = re.compile(r"\s*INSERT INTO intervals \(([^)]*)\)\s*VALUES \(
 class PgConnection:
     """A psycopg connection that speaks the DB-API subset of ``querywatch.store.db``.
 
-    An INSERT into ``intervals`` (from any store module) gets its id here: ``day << 32`` plus a
-    sequence, ``day`` being the day of its start, after ``on_day(day)`` made that day's partitions.
+    Every statement carries querywatch's marker comment: a store on a watched server (the same
+    cluster, another database) must not show up as that server's workload in rankings and
+    diagnoses. An INSERT into ``intervals`` (from any store module) gets its id here:
+    ``day << 32`` plus a sequence, ``day`` being the day of its start, after ``on_day(day)`` made
+    that day's partitions.
     """
 
     def __init__(
@@ -74,9 +78,9 @@ class PgConnection:
         if found and parameters:
             query, parameters = self._with_interval_id(query, parameters, found)
         if parameters:
-            cur.execute(translate(query), tuple(parameters))
+            cur.execute(MARKER + translate(query), tuple(parameters))
         else:
-            cur.execute(translate(query, bound=False))
+            cur.execute(MARKER + translate(query, bound=False))
         return cur
 
     def _with_interval_id(
@@ -102,7 +106,7 @@ class PgConnection:
                 cur = self.execute(query, row)
             return cur
         if rows:
-            cur.executemany(translate(query), rows)
+            cur.executemany(MARKER + translate(query), rows)
         return cur
 
 
@@ -242,7 +246,7 @@ class PgStore(Store):
 
     def _insert_deltas(self, conn: Connection, rows: list[list[Any]]) -> None:
         assert isinstance(conn, PgConnection)
-        with conn.raw.cursor().copy(pgschema.COPY_DELTAS) as copy:
+        with conn.raw.cursor().copy(MARKER + pgschema.COPY_DELTAS) as copy:
             for row in rows:
                 copy.write_row(row)
 
