@@ -12,7 +12,8 @@ Targets (issue 14): at least 20x pgBadger's single-process throughput, and a pea
    lock waits (still waiting / acquired), temp files, errors with their STATEMENT lines,
    checkpoints, connections and disconnections.
 2. querywatch reads the whole log in a child process (peak RSS is that child's ``ru_maxrss``):
-   ``querywatch logs FILE --format json`` when the CLI has the command, and the library's fast
+   ``querywatch logs FILE --format json`` when the CLI has the command, and again with ``-j 2``
+   (two processes on byte ranges; CPU time and RSS include both workers), and the library's fast
    path ``summarize`` (what ``logs`` calls without ``--store``) in any case.
 3. pgBadger (``pgbadger -q -o out.json``) reads the first ``--slice`` MB (default 100) of the same
    log, single process and ``-j 2``: on the full GB it would take about ten minutes; its
@@ -433,6 +434,10 @@ def main() -> None:
             wall, rss, code = _run_child([exe, "logs", str(log), "--format", "json"])
             if code == 0:
                 _figure(results, "qw_cli_1gb", size, wall, rss)
+            print(f"querywatch logs FILE --format json -j 2, {size:,.0f} MB:", flush=True)
+            wall, rss, code = _run_child([exe, "logs", str(log), "--format", "json", "-j", "2"])
+            if code == 0:
+                _figure(results, "qw_cli_j2_1gb", size, wall, rss)
         else:
             print(
                 "querywatch logs: the CLI has no `logs` command here, the library's figures stand"
@@ -457,6 +462,13 @@ def main() -> None:
             f"x{results['ratio_cpu']} by CPU time (target x20); peak RSS {qw['rss_mb']} MB "
             f"(target <= 300)"
         )
+        for name, against in (("qw_cli_1gb", "pgbadger_j1"), ("qw_cli_j2_1gb", "pgbadger_j2")):
+            if name in results:
+                a, b = results[name], results[against]
+                print(
+                    f"{name} / {against}: x{a['mb_s'] / b['mb_s']:.1f} by wall time, "
+                    f"x{a['mb_per_cpu_s'] / b['mb_per_cpu_s']:.1f} by CPU time"
+                )
         if not args.no_corpus:
             results["corpus"] = _corpus(work)
         print(json.dumps(results))

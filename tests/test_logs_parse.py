@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,8 @@ from querywatch.logs.records import (
     Unparsed,
 )
 from querywatch.logs.summary import Summary, summarize
+
+FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 
 DEBIAN = "2024-05-01 10:00:00.123 UTC [42] bob@shop "
 PGBADGER = "2024-05-01 10:00:00 CET [42]: [3-1] user=bob,db=shop,app=web,client=10.0.0.7 "
@@ -469,7 +472,7 @@ def test_summarize_fast_path_equals_events() -> None:
     assert fast.report() == slow.report()
     (t,) = [s for s in fast.statements() if s.query == "SELECT * FROM t WHERE id = $1"]
     assert t.calls == 300 and t.p50_ms is not None and t.max_ms == 16.5 and t.min_ms == 0.5
-    assert fast.counts["Statement"] == 606
+    assert fast.counts["statements"] == 606
 
 
 def test_percentiles_within_the_histogram_error() -> None:
@@ -482,3 +485,21 @@ def test_percentiles_within_the_histogram_error() -> None:
     for value, want in ((stats.p50_ms, 500), (stats.p95_ms, 950), (stats.p99_ms, 990)):
         assert value is not None and abs(value - want) / want < 0.05
     assert (stats.min_ms, stats.max_ms, stats.calls) == (1.0, 1000.0, 1000)
+
+
+def test_syslog_parts_of_interleaved_messages_reassembled() -> None:
+    """Two processes' messages interleave line by line; each part joins its (pid, n) message."""
+    data = (FIXTURES / "syslog-interleaved.log").read_bytes()
+    assert detect(data).name == "syslog"
+    found = list(parse([data], year=2024))
+    by_ms = {s.duration_ms: s for s in only(found, Statement)}
+    assert by_ms[5.0].pid == 42
+    assert by_ms[5.0].fingerprint == fingerprint("SELECT * FROM t WHERE id = 1")
+    assert by_ms[7.0].pid == 43 and by_ms[7.0].fingerprint == fingerprint("SELECT a FROM u")
+    errors = {e.pid: e for e in only(found, Error)}
+    assert errors[43].query == "select * from x" and errors[43].message.startswith("relation")
+    assert errors[42].query == "select $1/$2" and errors[42].message == "division by zero"
+    # a part of a message given out already (its process logged message 6 since) is unparsed
+    (late,) = only(found, Unparsed)
+    assert late.line_no == 11 and "late" in late.sample
+    assert len(only(found, Statement)) == 3

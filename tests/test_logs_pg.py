@@ -101,7 +101,7 @@ def test_another_log_line_prefix(ran_b: Ran) -> None:
 
 def test_the_three_formats_agree(ran: Ran) -> None:
     docs = [report(str(ran.logs[k])) for k in FORMATS]
-    keys = ("executions", "lock_waits", "Deadlock", "temp_files", "errors", "Plan")
+    keys = ("executions", "lock_waits", "deadlocks", "temp_files", "errors", "plans")
     assert len({tuple(d["counts"].get(k) for k in keys) for d in docs}) == 1, [
         d["counts"] for d in docs
     ]
@@ -136,7 +136,14 @@ def test_store_from_logs_serves_top_diagnose_and_plans(ran: Ran, tmp_path: Path)
     assert any(w.fingerprint == ran.fp("locked") for w in waits)
     assert [t.fingerprint for t in temps] == [ran.fp("sort")]
     assert len(dead) == 1
-    kinds = ("LockWait", "Deadlock", "TempFile", "Error", "Checkpoint", "Autovacuum")
+    kinds = (
+        "lock_wait_messages",
+        "deadlocks",
+        "temp_files",
+        "errors",
+        "checkpoints",
+        "autovacuums",
+    )
     assert doc["loaded"]["events"] == sum(doc["counts"].get(k, 0) for k in kinds)
     again = report(str(ran.logs["stderr"]), "--store", str(db), "--server", "from-logs")
     assert again["loaded"]["statements"] == 0 and again["loaded"]["events"] == 0

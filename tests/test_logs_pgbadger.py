@@ -151,7 +151,7 @@ def querywatch_figures(path: Path) -> dict[str, Any]:
     return {
         "statements": sum(s.calls for s in stats),
         "duration_ms": sum(s.total_ms for s in stats),
-        "temp_files": counts.get("TempFile", 0),
+        "temp_files": counts.get("temp_files", 0),
         "lock_waits": acquired,
         "errors": sum(summary.errors_by_sqlstate().values()),
         "normalized": normalized,

@@ -682,8 +682,16 @@ _MONTHS = {
 }
 
 
+_SYSLOG_OPEN_LINES = 1_000  # a message still open this many lines after its start is given out
+
+
 def _syslog(lines: Iterable[bytes | None], fmt: LogFormat) -> Iterator[Entry | BadLine | None]:
-    """syslog and logplex: a header per line; ``[n-k]`` with k > 1 continues message n."""
+    """syslog and logplex: a header per line; ``[n-k]`` with k > 1 continues message n.
+
+    Messages of several processes interleave: each process's message is held, its parts (k > 1,
+    DETAIL, STATEMENT...) joined to it by (pid, n), and given out when that process starts its
+    next message, or 1,000 lines later, or at a pause or the end.
+    """
     header = _LOGPLEX if fmt.name == "logplex" else _SYSLOG
     body_rx = re.compile(
         (compile_prefix(fmt.prefix) if fmt.prefix else rb"(?P<pre>[^\n]*?)")
@@ -691,12 +699,20 @@ def _syslog(lines: Iterable[bytes | None], fmt: LogFormat) -> Iterator[Entry | B
         + _SEV
         + rb":  ?(?P<msg>.*)"
     )
-    last: dict[int, Entry] = {}  # the open message of each process
+    # the open message of each process: (entry, its n, the line it started at), oldest first
+    held: dict[int, tuple[Entry, bytes | None, int]] = {}
     part: dict[int, str | None] = {}  # which part of it the next continuation line extends
     for line_no, raw in enumerate(lines, 1):
         if raw is None:
+            yield from _given_out(held, part)
             yield None
             continue
+        while held:  # the oldest message, still open long after it started: over
+            pid, (entry, _, start) = next(iter(held.items()))
+            if line_no - start <= _SYSLOG_OPEN_LINES:
+                break
+            del held[pid]
+            yield entry
         m = header.match(raw)
         if m is None:
             if _OTHER_PROGRAM.match(raw):
@@ -706,29 +722,31 @@ def _syslog(lines: Iterable[bytes | None], fmt: LogFormat) -> Iterator[Entry | B
             continue
         pid = int(m["pid"])
         body = m["body"]
+        n = m["n"]
         tab = body.startswith((b"#011", b"\t"))
-        b = None if tab and m["n"] is not None else body_rx.match(body)
+        b = None if tab and n is not None else body_rx.match(body)
+        open_ = held.get(pid)
+        if open_ is not None and n is not None and open_[1] != n:
+            open_ = None  # a part of an earlier message of the process, given out already
         if b is None:
-            if m["n"] is None:
+            if n is None:
                 continue  # another program's line (no sequence number, no severity)
-            prev = last.get(pid)
-            if prev is not None:
+            if open_ is not None:
                 text = body[4:] if body.startswith(b"#011") else body[1:] if tab else body
-                _extend(prev, part.get(pid), _text(text.replace(b"#011", b"\t")))
+                _extend(open_[0], part.get(pid), _text(text.replace(b"#011", b"\t")))
             elif body.strip():
                 yield BadLine(line_no, _text(raw[:200]), "continuation of an unknown message")
             continue
         sev = b["sev"]
         msg = _text(b["msg"].replace(b"#011", b"\t"))
-        if sev in _SECONDARY_BYTES:
-            prev = last.get(pid)
-            if prev is not None:  # DETAIL, STATEMENT...: a part of the process's open message
-                name = _PARTS.get(sev)
-                part[pid] = name or "-"
-                if name is not None:
-                    before = getattr(prev, name)
-                    setattr(prev, name, msg if before is None else before + "\n" + msg)
-                continue
+        if sev in _SECONDARY_BYTES and open_ is not None:
+            # DETAIL, STATEMENT...: a part of the process's open message
+            name = _PARTS.get(sev)
+            part[pid] = name or "-"
+            if name is not None:
+                before = getattr(open_[0], name)
+                setattr(open_[0], name, msg if before is None else before + "\n" + msg)
+            continue
         if fmt.name == "logplex":
             ts, tz = _text(m["ts"]).replace("T", " "), _str(m["tz"])
         else:
@@ -742,12 +760,24 @@ def _syslog(lines: Iterable[bytes | None], fmt: LogFormat) -> Iterator[Entry | B
         entry.pid = pid
         if b["code"]:
             entry.sqlstate = b["code"].decode()
-        if len(last) > 4096:
-            last.clear()
-            part.clear()
-        last[pid] = entry
+        before_entry = held.pop(pid, None)
+        if before_entry is not None:
+            yield before_entry[0]  # the process's previous message is over
+        if len(held) > 4096:
+            yield from _given_out(held, part)
+        held[pid] = (entry, n, line_no)
         part[pid] = None
-        yield entry
+    yield from _given_out(held, part)
+
+
+def _given_out(
+    held: dict[int, tuple[Entry, bytes | None, int]], part: dict[int, str | None]
+) -> Iterator[Entry]:
+    """Every held message, in the order they started; none held after."""
+    entries = [entry for entry, _, _ in held.values()]
+    held.clear()
+    part.clear()
+    yield from entries
 
 
 _PARTS = {b"DETAIL": "detail", b"HINT": "hint", b"CONTEXT": "context", b"STATEMENT": "statement"}

@@ -341,14 +341,14 @@ def _execution_lines(e: Execution, width: int) -> list[str]:
 # The counts a person reads first (the JSON keeps every count the summary has).
 _SHOWN = (
     ("executions", "executions"),
-    ("Plan", "plans"),
+    ("plans", "plans"),
     ("lock_waits", "lock waits"),
-    ("Deadlock", "deadlocks"),
+    ("deadlocks", "deadlocks"),
     ("temp_files", "temp files"),
     ("errors", "errors"),
-    ("Connection", "connection lines"),
-    ("Checkpoint", "checkpoints"),
-    ("Autovacuum", "autovacuum runs"),
+    ("connection_messages", "connection lines"),
+    ("checkpoints", "checkpoints"),
+    ("autovacuums", "autovacuum runs"),
 )
 
 

@@ -54,9 +54,26 @@ from querywatch.logs.records import (
     Unparsed,
 )
 
-__all__ = ["OTHER", "StatementStats", "Summary", "summarize"]
+__all__ = ["COUNT_NAMES", "OTHER", "StatementStats", "Summary", "summarize"]
 
 OTHER = "other"  # the fingerprint under which statements past max_fingerprints are counted
+# The report's `counts` keys (public JSON, documented in README's "Server logs"): events by
+# kind; the extended protocol's steps are `<phase>_steps`. The report adds `executions` (what
+# pg_stat_statements counts as calls) and `lock_waits` (one per wait: a `still waiting` message
+# and its `acquired` one are one wait).
+COUNT_NAMES = {
+    "Statement": "statements",  # duration and statement messages, every phase
+    "Plan": "plans",
+    "LockWait": "lock_wait_messages",
+    "Deadlock": "deadlocks",
+    "TempFile": "temp_files",
+    "Error": "errors",  # ERROR, FATAL and PANIC messages
+    "Checkpoint": "checkpoints",
+    "Autovacuum": "autovacuums",  # automatic vacuum and analyze runs
+    "Connection": "connection_messages",  # connection received / authorized
+    "Disconnection": "disconnections",
+    "Unparsed": "unparsed_lines",
+}
 _STEPS = 8  # histogram buckets per doubling: bucket width 2^(1/8) = 9 %, midpoint within 4.5 %
 _EXECUTIONS = frozenset({"statement", "execute"})
 _EXECUTE = frozenset({b"execute ", b"EXECUTE ", b"Execute "})
@@ -677,10 +694,14 @@ class Summary:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Events by kind (``Statement``, ``LockWait``...) and ``phase:bind``/``phase:parse``."""
-        counts = dict(self._kinds)
+        """Events by kind, in words (:data:`COUNT_NAMES`): ``statements``, ``lock_wait_messages``...;
+        ``bind_steps``/``parse_steps`` for the extended protocol's steps."""
+        counts: dict[str, int] = {}
+        for kind, n in self._kinds.items():
+            name = COUNT_NAMES.get(kind) or kind.removeprefix("phase:") + "_steps"
+            counts[name] = counts.get(name, 0) + n
         if self._timed_lines:
-            counts["Statement"] = counts.get("Statement", 0) + self._timed_lines
+            counts["statements"] = counts.get("statements", 0) + self._timed_lines
         return dict(sorted(counts.items()))
 
     def _counts(self) -> dict[str, int]:
