@@ -59,6 +59,9 @@ FILES = sorted(
     for p in CORPUS.iterdir()
     if p.name not in ("LICENSE", "README.md") and p.suffix != ".expected"
 )
+# one worker runs the module: pgBadger reads the whole corpus once (its module-scoped fixture), not
+# once per xdist worker (about 70 MB of logs at ~1.3 MB/s)
+pytestmark = pytest.mark.xdist_group("pgbadger")
 PGBADGER_ARGS: dict[str, tuple[str, ...]] = {
     "anonymize.log": ("-f", "csv"),
     "csv_statement_without_duration.log": ("-f", "csv"),
