@@ -31,6 +31,9 @@ from querywatch.watcher import Watcher
 SIZE = "16m"  # the WAL of a busy store stays below this
 INTERVAL = 1.0
 DISK_FULL = "querywatch cannot write its store: disk full"
+# a SQLite file on a full filesystem is what these tests are about: SQLite even under
+# QW_TEST_STORE=postgresql (a PostgreSQL store's disk is its server's, not querywatch's)
+pytestmark = pytest.mark.usefixtures("sqlite_only")
 
 
 @pytest.fixture

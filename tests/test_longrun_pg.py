@@ -9,7 +9,6 @@ be trusted), so it takes about 6 minutes.
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import storekit
 from conftest import MakePg
 from workload import (
     Load,
@@ -32,6 +32,7 @@ from workload import (
 )
 
 from querywatch.durations import parse_time
+from querywatch.errors import StoreError
 from querywatch.longrun import MIN_AGE_S
 
 INTERVAL = 1.0
@@ -88,21 +89,19 @@ def firing(receiver: Receiver) -> list[Any]:
 
 def first_snapshot_at(store: Path) -> float | None:
     """When the watch took its first snapshot: the start of its first stored interval."""
-    if not store.exists():
+    if not storekit.exists(store):
         return None
-    with sqlite3.connect(store) as db:
-        row = db.execute("SELECT min(start) FROM intervals").fetchone()
-    return float(row[0]) if row and row[0] is not None else None
+    found = storekit.value(store, "SELECT min(start) FROM intervals")
+    return float(found) if found is not None else None
 
 
 def learning_reason(store: Path) -> str:
     """Why the detector learns, as its status in the store says (what `status` prints)."""
-    if not store.exists():
+    if not storekit.exists(store):
         return ""
     try:
-        with sqlite3.connect(store) as db:
-            rows = db.execute("SELECT value FROM status WHERE key LIKE 'detector:%'").fetchall()
-    except sqlite3.Error:
+        rows = storekit.rows(store, "SELECT value FROM status WHERE key LIKE 'detector:%'")
+    except StoreError:
         return ""
     return " ".join(str(json.loads(r[0]).get("learning_reason", "")) for r in rows)
 
