@@ -187,21 +187,39 @@ def test_explainer_finds_a_sequential_scan_of_a_large_table(pg_dsn: str) -> None
 
 
 # -- a real application's suite, through `querywatch gate` and the pytest plugin -------------------
-@pytest.fixture
-def app(pg_dsn: str, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+# The app's suite runs without this venv's unrelated heavy plugins (hypothesis, schemathesis: ~2 s
+# of CPU per pytest start); the others still load, as in an application's CI.
+SUITE_ARGS = ("-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:schemathesis")
+Recorded = tuple[Path, dict[str, str], subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def recorded(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """The sample app with its database, and `gate record` run once on it as shipped: the tests
+    that start from that baseline copy the folder (the suite recreates its tables on each run)."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS gate_app")
         conn.execute("CREATE DATABASE gate_app")
-    folder = tmp_path / "app"
+    folder = tmp_path_factory.mktemp("gate") / "app"
     shutil.copytree(SAMPLE_APP, folder, ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QUERYWATCH_", "PYTEST_"))}
     env["SAMPLE_APP_DSN"] = make_conninfo(pg_dsn, dbname="gate_app")
+    return folder, env, gate(folder, env, "record")
+
+
+@pytest.fixture
+def app(recorded: Recorded, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the recorded app (its querywatch-gate.json included) that a test may change."""
+    source, env, result = recorded
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = tmp_path / "app"
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("__pycache__"))
     return folder, env
 
 
 def gate(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "querywatch", "gate", *args, "--", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "querywatch", "gate", *args, "--", *SUITE_ARGS],
         cwd=folder,
         env=env,
         capture_output=True,
@@ -217,12 +235,10 @@ def swap(path: Path, old: str, new: str) -> None:
 
 
 def test_an_introduced_n_plus_one_fails_the_gate_until_the_baseline_is_updated(
-    app: tuple[Path, dict[str, str]],
+    recorded: Recorded, app: tuple[Path, dict[str, str]]
 ) -> None:
-    folder, env = app
-    recorded = gate(folder, env, "record")
-    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
-    assert "3 statements in 3 tests" in recorded.stdout
+    folder, env = app  # `gate record` ran on the app as shipped (recorded)
+    assert "3 statements in 3 tests" in recorded[2].stdout
     assert gate(folder, env, "check").returncode == 0
 
     swap(folder / "shop.py", "return list_orders_joined(", "return list_orders_looped(")
@@ -241,8 +257,7 @@ def test_an_introduced_n_plus_one_fails_the_gate_until_the_baseline_is_updated(
 def test_seq_scan_and_plan_cost_regressions_fail_the_gate(
     app: tuple[Path, dict[str, str]],
 ) -> None:
-    folder, env = app
-    assert gate(folder, env, "record").returncode == 0
+    folder, env = app  # recorded as shipped
     baseline = json.loads((folder / "querywatch-gate.json").read_text())
     by_email = fingerprint("SELECT id, name FROM customers WHERE email = $1")
     assert baseline["statements"][by_email]["seq_scans"] == []
@@ -261,8 +276,7 @@ def test_seq_scan_and_plan_cost_regressions_fail_the_gate(
 
 
 def test_the_pytest_plugin_fails_the_offending_test(app: tuple[Path, dict[str, str]]) -> None:
-    folder, env = app
-    assert gate(folder, env, "record").returncode == 0
+    folder, env = app  # recorded as shipped
     swap(folder / "shop.py", "return list_orders_joined(", "return list_orders_looped(")
     result = subprocess.run(
         [
@@ -272,8 +286,7 @@ def test_the_pytest_plugin_fails_the_offending_test(app: tuple[Path, dict[str, s
             "-p",
             "querywatch.gate.plugin",
             "--querywatch-gate-check=querywatch-gate.json",
-            "-p",
-            "no:cacheprovider",
+            *SUITE_ARGS[1:],  # without -q: the summary line "1 failed, 2 passed"
         ],
         cwd=folder,
         env=env,
