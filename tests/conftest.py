@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import psycopg
 import pytest
+from demokit import DemoRun, run_demo
 
 from querywatch.errors import LocalPostgresError
 from querywatch.localpg import LocalPostgres, find_bindir
@@ -68,6 +69,14 @@ def make_pg(pg_bindir: Path) -> Iterator[MakePg]:
     yield make
     for server in reversed(started):
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """One `querywatch demo --fast` run on the system PostgreSQL, shared by test_demo and
+    test_runbook (tests/demokit.py); whether it succeeded is for each test to check."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return DemoRun(run_demo(out, {}), out)
 
 
 @pytest.fixture(scope="session")

@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from demokit import DemoRun, run_demo
 
 from querywatch.localpg import embedded_bindir
-
-
-def run_demo(out: Path, env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUERYWATCH_")}
-    env.update(env_extra)
-    env["COLUMNS"] = "200"
-    return subprocess.run(
-        [sys.executable, "-m", "querywatch", "demo", "--fast", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 def port_closed(port: int) -> bool:
@@ -68,8 +54,9 @@ def check_demo(result: subprocess.CompletedProcess[str], out: Path) -> str:
     return text
 
 
-def test_demo_fast_with_system_postgres(tmp_path: Path) -> None:
-    text = check_demo(run_demo(tmp_path / "demo", {}), tmp_path / "demo")
+def test_demo_fast_with_system_postgres(demo_run: DemoRun) -> None:
+    """The session's shared demo run (tests/demokit.py), which test_runbook also reads."""
+    text = check_demo(demo_run.result, demo_run.out)
     assert "system binaries" in text or "embedded wheel" in text
 
 

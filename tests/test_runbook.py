@@ -29,7 +29,7 @@ import psycopg
 import pytest
 import webstore
 from conftest import MakePg, missing
-from test_demo import run_demo
+from demokit import DemoRun
 
 from querywatch.demo import shop
 from querywatch.store import Store
@@ -108,12 +108,11 @@ def _when(text: str) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One `querywatch demo --fast` run: its output folder, with the store."""
-    out = tmp_path_factory.mktemp("runbook") / "demo"
-    result = run_demo(out, {})
+def demo(demo_run: DemoRun) -> Path:
+    """The session's `querywatch demo --fast` run (shared with test_demo): its output folder."""
+    result = demo_run.result
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out
+    return demo_run.out
 
 
 @pytest.fixture(scope="module")
