@@ -442,13 +442,16 @@ def diagnose(
 
 def _diagnose_now(dsn: str | None, sample_s: float) -> Diagnosis:
     """One-shot: no store, no watcher; one connection for ``sample_s`` seconds."""
+    from .detect import settings_from_mapping as detect_settings
+
     cfg = load_settings(dsn=dsn)
+    min_age_s = detect_settings(cfg.sections.get("detect", {})).long_run_min_age
 
     def connected() -> None:  # after connecting: a wrong DSN stays a one-line error
         note = f"sampling {describe_dsn(cfg.dsn)} for {human(sample_s)}..."
         err.print(note, markup=False, soft_wrap=True)
 
-    return diagnose_now(open_source(cfg), sample_s, connected=connected)
+    return diagnose_now(open_source(cfg), sample_s, connected=connected, min_age_s=min_age_s)
 
 
 def _print_diagnosis(result: Diagnosis, fmt: Format) -> None:

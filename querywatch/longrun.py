@@ -8,9 +8,10 @@ The baseline is one synthetic complete :class:`~querywatch.model.IntervalSummary
 ``[since, taken_at]``: an entry that started counting later than ``since`` has its counters scaled
 to the whole span (its rate is kept), so diagnosis and detection read it like any interval.
 
-Trust: statistics younger than :func:`min_age` (reset minutes ago) describe too little to be a
-normal; the baseline then says why and callers learn as usual. An entry younger than that on
-PostgreSQL 17+ is left out: it is new, not part of the long run.
+Trust: statistics younger than :func:`min_age` (reset minutes ago; the ``[detect]
+long_run_min_age`` setting) describe too little to be a normal; the baseline then says why and
+callers learn as usual. An entry younger than that on PostgreSQL 17+ is left out: it is new, not
+part of the long run.
 
 >>> from querywatch.model import Snapshot
 >>> lr = long_run(Snapshot(1000.0, 0.0, 970.0, 0, {}), {}, min_age_s=300.0)
@@ -27,13 +28,14 @@ from types import MappingProxyType
 
 from querywatch.model import Counters, IntervalSummary, Snapshot, StatementKey
 
-MIN_AGE_S = 300.0  # statistics younger than this are not a normal (at least 30 intervals too)
-MIN_AGE_INTERVALS = 30
+MIN_AGE_S = 300.0  # default of [detect] long_run_min_age: younger statistics are not a normal
+MIN_AGE_INTERVALS = 30  # ... nor statistics younger than this many intervals
 
 
-def min_age(interval_s: float) -> float:
-    """The age from which the statistics are a long run: max(5 min, 30 intervals)."""
-    return max(MIN_AGE_S, MIN_AGE_INTERVALS * interval_s)
+def min_age(interval_s: float, setting_s: float = MIN_AGE_S) -> float:
+    """The age from which the statistics are a long run: max(the ``[detect] long_run_min_age``
+    setting, 5 min by default; 30 intervals)."""
+    return max(setting_s, MIN_AGE_INTERVALS * interval_s)
 
 
 @dataclass(frozen=True)

@@ -138,9 +138,8 @@ class Monitor:
         except SourceError as exc:  # not fatal: the watcher learns as usual
             log.warning("could not read the long-run baseline, learning instead: %s", exc)
             return None
-        lr = long_run(
-            snapshot, found.fingerprints, own=frozenset(found.own), min_age_s=min_age(interval_s)
-        )
+        age = min_age(interval_s, self.detector.settings.long_run_min_age)
+        lr = long_run(snapshot, found.fingerprints, own=frozenset(found.own), min_age_s=age)
         self.store.save_long_run(self.server_id, lr)
         wait = self.detector.settings.learning_intervals
         if not lr.trusted:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from . import activity, collector, headroom
 from .diagnose import LONG_RUN, DiagnoseSettings, diagnose
-from .longrun import LongRun, long_run, min_age
+from .longrun import MIN_AGE_S, LongRun, long_run, min_age
 from .model import (
     ActivitySample,
     Counters,
@@ -56,9 +56,11 @@ def diagnose_now(
     activity_s: float = ACTIVITY_S,
     sleep: Callable[[float], None] = time.sleep,
     connected: Callable[[], None] | None = None,
+    min_age_s: float = MIN_AGE_S,
 ) -> Diagnosis:
     """Diagnose the next ``sample_s`` seconds against the long run (connects, then closes);
-    ``connected`` is called once the connection is up (the CLI says it is sampling then)."""
+    ``connected`` is called once the connection is up (the CLI says it is sampling then);
+    ``min_age_s`` is the ``[detect] long_run_min_age`` setting (querywatch.longrun.min_age)."""
     caps = source.connect()
     if connected is not None:
         connected()
@@ -72,7 +74,8 @@ def diagnose_now(
     finally:
         source.close()
     found = sampling.identified
-    lr = long_run(first, found.fingerprints, own=frozenset(found.own), min_age_s=min_age(step_s))
+    age = min_age(step_s, min_age_s)
+    lr = long_run(first, found.fingerprints, own=frozenset(found.own), min_age_s=age)
     window = [_summary(i, samples, found) for i, samples in sampling.intervals]
     for _, samples in sampling.intervals:  # texts of sampled statements (e.g. a lock's blocker)
         for session in (s for sample in samples for s in sample.sessions):

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from querywatch.detect import Detector, DetectSettings
-from querywatch.longrun import LongRun, long_run, min_age
+from querywatch.detect import Detector, DetectSettings, settings_from_mapping
+from querywatch.errors import ConfigError
+from querywatch.longrun import MIN_AGE_S, LongRun, long_run, min_age
 from querywatch.model import (
     Counters,
     IncidentState,
@@ -119,6 +120,51 @@ def test_minimum_age_scales_with_the_interval() -> None:
     assert min_age(1.0) == 300.0
     assert min_age(10.0) == 300.0
     assert min_age(60.0) == 1800.0
+
+
+@pytest.mark.parametrize(
+    ("interval_s", "setting_s", "expected"),
+    [(1.0, 45.0, 45.0), (2.0, 45.0, 60.0), (10.0, 3600.0, 3600.0), (60.0, 600.0, 1800.0)],
+)
+def test_minimum_age_is_the_setting_or_30_intervals(
+    interval_s: float, setting_s: float, expected: float
+) -> None:
+    assert min_age(interval_s, setting_s) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, MIN_AGE_S), ("45s", 45.0), ("2m", 120.0), ("1h", 3600.0), (90, 90.0)],
+)
+def test_long_run_min_age_setting(value: str | int | None, seconds: float) -> None:
+    table = {} if value is None else {"long_run_min_age": value}
+    assert settings_from_mapping(table).long_run_min_age == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("5 minutes", "detect.long_run_min_age: '5 minutes' is not a duration"),
+        ("0s", "detect.long_run_min_age: '0s' must be more than zero"),
+        (-30, "detect.long_run_min_age: -30 must be more than zero"),
+        (True, "detect.long_run_min_age: expected a duration"),
+        (["5m"], "detect.long_run_min_age: expected a duration"),
+        (float("inf"), "detect.long_run_min_age: 'inf' is not a finite duration"),
+    ],
+)
+def test_long_run_min_age_rejects(value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        settings_from_mapping({"long_run_min_age": value})
+    assert "\n" not in str(caught.value)
+
+
+def test_statistics_older_than_the_setting_are_trusted() -> None:
+    """The same 60 s old statistics: trusted with a 45 s minimum age, not with the default."""
+    snap = snapshot({key(1): (50, 5.0, None)}, reset_ago=60.0)
+    short = long_run(snap, {key(1): "a"}, min_age_s=min_age(1.0, 45.0))
+    default = long_run(snap, {key(1): "a"}, min_age_s=min_age(1.0))
+    assert short.trusted and short.reason == ""
+    assert not default.trusted and default.reason == "pg_stat_statements was reset 60 s ago"
 
 
 def test_note_says_what_a_diagnosis_compared_with() -> None:

@@ -5,6 +5,8 @@ is documented in docs/thresholds.md.
 
 >>> settings_from_mapping({"learning_intervals": 6}).learning_intervals
 6
+>>> settings_from_mapping({"long_run_min_age": "2m"}).long_run_min_age
+120.0
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from dataclasses import dataclass
 from types import UnionType
 from typing import Any, get_args, get_type_hints
 
-from querywatch.errors import ConfigError
+from querywatch.durations import parse_duration
+from querywatch.errors import ConfigError, InputError
+from querywatch.longrun import MIN_AGE_S
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,12 @@ class DetectSettings:
     """Traffic factor from which a server-wide traffic_surge anomaly is raised."""
     max_excluded_intervals: int = 360
     """Intervals kept out of the baseline during an incident, at most (then it becomes normal)."""
+    long_run_min_age: float = MIN_AGE_S
+    """Seconds: pg_stat_statements statistics younger than this are not trusted as the server's
+    normal (querywatch.longrun; at least 30 intervals). In querywatch.toml a duration ("5m")."""
+
+
+DURATIONS = frozenset({"long_run_min_age"})  # given as "30s", "5m", "1h" or a number of seconds
 
 
 def settings_from_mapping(table: Mapping[str, object]) -> DetectSettings:
@@ -86,8 +96,19 @@ def settings_from_mapping(table: Mapping[str, object]) -> DetectSettings:
             known = ", ".join(sorted(hints))
             shown = key if key.isidentifier() else repr(key)  # one line, whatever the key
             raise ConfigError(f"detect.{shown}: unknown setting (known: {known})")
-        values[key] = _checked(key, value, hints[key])
+        values[key] = (
+            _duration(key, value) if key in DURATIONS else _checked(key, value, hints[key])
+        )
     return DetectSettings(**values)
+
+
+def _duration(key: str, value: object) -> float:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        try:
+            return parse_duration(value, f"detect.{key}")
+        except InputError as exc:
+            raise ConfigError(f"{exc} (fix querywatch.toml)") from None
+    raise ConfigError(f'detect.{key}: expected a duration such as "5m", got {value!r}')
 
 
 def _checked(key: str, value: object, hint: object) -> object:
