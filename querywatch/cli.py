@@ -13,20 +13,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from . import __version__, check, fleet, headroom, replication_commands, top
-from . import status as server_status
+from . import __version__, replication_commands
 from .advise import commands as advise_commands
-from .alerts import channels_from_settings
-from .alerts.outbox import summary_json, summary_line
 from .alerts.pagerduty import EVENTS_URL
 from .audit import commands as audit_commands
-from .capacity import settings_from_mapping as capacity_settings
 from .clikit import (
     DsnOpt,
     DsnsOpt,
@@ -45,28 +39,22 @@ from .clikit import (
 )
 from .clikit import fleet as configured_servers
 from .demo import commands as demo_commands
-from .detect import Detector, settings_from_mapping
 from .docs import INSTALL, check_link, configured_base, page_url, verdict_link
 from .durations import human, iso, parse_duration, parse_time
 from .errors import ConfigError, InputError, QuerywatchError, SourceError
 from .gate import commands as gate_commands
 from .loadtest import commands as loadtest_commands
 from .logs import commands as logs_commands
-from .logs.follower import log_pairs
-from .model import Diagnosis
-from .monitor import Monitor
-from .oneshot import diagnose_now
-from .report import diagnosis_to_json, diagnosis_to_text
-from .service import LEASE_INTERVALS, OWNER, WatchOptions, run_watch
 from .settings import Settings, help_text
-from .source.cores import server_cores
-from .source.postgres import PostgresSource, describe_dsn
 from .store import commands as store_commands
-from .store.leases import Lease
-from .store.protocol import StoreProtocol
-from .text import one_line
-from .watcher import Watcher
 from .web import commands as web_commands
+
+if TYPE_CHECKING:  # each command imports what it runs: `querywatch --help` loads none of these
+    from . import check, top
+    from .model import Diagnosis
+    from .source.postgres import PostgresSource
+    from .store.leases import Lease
+    from .store.protocol import StoreProtocol
 
 app = typer.Typer(
     help="Find the SQL query that is taking PostgreSQL down, say why, prove the fix.",
@@ -96,6 +84,9 @@ def collect(
 ) -> None:
     """Collect pg_stat_statements deltas into the store (no detection, no alerts); one server
     (of a fleet: --server NAME; `watch` collects every server)."""
+    from .service import LEASE_INTERVALS, OWNER
+    from .watcher import Watcher
+
     cfg = load_settings(dsn=dsn, store=store, server_name=server, interval=interval)
     entries = configured_servers(cfg)
     if len(entries) > 1:
@@ -151,6 +142,9 @@ def top_command(
     ] = None,
 ) -> None:
     """Rank statements by database time (or calls, mean, rows, io) over a recent window."""
+    from . import headroom, top
+    from .detect import settings_from_mapping
+
     cfg = load_settings(store=store, server_name=server)
     seconds = parse_duration(since, "--since")
     configured = cpu_cores or settings_from_mapping(cfg.sections.get("detect", {})).cpu_cores
@@ -181,6 +175,10 @@ def top_command(
 
 
 def _print_top(ranked: list[top.RankedStatement], server: str, since: str, covered: float) -> None:
+    from rich.table import Table
+
+    from .text import one_line
+
     cores = ranked[0].capacity.cores if ranked and ranked[0].capacity else None
     title = f"top statements on {server}, last {since} ({human(covered)} of data)"
     table = Table(title=title + (f", {cores} cores" if cores else ""))
@@ -219,6 +217,11 @@ def check_command(
 ) -> None:
     """Preflight: version, pg_stat_statements, privileges and capacity, with the fix for each;
     every server of a fleet ([[servers]] or --dsn repeated), an unreachable one as a failure."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import check
+    from .source.postgres import describe_dsn
+
     cfg = load_settings(dsn=dsn, server_name=server)
     entries = configured_servers(cfg)
     if len(entries) == 1 and not cfg.servers:  # one server: unreachable is an error, as ever
@@ -247,6 +250,8 @@ def check_command(
 
 
 def _checks(cfg: Settings, dsn: str) -> list[check.Finding]:
+    from . import check
+
     source = open_source(cfg, dsn)
     caps = source.connect()
     usage = _usage(source)
@@ -257,6 +262,8 @@ def _checks(cfg: Settings, dsn: str) -> list[check.Finding]:
 
 def _fleet_checks(cfg: Settings, dsn: str) -> list[check.Finding]:
     """One server of a fleet: its findings, or one failed finding when it cannot be read."""
+    from . import check
+
     try:
         return _checks(cfg, dsn)
     except SourceError as exc:
@@ -264,6 +271,10 @@ def _fleet_checks(cfg: Settings, dsn: str) -> list[check.Finding]:
 
 
 def _cpu_cores(cfg: Settings, source: PostgresSource) -> check.CpuCores:
+    from . import check
+    from .detect import settings_from_mapping
+    from .source.cores import server_cores
+
     configured = settings_from_mapping(cfg.sections.get("detect", {})).cpu_cores
     found = server_cores(source) if configured is None else None
     if found is None:
@@ -272,6 +283,8 @@ def _cpu_cores(cfg: Settings, source: PostgresSource) -> check.CpuCores:
 
 
 def _usage(source: PostgresSource) -> check.Usage | None:
+    from . import check
+
     caps = source.capabilities
     if not (caps.preloaded and caps.pgss_version):
         return None
@@ -282,16 +295,14 @@ def _usage(source: PostgresSource) -> check.Usage | None:
     return check.Usage(len(snapshot.statements), snapshot.dealloc)
 
 
-_MARKS = {
-    check.Level.OK: "[green]ok[/]  ",
-    check.Level.WARN: "[yellow]warn[/]",
-    check.Level.FAIL: "[red]FAIL[/]",
-}
+_MARKS = {"ok": "[green]ok[/]  ", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}  # Level
 
 
 def _print_checks(results: list[check.Finding]) -> None:
+    from . import check
+
     for f in results:
-        out.print(f"{_MARKS[f.level]} {f.name}: {f.message}")
+        out.print(f"{_MARKS[f.level.value]} {f.name}: {f.message}")
         if f.fix and f.level is not check.Level.OK:
             out.print(f"      fix: {f.fix}")
         if f.level is not check.Level.OK:
@@ -359,6 +370,10 @@ def watch(
 ) -> None:
     """Collect, detect and alert until SIGINT/SIGTERM (then exit 0). Several servers: repeat
     --dsn, or list them as [[servers]] tables in querywatch.toml (one thread each)."""
+    from .alerts import channels_from_settings
+    from .logs.follower import log_pairs
+    from .service import WatchOptions, run_watch
+
     cfg = load_settings(
         dsn=dsn, store=store, server_name=server, interval=interval, host=host, port=port
     )
@@ -426,6 +441,10 @@ def diagnose(
     )
     if window_start >= window_end:
         raise InputError("diagnose: the window must start before it ends")
+    from .capacity import settings_from_mapping as capacity_settings
+    from .detect import Detector
+    from .monitor import Monitor
+
     with open_store(cfg, create=False) as st:
         srv = pick_server(st, cfg)
         monitor = Monitor(
@@ -443,6 +462,8 @@ def diagnose(
 def _diagnose_now(dsn: str | None, sample_s: float) -> Diagnosis:
     """One-shot: no store, no watcher; one connection for ``sample_s`` seconds."""
     from .detect import settings_from_mapping as detect_settings
+    from .oneshot import diagnose_now
+    from .source.postgres import describe_dsn
 
     cfg = load_settings(dsn=dsn)
     min_age_s = detect_settings(cfg.sections.get("detect", {})).long_run_min_age
@@ -455,6 +476,8 @@ def _diagnose_now(dsn: str | None, sample_s: float) -> Diagnosis:
 
 
 def _print_diagnosis(result: Diagnosis, fmt: Format) -> None:
+    from .report import diagnosis_to_json, diagnosis_to_text
+
     link = verdict_link(result.verdict.value, configured_base())  # what to do
     if fmt is Format.json:
         out.print_json(json.dumps({**diagnosis_to_json(result), "docs_url": link}))
@@ -493,6 +516,10 @@ def status(
 ) -> None:
     """Collector health, open incidents and alert channel delivery, from the store. Several
     servers: one line each, trouble first (--server NAME: that server in detail)."""
+    from . import fleet
+    from . import status as server_status
+    from .alerts.outbox import summary_json, summary_line
+
     cfg = load_settings(store=store, server_name=server)
     now = time.time()
     with open_store(cfg, create=False) as st:

@@ -2,7 +2,8 @@
 server choice, logging and signal handling.
 
 ``cli.py`` and each feature's ``commands.py`` import from here at the top; nothing here imports
-a command module, so there is no cycle.
+a command module, so there is no cycle. Importing this module loads no store engine, psycopg or
+web stack (``--help`` stays fast): the openers import them when called.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from rich.console import Console
 from . import top
 from .errors import ConfigError, QuerywatchError
 from .settings import ServerEntry, Settings, help_text, load
-from .source.postgres import PostgresSource, server_label
-from .store import Retention, Store
-from .store.protocol import StoreProtocol
 
 if TYPE_CHECKING:
+    from .source.postgres import PostgresSource
+    from .store.protocol import StoreProtocol
     from .store.sqlite import Server
 
 out = Console(highlight=False, soft_wrap=True)
@@ -79,6 +79,8 @@ def load_settings(**flags: Any) -> Settings:
 
 def server_name(cfg: Settings) -> str:
     """The name the store files this server under: the setting, else one from the DSN."""
+    from .source.postgres import server_label
+
     return cfg.server_name or server_label(cfg.dsn)
 
 
@@ -86,6 +88,8 @@ def fleet(cfg: Settings) -> tuple[ServerEntry, ...]:
     """The servers to watch or check, each named: the ``[[servers]]`` tables or repeated
     ``--dsn`` (unnamed ones named from their DSN), else the one server of ``cfg.dsn`` (a fleet
     of one); with ``server_name`` set and a fleet configured, only the server of that name."""
+    from .source.postgres import server_label
+
     if not cfg.servers:
         return (ServerEntry(server_name(cfg), cfg.dsn),)
     named = tuple(replace(e, name=e.name or server_label(e.dsn)) for e in cfg.servers)
@@ -105,6 +109,8 @@ def fleet(cfg: Settings) -> tuple[ServerEntry, ...]:
 
 def open_source(cfg: Settings, dsn: str | None = None) -> PostgresSource:
     """A source for ``dsn`` (default: ``cfg.dsn``) with the configured timeouts."""
+    from .source.postgres import PostgresSource
+
     return PostgresSource(
         cfg.dsn if dsn is None else dsn,
         statement_timeout_ms=cfg.statement_timeout_ms,
@@ -114,6 +120,8 @@ def open_source(cfg: Settings, dsn: str | None = None) -> PostgresSource:
 
 def open_store(cfg: Settings, create: bool = True) -> StoreProtocol:
     """The store at ``cfg.store`` with the configured retention."""
+    from .store import Retention, Store
+
     retention = Retention(cfg.retention_raw, cfg.retention_minute, cfg.retention_hour)
     return Store(cfg.store, retention=retention, create=create, pool_size=cfg.store_pool_size)
 

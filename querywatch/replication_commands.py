@@ -12,7 +12,6 @@ import typer
 
 from .clikit import Format, StoreOpt, load_settings, open_store, out
 from .durations import parse_duration
-from .web.replication import context
 
 EVENTS_SHOWN = 20
 
@@ -28,6 +27,8 @@ def replication(
 ) -> None:
     """Each watched server's role and timeline, each primary's replicas with their replay lag,
     replication findings with their fix, and the failovers, lag and conflicts of --since."""
+    from .web.replication import context
+
     cfg = load_settings(store=store)
     span = parse_duration(since, "--since")
     now = time.time()

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .capacity import StatementCapacity
-from .model import Counters
+if TYPE_CHECKING:  # capacity loads pglast: _ranked imports it, the CLI (SORT_KEYS) does not
+    from .capacity import StatementCapacity
+    from .model import Counters
 
 SORT_KEYS: dict[str, Callable[[Counters], float]] = {
     "time": lambda c: c.exec_ms,
@@ -79,6 +81,8 @@ def rank(
 def _ranked(
     position: int, e: Entry, total_ms: float, seconds: float, cores: int | None
 ) -> RankedStatement:
+    from .capacity import StatementCapacity
+
     c = e.counters
     calls_per_s = c.calls / seconds if seconds else 0.0
     capacity = StatementCapacity(cores, c.mean_ms, calls_per_s) if cores else None

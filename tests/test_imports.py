@@ -5,11 +5,19 @@ are resolved against the importing module's package. ``from pkg import name`` po
 submodule ``pkg.name`` when one exists, else at ``pkg`` itself. Importing ``pkg.mod`` counts as an
 edge to ``pkg.mod`` only, not to ``pkg/__init__`` (else every package whose ``__init__`` re-exports
 its modules would be a cycle with each module that imports a sibling).
+
+And what the CLI loads: ``querywatch.cli`` and ``--help`` import no web stack, PostgreSQL driver,
+store engine or SQL parser (each command imports what it runs), checked in a fresh interpreter;
+the packages that re-export names lazily give the same objects as their modules.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
+import json
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -169,3 +177,77 @@ def test_the_resolver_follows_relative_function_level_and_type_checking_imports(
 def test_no_import_cycle() -> None:
     found = cycles(import_graph())
     assert not found, "import cycles:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+# what `querywatch --help` must not load: each costs from 50 ms to most of a second at start-up
+HEAVY = ("fastapi", "starlette", "uvicorn", "psycopg", "psycopg_pool", "pglast", "httpx")
+HEAVY += ("prometheus_client", "playwright", "querywatch.store.postgres")
+
+
+def heavy_loaded(code: str) -> list[str]:
+    """The heavy modules in ``sys.modules`` after ``code`` ran in a fresh interpreter (and the
+    web package's modules beyond ``querywatch.web.commands``)."""
+    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    web = {"querywatch.web", "querywatch.web.commands"}
+    return [
+        m
+        for m in loaded
+        if m.split(".")[0] in HEAVY
+        or m in HEAVY
+        or (m.startswith("querywatch.web.") and m not in web)
+    ]
+
+
+def cli_run(*args: str) -> str:
+    """Code running the CLI with ``args`` in-process (its exit caught), for heavy_loaded."""
+    return (
+        "from querywatch.cli import app\n"
+        "try:\n"
+        f"    app({list(args)!r}, prog_name='querywatch')\n"
+        "except SystemExit:\n"
+        "    pass"
+    )
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import querywatch.cli",
+        cli_run("--help"),
+        cli_run("status", "--help"),
+        cli_run("logs", "--help"),
+    ],
+    ids=["import", "help", "status-help", "logs-help"],
+)
+def test_the_cli_loads_no_heavy_dependency_until_a_command_runs(code: str) -> None:
+    assert heavy_loaded(code) == []
+
+
+def test_the_heavy_check_sees_what_a_command_loads() -> None:
+    """The same check fails once a command's own imports run (here serve's web app)."""
+    loaded = heavy_loaded("import querywatch.cli\nfrom querywatch.web import create_app")
+    assert {"fastapi", "querywatch.web.app"} <= set(loaded)
+
+
+LAZY_PACKAGES = (
+    "querywatch.advise",
+    "querywatch.alerts",
+    "querywatch.audit",
+    "querywatch.loadtest",
+    "querywatch.store",
+    "querywatch.web",
+)
+
+
+@pytest.mark.parametrize("name", LAZY_PACKAGES)
+def test_lazy_packages_export_their_modules_objects(name: str) -> None:
+    package = importlib.import_module(name)
+    for exported in package.__all__:
+        value = getattr(package, exported)
+        home = importlib.import_module(value.__module__)
+        assert getattr(home, exported) is value, f"{name}.{exported}"
+    with pytest.raises(AttributeError):
+        package.no_such_name  # noqa: B018

@@ -8,9 +8,10 @@ The entry points are imported lazily, so importing a pure module does not load p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .records import Advice, Finding, IndexAdvice, QueryStats, Review
+if TYPE_CHECKING:
+    from .records import Advice, Finding, IndexAdvice, QueryStats, Review
 
 __all__ = [
     "Advice",
@@ -29,4 +30,8 @@ def __getattr__(name: str) -> Any:
         from . import advisor
 
         return getattr(advisor, name)
+    if name in __all__:  # the records too: the CLI's advise command loads none of these
+        from . import records
+
+        return getattr(records, name)
     raise AttributeError(name)

@@ -7,11 +7,9 @@ import json
 import time
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from ..clikit import (
     DsnOpt,
@@ -26,14 +24,15 @@ from ..clikit import (
 from ..docs import configured_base
 from ..durations import iso, parse_duration
 from ..errors import InputError
-from ..fingerprint import display
-from ..model import Statement
-from ..settings import Settings
-from ..store import store_exists
-from ..store.protocol import StoreProtocol
-from . import advisor, nodes, report
-from .records import Advice, QueryStats, Review
-from .session import Session
+
+if TYPE_CHECKING:  # the advisor, its session (psycopg) and pglast load when a command runs
+    from rich.console import Console
+
+    from ..model import Statement
+    from ..settings import Settings
+    from ..store.protocol import StoreProtocol
+    from .records import Advice, Review
+    from .session import Session
 
 
 class ReportFormat(StrEnum):
@@ -55,6 +54,8 @@ def advise_command(
     server: ServerOpt = None,
 ) -> None:
     """Review the most resource-intensive statements: findings, plans, verified index fixes."""
+    from .session import Session
+
     cfg = load_settings(dsn=dsn, store=store, server_name=server)
     seconds = parse_duration(since, "--since")
     with Session.open(cfg.dsn, timeout_ms=cfg.statement_timeout_ms) as session:
@@ -73,6 +74,9 @@ def explain_command(
     server: ServerOpt = None,
 ) -> None:
     """The plan, findings and index advice of one statement, and its plan history."""
+    from . import advisor, report
+    from .session import Session
+
     cfg = load_settings(dsn=dsn, store=store, server_name=server)
     with Session.open(cfg.dsn, timeout_ms=cfg.statement_timeout_ms) as session:
         found = _lookup(cfg, session, statement)
@@ -97,11 +101,15 @@ def register(app: typer.Typer) -> None:
 
 def _open_store(cfg: Settings) -> StoreProtocol | None:
     """The configured store when its file exists (advise works without one)."""
+    from ..store import store_exists
+
     return open_store(cfg, create=False) if store_exists(cfg.store) else None
 
 
 def _review(cfg: Settings, session: Session, top: int, seconds: float) -> Review:
     """From the store when it holds the window for this server, else from pg_stat_statements."""
+    from . import advisor
+
     end = time.time()
     name = server_name(cfg)
     st = _open_store(cfg)
@@ -126,6 +134,8 @@ def _remember(
     cfg: Settings, advice: Sequence[Advice], fingerprint: str | None
 ) -> list[dict[str, Any]]:
     """Store the plans when a store exists; the plan history of ``fingerprint``."""
+    from . import advisor
+
     st = _open_store(cfg)
     if st is None:
         return []
@@ -153,6 +163,9 @@ WHERE queryid = %(queryid)s LIMIT 1
 
 def _lookup(cfg: Settings, session: Session, wanted: str) -> Statement:
     """The statement of a fingerprint (from the store) or a queryid (store, then the server)."""
+    from ..model import Statement
+    from . import advisor
+
     queryid = int(wanted) if wanted.lstrip("-").isdigit() else None
     st = _open_store(cfg)
     if st is not None:
@@ -171,6 +184,12 @@ def _lookup(cfg: Settings, session: Session, wanted: str) -> Statement:
 
 
 def _print_review(out: Console, review: Review, fmt: ReportFormat, docs_base: str) -> None:
+    from rich.table import Table
+
+    from ..fingerprint import display
+    from . import report
+    from .records import QueryStats
+
     if fmt is ReportFormat.json:
         out.print_json(json.dumps(report.review_to_json(review, docs_base)))
         return
@@ -206,6 +225,9 @@ def _print_review(out: Console, review: Review, fmt: ReportFormat, docs_base: st
 
 
 def _print_advice(out: Console, rank: int, a: Advice, docs_base: str) -> None:
+    from ..fingerprint import display
+    from . import report
+
     out.print(f"\n[bold]{rank}. {display(a.query, 110)}[/]", markup=True, highlight=False)
     if a.error:
         out.print(f"   no plan: {a.error}", markup=False)
@@ -238,6 +260,8 @@ def _print_advice(out: Console, rank: int, a: Advice, docs_base: str) -> None:
 
 
 def _tree(doc: Any) -> list[str]:
+    from . import nodes
+
     lines: list[str] = []
 
     def visit(node: Any, depth: int) -> None:

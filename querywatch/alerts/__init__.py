@@ -5,18 +5,22 @@
 sends apart from collection (a thread and a bounded queue per channel, timeouts, retries).
 """
 
-from querywatch.alerts.alertmanager import AlertmanagerChannel
-from querywatch.alerts.channel import Channel
-from querywatch.alerts.dispatcher import (
-    ChannelStatus,
-    Dispatcher,
-    OutboxSettings,
-    channels_from_settings,
-)
-from querywatch.alerts.message import Notification
-from querywatch.alerts.pagerduty import PagerDutyChannel
-from querywatch.alerts.slack import SlackChannel
-from querywatch.alerts.webhook import WebhookChannel
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from querywatch.alerts.alertmanager import AlertmanagerChannel
+    from querywatch.alerts.channel import Channel
+    from querywatch.alerts.dispatcher import (
+        ChannelStatus,
+        Dispatcher,
+        OutboxSettings,
+        channels_from_settings,
+    )
+    from querywatch.alerts.message import Notification
+    from querywatch.alerts.pagerduty import PagerDutyChannel
+    from querywatch.alerts.slack import SlackChannel
+    from querywatch.alerts.webhook import WebhookChannel
 
 __all__ = [
     "AlertmanagerChannel",
@@ -30,3 +34,26 @@ __all__ = [
     "WebhookChannel",
     "channels_from_settings",
 ]
+
+# name -> its module, imported on first use: the CLI reads pagerduty.EVENTS_URL for a default
+# without loading the dispatcher (httpx)
+_LAZY = {
+    "AlertmanagerChannel": "alertmanager",
+    "Channel": "channel",
+    "ChannelStatus": "dispatcher",
+    "Dispatcher": "dispatcher",
+    "Notification": "message",
+    "OutboxSettings": "dispatcher",
+    "PagerDutyChannel": "pagerduty",
+    "SlackChannel": "slack",
+    "WebhookChannel": "webhook",
+    "channels_from_settings": "dispatcher",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

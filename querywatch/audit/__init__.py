@@ -4,15 +4,19 @@
 schedules audits inside ``watch``), ``commands`` is the CLI.
 """
 
-from .core import (
-    AuditReport,
-    AuditSettings,
-    AuditVerdict,
-    audit,
-    due_audits,
-    mann_whitney,
-    split,
-)
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .core import (
+        AuditReport,
+        AuditSettings,
+        AuditVerdict,
+        audit,
+        due_audits,
+        mann_whitney,
+        split,
+    )
 
 __all__ = [
     "AuditReport",
@@ -23,3 +27,12 @@ __all__ = [
     "mann_whitney",
     "split",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``core`` (and diagnose) loads on first use, not when the CLI imports ``commands``."""
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.core"), name)
+    globals()[name] = value
+    return value

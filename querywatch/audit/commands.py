@@ -10,8 +10,6 @@ import typer
 
 from ..clikit import StoreOpt, load_settings, open_store, out, pick_server
 from ..durations import parse_duration
-from .report import audit_to_json, audit_to_markdown, audit_to_text
-from .run import find_deploy, run_audit
 
 
 class AuditFormat(StrEnum):
@@ -31,6 +29,9 @@ def audit_command(
     server: Annotated[str | None, typer.Option("--server", help="server name in the store")] = None,
 ) -> None:
     """Per statement before vs after a deploy: new, gone, calls, latency, DB time, verdict."""
+    from .report import audit_to_json, audit_to_markdown, audit_to_text
+    from .run import find_deploy, run_audit
+
     cfg = load_settings(store=store, server_name=server)
     before_s = parse_duration(before, "--before")
     after_s = parse_duration(after, "--after")

@@ -10,16 +10,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..clikit import out
 from ..errors import InputError
-from .baseline import Capture, load, save
-from .rules import check
+
+if TYPE_CHECKING:
+    from .baseline import Capture
 
 DEFAULT_BASELINE = "querywatch-gate.json"
 PLUGIN = "querywatch.gate.plugin"
@@ -37,6 +37,8 @@ ArgsArg = Annotated[
 
 def plugin_args() -> list[str]:
     """``-p querywatch.gate.plugin`` unless an installed entry point already loads it."""
+    from importlib.metadata import entry_points
+
     loaded = any(ep.value == PLUGIN for ep in entry_points(group="pytest11"))
     return [] if loaded else ["-p", PLUGIN]
 
@@ -48,6 +50,8 @@ def run_suite(mode: str, target: Path, args: list[str]) -> int:
 
 
 def captured(args: list[str], keep: Path | None = None) -> tuple[Capture, int]:
+    from .baseline import load
+
     with tempfile.TemporaryDirectory(prefix="querywatch-gate-") as folder:
         target = Path(folder) / "capture.json"
         code = run_suite("capture", target, args)
@@ -60,6 +64,8 @@ def captured(args: list[str], keep: Path | None = None) -> tuple[Capture, int]:
 @gate_app.command("record")
 def record(baseline: BaselineOpt = Path(DEFAULT_BASELINE), args: ArgsArg = None) -> None:
     """Run the suite and write the baseline (the current statements are accepted)."""
+    from .baseline import Capture, load, save
+
     budget = load(baseline).budget if baseline.exists() else None
     capture, code = captured(args or [])
     if code != 0:
@@ -77,6 +83,9 @@ def record(baseline: BaselineOpt = Path(DEFAULT_BASELINE), args: ArgsArg = None)
 @gate_app.command("check")
 def check_command(baseline: BaselineOpt = Path(DEFAULT_BASELINE), args: ArgsArg = None) -> None:
     """Run the suite and fail on statements over the baseline's budget."""
+    from .baseline import load
+    from .rules import check
+
     known = load(baseline)
     capture, code = captured(args or [])
     violations = check(known, capture)

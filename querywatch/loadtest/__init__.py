@@ -4,9 +4,13 @@
 demo calls it before and after the fix and prints ``compare_text``).
 """
 
-from querywatch.loadtest.engine import OpenModel, Progress
-from querywatch.loadtest.result import LoadResult, compare_text, from_json, to_json, to_text
-from querywatch.loadtest.runner import run_loadtest
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from querywatch.loadtest.engine import OpenModel, Progress
+    from querywatch.loadtest.result import LoadResult, compare_text, from_json, to_json, to_text
+    from querywatch.loadtest.runner import run_loadtest
 
 __all__ = [
     "LoadResult",
@@ -18,3 +22,23 @@ __all__ = [
     "to_json",
     "to_text",
 ]
+
+# name -> its module, imported on first use (psycopg loads with the engine, not the CLI's help)
+_LAZY = {
+    "LoadResult": "result",
+    "OpenModel": "engine",
+    "Progress": "engine",
+    "compare_text": "result",
+    "from_json": "result",
+    "run_loadtest": "runner",
+    "to_json": "result",
+    "to_text": "result",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..clikit import DsnOpt, StoreOpt, err, load_settings, open_store, out
 from ..durations import parse_duration
 from ..errors import InputError
-from ..store.protocol import StoreProtocol
-from .engine import Progress as LoadProgress
-from .params import read_params
-from .result import LoadResult, compare_text, load_file, to_json, to_text
-from .runner import run_loadtest
+
+if TYPE_CHECKING:  # the engine (psycopg) and Rich's progress bar load when a test runs
+    from rich.console import Console
+
+    from ..store.protocol import StoreProtocol
+    from .engine import Progress as LoadProgress
+    from .result import LoadResult
 
 
 class LoadFormat(StrEnum):
@@ -45,6 +45,8 @@ def read_sql(path: Path) -> str:
 
 
 def _with_progress(console: Console, run: Any) -> LoadResult:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("[bold]loadtest"),
         BarColumn(),
@@ -90,6 +92,10 @@ def loadtest_command(
     store: StoreOpt = None,
 ) -> None:
     """Open-model load test of one statement: latency percentiles, rate, errors, DB time."""
+    from .params import read_params
+    from .result import compare_text, load_file, to_json, to_text
+    from .runner import run_loadtest
+
     cfg = load_settings(dsn=dsn, store=store)
     if (fingerprint is None) == (sql_file is None):
         raise InputError("loadtest: give exactly one of --fingerprint or --sql")

@@ -17,26 +17,23 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..clikit import DsnOpt, ServerOpt, err, load_settings, open_store, out, stop_on_signals
 from ..durations import iso
 from ..errors import InputError, QuerywatchError
-from ..source.postgres import server_label
-from ..store.protocol import StoreProtocol
-from . import report as rep
-from .explain import Explainer
-from .load import Loader, LoadResult
-from .parallel import summarize_parallel
-from .parser import parse
-from .postmortem import replay
 from .reader import Position, follow, load_positions, read_chunks, save_positions
 from .reader import _line_end as line_end
 from .reader import _same_file as same_file
-from .records import Plan
-from .summary import Summary, summarize
+
+if TYPE_CHECKING:  # the parser, summary (pglast), report and store loader load when logs are read
+    from ..store.protocol import StoreProtocol
+    from . import report as rep
+    from .load import Loader, LoadResult
+    from .records import Plan
+    from .summary import Summary
 
 log = logging.getLogger("querywatch.logs")
 
@@ -59,7 +56,7 @@ class Run:
     prefix: str | None = None
     keep_params: bool = False
     state: Path | None = None
-    summary: Summary = field(default_factory=Summary)
+    summary: Summary = field(default_factory=lambda: _summary())  # pglast loads when reading
     loader: Loader | None = None
     positions: dict[str, Position] = field(default_factory=dict)
     jobs: int = 1
@@ -67,6 +64,9 @@ class Run:
     def consume(self, chunks: Iterable[bytes]) -> None:
         """Summarize (and load) one file's blocks; without a store nor --keep-params the
         summary's fast path reads the log without an event per statement."""
+        from .parser import parse
+        from .summary import summarize
+
         loader = self.loader
         if loader is None and not self.keep_params:
             summarize(chunks, fmt=self.log_format, prefix=self.prefix, summary=self.summary)
@@ -100,6 +100,8 @@ class Run:
 
     def _parallel(self, path: str, key: str) -> bool:
         """The file read by `jobs` processes (a large plain stderr log); False: not split."""
+        from .parallel import summarize_parallel
+
         try:
             stat = os.stat(path)
         except OSError:
@@ -146,6 +148,13 @@ class Run:
                 raise InputError(
                     f"logs --state: cannot write {str(self.state)!r}: {exc.strerror}"
                 ) from None
+
+
+def _summary() -> Summary:
+    """An empty summary (its module, with pglast, loads when a run starts, not with --help)."""
+    from .summary import Summary
+
+    return Summary()
 
 
 def _key(path: str) -> str:
@@ -259,6 +268,10 @@ def logs_command(
     ] = 1,
 ) -> None:
     """Report on PostgreSQL server logs; with --store, load them as a second source."""
+    from ..source.postgres import server_label
+    from . import report as rep
+    from .load import Loader
+
     check_files(files, follow_)
     cfg = load_settings(store=store, server_name=server, dsn=dsn)
     if incidents and (store is None or follow_):
@@ -315,6 +328,8 @@ def build_report(
 
 def _replay(st: StoreProtocol, server: str, loaded: LoadResult | None) -> list[dict[str, object]]:
     """The incidents detection opens over the span just loaded (``--incidents``)."""
+    from .postmortem import replay
+
     if loaded is None or loaded.first_at is None or loaded.last_at is None:
         return []
     found = replay(st, st.server(server).id, server, loaded.first_at, loaded.last_at)
@@ -326,6 +341,8 @@ def _replay(st: StoreProtocol, server: str, loaded: LoadResult | None) -> list[d
 
 def _planned(p: Plan) -> rep.Execution:
     """An auto_explain plan as the execution it was logged for."""
+    from . import report as rep
+
     return rep.Execution(
         at=p.at.isoformat(timespec="milliseconds") if p.at is not None else None,
         duration_ms=p.duration_ms,
@@ -341,6 +358,8 @@ def _planned(p: Plan) -> rep.Execution:
 
 def explain_slowest(report: rep.Report, dsn: str) -> rep.Report:
     """The slowest executions that have their text explained with their logged values."""
+    from .explain import Explainer
+
     explainer = Explainer(dsn)
     try:
         done = 0

@@ -6,9 +6,31 @@ Each concept's SQL lives in its own module (``leases``, ``outbox``, ``rollup``..
 between both engines and run through a ``querywatch.store.db.Connection``.
 """
 
-from .leases import Lease
-from .postgres import store_exists
-from .rollup import Retention
-from .sqlite import Store, TopRow
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .leases import Lease
+    from .postgres import store_exists
+    from .rollup import Retention
+    from .sqlite import Store, TopRow
 
 __all__ = ["Lease", "Retention", "Store", "TopRow", "store_exists"]
+
+# name -> its module, imported on first use: the CLI's store commands load no engine, and the
+# PostgreSQL engine (psycopg, psycopg_pool) loads when a postgresql:// store is opened
+_LAZY = {
+    "Lease": "leases",
+    "Retention": "rollup",
+    "Store": "sqlite",
+    "TopRow": "sqlite",
+    "store_exists": "postgres",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

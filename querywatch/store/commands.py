@@ -8,9 +8,7 @@ import typer
 
 from ..clikit import out
 from ..errors import InputError
-from .copy import copy_store
 from .location import redact
-from .sqlite import Store
 
 store_app = typer.Typer(help="Manage the history store (SQLite file or PostgreSQL).")
 
@@ -24,6 +22,9 @@ def copy(
 ) -> None:
     """Copy every server's history (intervals, rollups, incidents, deploys...) into another
     store, e.g. a single-host querywatch.db into the shared PostgreSQL store."""
+    from .copy import copy_store
+    from .sqlite import Store
+
     if source == target:
         raise InputError(f"store copy: --from and --to are the same store ({redact(source)!r})")
     with Store(source, create=False) as src, Store(target) as dst:

@@ -7,6 +7,7 @@ the engine's hooks here; ``Store("postgresql://...")`` returns the PostgreSQL en
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sqlite3
 import threading
@@ -90,12 +91,9 @@ class Store(
 
     def __new__(cls, path: str | Path, *args: Any, **kwargs: Any) -> Store:
         if cls is Store and pg_target(path) is not None:
-            engine = ENGINES.get("postgresql")
-            if engine is None:  # querywatch.store (its __init__) registers it
-                raise StoreError(
-                    "store: the PostgreSQL engine is not loaded (import querywatch.store)"
-                )
-            return super().__new__(engine)
+            if "postgresql" not in ENGINES:  # its module registers it, loaded when first opened
+                importlib.import_module("querywatch.store.postgres")
+            return super().__new__(ENGINES["postgresql"])
         return super().__new__(cls)
 
     def __init__(

@@ -7,9 +7,13 @@
 
 from __future__ import annotations
 
-from .app import create_app
-from .report import render_incident_report
-from .server import WebServer, check_bind, serve, start_in_thread
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .report import render_incident_report
+    from .server import WebServer, check_bind, serve, start_in_thread
 
 __all__ = [
     "WebServer",
@@ -19,3 +23,22 @@ __all__ = [
     "serve",
     "start_in_thread",
 ]
+
+# name -> its module: the web stack (FastAPI, uvicorn) loads on first use of one of these, not
+# when the CLI imports querywatch.web.commands
+_LAZY = {
+    "WebServer": "server",
+    "check_bind": "server",
+    "create_app": "app",
+    "render_incident_report": "report",
+    "serve": "server",
+    "start_in_thread": "server",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
