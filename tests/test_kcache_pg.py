@@ -44,6 +44,7 @@ from querywatch.source.kcache import (
 from querywatch.source.postgres import PostgresSource
 from querywatch.store import Store
 from querywatch.watcher import Watcher
+from tests import storekit
 from tests.conftest import MakePg, missing
 from tests.workload import Load
 from tests.workload import Statement as LoadStatement
@@ -492,8 +493,5 @@ def test_a_cpu_bound_culprits_share_matches_proc(kcache_pg: LocalPostgres, tmp_p
 
 
 def _fingerprints(store: Path, fragment: str) -> set[str]:
-    import sqlite3
-
-    with sqlite3.connect(store) as db:
-        rows = db.execute("SELECT fingerprint, query FROM texts").fetchall()
+    rows = storekit.rows(store, "SELECT fingerprint, query FROM texts")
     return {fp for fp, query in rows if fragment in query}

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import storekit
 from workload import Load, Statement, learned, wait_until
 
 from querywatch.alerts import (
@@ -38,7 +39,7 @@ from querywatch.alerts import (
 )
 from querywatch.alerts.dispatcher import outbox_settings
 from querywatch.alerts.outbox import channel_key
-from querywatch.errors import ConfigError
+from querywatch.errors import ConfigError, StoreError
 from querywatch.model import Incident, IncidentState
 from querywatch.store import Store
 
@@ -526,12 +527,9 @@ def watching(dsn: str, store: Path, hook: str) -> Iterator[subprocess.Popen[str]
 
 
 def outbox_states(store: Path) -> list[tuple[str, str, str]]:
-    import sqlite3
-
     try:
-        with sqlite3.connect(store) as db:
-            rows = db.execute("SELECT incident, status, state FROM outbox ORDER BY id").fetchall()
-    except sqlite3.Error:
+        rows = storekit.rows(store, "SELECT incident, status, state FROM outbox ORDER BY id")
+    except StoreError:
         return []
     return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 

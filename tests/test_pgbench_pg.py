@@ -11,7 +11,6 @@ it joins the incident and the page is updated (same incident, at most one update
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import storekit
 from conftest import MakePg, missing
 from workload import Receiver, learned, mark_deploy, wait_until, watch_process
 
@@ -111,7 +111,6 @@ def test_primary_key_dropped_under_tpcb_pages_once_naming_both_statements(
     assert [d["suspect"] for d in diagnosis["deploys"] if d["version"] == "v7"] == [True], (
         diagnosis["deploys"]
     )
-    with sqlite3.connect(store) as db:
-        stored = [row[0] for row in db.execute("SELECT id FROM incidents")]
+    stored = [row[0] for row in storekit.rows(store, "SELECT id FROM incidents")]
     assert stored == [pages[0]["incident"]], "one cause, one incident"
     assert "throughput fell" in diagnosis["summary"], diagnosis["summary"]
