@@ -175,6 +175,26 @@ CPU_HOGS = frozenset(
         "test_fleet_acceptance_pg",  # five clusters with their workloads, cadence judged
     }
 )
+# Modules whose module-scoped fixtures are costly (a cluster of their own, a primary and its
+# pg_basebackup replica, server logs written by a real workload, a built docs site, a loaded
+# schema, a chromium): each runs on one worker, so the fixture is made once, not once per worker.
+SHARED_SETUP = frozenset(
+    {
+        "test_capacity_pg",
+        "test_replication_pg",
+        "test_logs_pg",
+        "test_fleet_pg",
+        "test_restart_pg",
+        "test_advise_families_a",
+        "test_advise_families_b",
+        "test_advise_embedded",
+        "test_docs_examples",
+        "test_docs_site",
+        "test_docs_web",
+        "test_web_browser",
+        "test_anywindow",
+    }
+)
 # End-to-end tests judged on real timings (alerts within N intervals, latency means) run a
 # watcher against a real server: under the other workers' load they get one rerun. A test has to
 # fail twice to fail, and pytest's summary counts every rerun.
@@ -204,10 +224,13 @@ TIMED = frozenset(
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.path.stem
         if module in CPU_HOGS:
             item.add_marker(pytest.mark.xdist_group("cpu_hogs"))
+        elif module in SHARED_SETUP:
+            item.add_marker(pytest.mark.xdist_group(module))
         if module in TIMED:
             item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
