@@ -26,6 +26,7 @@ from querywatch.audit.core import (
 from querywatch.audit.report import audit_to_alert, audit_to_json, audit_to_markdown, audit_to_text
 from querywatch.audit.run import AuditScheduler, run_audit
 from querywatch.diagnose import traffic_factor, workload
+from querywatch.errors import StoreError
 from querywatch.model import (
     Counters,
     DatabaseCounters,
@@ -37,6 +38,7 @@ from querywatch.model import (
     StatementKey,
 )
 from querywatch.store import Store
+from tests import storekit
 from tests.workload import Load, Receiver, watch_process
 from tests.workload import Statement as LoadStatement
 
@@ -458,16 +460,11 @@ def _keyed_table(dsn: str, name: str) -> None:
 
 
 def _intervals(store: Path) -> int:
-    import sqlite3
-
-    if not store.exists():
+    if not storekit.exists(store):
         return 0
     try:
-        with sqlite3.connect(store) as db:
-            return int(
-                db.execute("SELECT count(*) FROM intervals WHERE complete = 1").fetchone()[0]
-            )
-    except sqlite3.Error:
+        return int(storekit.value(store, "SELECT count(*) FROM intervals WHERE complete = 1"))
+    except StoreError:
         return 0
 
 

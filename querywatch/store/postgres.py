@@ -19,7 +19,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -231,10 +231,18 @@ class PgStore(Store):
 
     @contextmanager
     def _transaction(self, conn: Connection | None = None) -> Iterator[Connection]:
+        """BEGIN ... COMMIT with querywatch's marker (psycopg's own BEGIN and COMMIT would count
+        as the watched server's workload when the store lives there)."""
         held = conn or self._conn
         assert isinstance(held, PgConnection)
-        with held.raw.transaction():
+        held.raw.execute(MARKER + "BEGIN")
+        try:
             yield held
+        except BaseException:
+            with suppress(psycopg.Error):  # a broken connection: the pool discards it
+                held.raw.execute(MARKER + "ROLLBACK")
+            raise
+        held.raw.execute(MARKER + "COMMIT")
 
     def close(self) -> None:
         self._pool.close()
