@@ -57,6 +57,13 @@ def _log(path: Path, lines: int = 6000) -> None:
             )
         elif r < 0.065:
             out.append(f"garbage line {i} \x01\x02\n")
+        elif r < 0.215:  # auto_explain plans of 600 fingerprints (one reader keeps 200)
+            table = "p_" + chr(97 + i % 600 % 26) + chr(97 + i % 600 // 26)
+            out.append(
+                f"{head}LOG:  duration: {n:.3f} ms  plan:\n\tQuery Text: SELECT * FROM {table}"
+                f"\n\tSeq Scan on {table}  (cost=0.00..1.00 rows=1 width=4) (actual "
+                f"time=0.01..{n}.0 rows=1 loops=1)\n"
+            )
         elif r < 0.4:
             ids = ", ".join(f"${k + 2}" for k in range(n % 9 + 1))
             out.append(
@@ -84,11 +91,15 @@ def _json(summary: object, path: Path) -> dict[str, object]:
 def test_parallel_report_is_the_sequential_one(tmp_path: Path, jobs: int) -> None:
     path = tmp_path / "pg.log"
     _log(path)
-    one = _json(summarize(read_chunks(path), year=2026), path)
+    sequential = summarize(read_chunks(path), year=2026)
+    one = _json(sequential, path)
     found = summarize_parallel(str(path), jobs, year=2026, min_bytes=0)
     assert found is not None and found[1] == path.stat().st_size
     many = _json(found[0], path)
     assert many == one
+    plans = [(p.fingerprint, p.duration_ms, p.line_no) for p in sequential.plans()]
+    assert [(p.fingerprint, p.duration_ms, p.line_no) for p in found[0].plans()] == plans
+    assert len(plans) == 200  # of ~450 fingerprints with plans: the first 200 kept
     counts = one["counts"]
     assert isinstance(counts, dict) and counts["lock_waits"] == path.read_text().count("still")
     # the cuts fall inside lock waits (still waiting before the cut, acquired after) and

@@ -5,8 +5,12 @@ log's prefix whose severity is not DETAIL, STATEMENT...: no message is split), e
 its own process with the summary's fast path, and the summaries are merged in file order
 (:meth:`querywatch.logs.summary.Summary.merge`): the same report as one process gives.
 
-Only what one process could not read faster is split: a plain (uncompressed) stderr or RDS log of
-at least :data:`MIN_BYTES`. A log written with ``log_statement`` and ``log_duration`` (a statement
+The merge is exact while a part's bounded state is not full: more than 50,000 fingerprints
+(the rest is counted under ``other``) or 4,000 with auto_explain plans may differ in which
+fingerprint gets its own row or plan.
+
+Only what one process could not read faster is split: a plain (uncompressed) stderr or RDS log
+of at least :data:`MIN_BYTES`. A log written with ``log_statement`` and ``log_duration`` (a statement
 and its duration on two lines, maybe far apart) is read by one process: a cut between the two
 would count the statement without its duration.
 """
@@ -29,6 +33,7 @@ __all__ = ["MIN_BYTES", "cuts", "summarize_parallel"]
 
 MIN_BYTES = 32 << 20  # a smaller file is read by one process (starting processes costs ~0.3 s)
 _SAMPLE = 256 * 1024
+PART_PLANS = 20  # a part keeps the plans of 20x the fingerprints one reader keeps (see _part)
 # log_statement lines (a statement logged before it runs; its duration comes on another line)
 _LOGGED_STATEMENT = re.compile(rb"LOG:  (?:statement|execute [^:\n]*): ")
 
@@ -126,7 +131,11 @@ def _part(args: tuple[str, int, int, str, str | None, int]) -> tuple[Summary, in
     """One process: the summary of [a, b) of the file (detached) and its count of lines."""
     path, a, b, name, prefix, year = args
     newlines = [0]
-    summary = summarize(_range(path, a, b, newlines), fmt=name, prefix=prefix, year=year)
+    summary = Summary()
+    # The merge keeps the plans of the file's first fingerprints; a later part cannot know
+    # which those are, so it keeps more (bounded still) for the merge to choose from.
+    summary.max_plans *= PART_PLANS
+    summarize(_range(path, a, b, newlines), fmt=name, prefix=prefix, year=year, summary=summary)
     return summary.detached(), newlines[0]
 
 

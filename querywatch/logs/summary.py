@@ -184,6 +184,7 @@ class Summary:
         self.keep = keep
         self.max_fingerprints = max_fingerprints
         self.samples = samples
+        self.max_plans = keep * 4  # fingerprints whose slowest plan is kept (the first ones)
         self._kinds: dict[str, int] = {}  # events by kind (see counts)
         self._stats: dict[str, _Stats] = {}
         self._hours: dict[tuple[int, int, int, int], _Hour] = {}
@@ -432,7 +433,7 @@ class Summary:
 
     def _plan(self, event: Plan) -> None:
         held = self._plans.get(event.fingerprint)
-        if held is None and len(self._plans) >= self.keep * 4:
+        if held is None and len(self._plans) >= self.max_plans:
             return
         if held is None or event.duration_ms > held[0]:
             self._plans[event.fingerprint] = (event.duration_ms, event)
@@ -578,7 +579,7 @@ class Summary:
                 self._keep_slow(shift(slow), ms)
         for fingerprint, (ms, plan) in later._plans.items():
             held = self._plans.get(fingerprint)
-            if held is None and len(self._plans) >= self.keep * 4:
+            if held is None and len(self._plans) >= self.max_plans:
                 continue
             if held is None or ms > held[0]:
                 self._plans[fingerprint] = (ms, shift(plan))
