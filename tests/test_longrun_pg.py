@@ -2,8 +2,9 @@
 `diagnose --now`, and statistics too young to trust.
 
 Each test runs on a private server (make_pg) because it resets pg_stat_statements. The first one
-lets several minutes of normal traffic accumulate first (the long run must be older than 5 min to
-be trusted), so it takes about 6 minutes.
+lets normal traffic accumulate first: the long run is trusted once older than ``[detect]
+long_run_min_age`` (5 min by default), which its querywatch.toml sets to 1 min, so it takes about
+2 minutes. The second one keeps the default (no querywatch.toml where its subprocesses run).
 """
 
 from __future__ import annotations
@@ -33,13 +34,21 @@ from workload import (
 
 from querywatch.durations import parse_time
 from querywatch.errors import StoreError
-from querywatch.longrun import MIN_AGE_S
 
 INTERVAL = 1.0
 SLACK_S = 1.5  # snapshot, detection, diagnosis and the HTTP POST after an interval ends
 CULPRIT = "SELECT count(*) FROM lr_items WHERE category = $1"
+MIN_AGE_S = 60.0  # [detect] long_run_min_age of the first test (watch: 1 s x 30 is less)
 NORMAL_S = MIN_AGE_S + 20  # normal traffic the statistics hold before the rollout
-INTO_ROLLOUT_S = 40.0  # the watch starts this long after the rollout
+INTO_ROLLOUT_S = NORMAL_S / 8  # the watch starts this long after the rollout (the long run is
+# mostly normal traffic, as 40 s after 320 s with the default min age)
+
+
+def run_here(folder: Path, config: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch and diagnose subprocesses run in ``folder``: its querywatch.toml is theirs."""
+    if config is not None:
+        (folder / "querywatch.toml").write_text(config)
+    monkeypatch.chdir(folder)
 
 
 def shop(dsn: str) -> None:
@@ -121,8 +130,9 @@ def diagnose_now(dsn: str) -> tuple[dict[str, Any], float]:
 
 
 def test_watch_started_during_an_n_plus_1_rollout_pages_at_once_and_one_shot_agrees(
-    make_pg: MakePg, tmp_path: Path, receiver: Receiver
+    make_pg: MakePg, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    run_here(tmp_path, f'[detect]\nlong_run_min_age = "{MIN_AGE_S:.0f}s"\n', monkeypatch)
     server = make_pg()
     shop(server.dsn)
     store = tmp_path / "qw.db"
@@ -162,8 +172,9 @@ def test_watch_started_during_an_n_plus_1_rollout_pages_at_once_and_one_shot_agr
 
 
 def test_statistics_reset_30_s_before_watch_learn_without_paging_and_say_why(
-    make_pg: MakePg, tmp_path: Path, receiver: Receiver
+    make_pg: MakePg, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    run_here(tmp_path, None, monkeypatch)  # the default long_run_min_age (5 min)
     server = make_pg()
     shop(server.dsn)  # resets the statistics
     store = tmp_path / "qw.db"
