@@ -193,6 +193,7 @@ SHARED_SETUP = frozenset(
         "test_docs_web",
         "test_web_browser",
         "test_anywindow",
+        "test_gate",  # the sample app's recorded gate baseline
     }
 )
 # End-to-end tests judged on real timings (alerts within N intervals, latency means) run a
