@@ -180,8 +180,18 @@ def test_no_import_cycle() -> None:
 
 
 # what `querywatch --help` must not load: each costs from 50 ms to most of a second at start-up
-HEAVY = ("fastapi", "starlette", "uvicorn", "psycopg", "psycopg_pool", "pglast", "httpx")
-HEAVY += ("prometheus_client", "playwright", "querywatch.store.postgres")
+HEAVY = (
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "psycopg",
+    "psycopg_pool",
+    "pglast",
+    "httpx",
+    "prometheus_client",
+    "playwright",
+    "querywatch.store.postgres",
+)
 
 
 def heavy_loaded(code: str) -> list[str]:
