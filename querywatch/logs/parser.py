@@ -257,6 +257,7 @@ class _Assembler:
         self.year = year
         self.default_tz = default_tz
         self.shapes: dict[bytes, tuple[str, str]] = {}
+        self.texts: dict[str, tuple[str, str]] = {}  # shape() by the exact text
         self.zones: dict[str | None, tzinfo] = {}
         self.pending: dict[int | None, Entry] = {}  # log_statement text awaiting its log_duration
 
@@ -504,7 +505,11 @@ class _Assembler:
         return self.shape(entry.statement)
 
     def shape(self, text: str) -> tuple[str, str]:
-        """(fingerprint, normalized text), cached by the text with its values masked."""
+        """(fingerprint, normalized text), cached by the text with its values masked (and by the
+        text itself in front: a text seen again is not masked again)."""
+        cached = self.texts.get(text)
+        if cached is not None:
+            return cached
         key = shape_key(text.encode("utf-8", "surrogateescape"))
         cached = self.shapes.get(key)
         if cached is None:
@@ -512,7 +517,11 @@ class _Assembler:
             cached = (found.fingerprint, found.query)
             if len(self.shapes) >= _SHAPE_CACHE_MAX:
                 self.shapes.clear()
+                self.texts.clear()  # never a text's shape the shapes no longer hold
             self.shapes[key] = cached
+        if len(self.texts) >= _SHAPE_CACHE_MAX:
+            self.texts.clear()
+        self.texts[text] = cached
         return cached
 
     def where(self, entry: Entry) -> _Where:
