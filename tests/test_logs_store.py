@@ -283,3 +283,45 @@ def test_a_plan_change_across_a_deploy_is_seen_by_audit(tmp_path: Path) -> None:
     assert changes is not None and fingerprint(q) in changes
     change = changes[fingerprint(q)]
     assert "Index Only Scan" in str(change) and "Seq Scan" in str(change)
+
+
+def test_store_fast_path_loads_what_the_events_load(tmp_path: Path) -> None:
+    """logs --store reads duration lines without an event each (Loader.timed): the same rows as
+    loading every Statement event, own statements, bind steps and time zones included."""
+    from querywatch.logs.commands import Run
+    from querywatch.logs.parser import parse
+    from querywatch.logs.reader import read_chunks
+
+    lines = []
+    for i in range(900):
+        zone = "UTC" if i < 600 else "CET"  # a zone change: the same minutes, offset
+        stamp = f"2026-11-30 10:{i // 60 % 60:02d}:{i % 60:02d}" + ("" if i % 3 else ".250")
+        app = "querywatch" if i % 50 == 1 else "web"
+        head = f"{stamp} {zone} [{100 + i % 7}]: [{i}-1] user=app,db=shop,app={app},client=h "
+        phase = "bind <unnamed>" if i % 5 == 0 else "statement"
+        lines.append(
+            f"{head}LOG:  duration: {i % 13 + 0.5:.3f} ms  {phase}: SELECT * FROM t{i % 4} "
+            f"WHERE id = {i}\n"
+        )
+        if i % 97 == 0:
+            lines.append(f'{head}LOG:  temporary file: path "base/t{i}", size 8192\n')
+    path = tmp_path / "pg.log"
+    path.write_text("".join(lines))
+    found = {}
+    for way in ("fast", "events"):
+        with Store(tmp_path / f"{way}.db") as st:
+            loader = Loader(st, st.server("db1").id)
+            if way == "fast":
+                Run(files=[str(path)], loader=loader).read_all()
+                result = loader.close()
+            else:
+                result = loader.add_all(parse(read_chunks(path)))
+            rows, covered = st.totals(st.server("db1").id, 0, 2e9)
+            found[way] = (
+                result.as_dict(),
+                sorted((r.fingerprint, r.counters.calls, r.counters.exec_ms) for r in rows),
+                covered,
+                st.log_event_counts(st.server("db1").id, 0, 2e9),
+            )
+    assert found["fast"] == found["events"]
+    assert found["fast"][0]["statements"] == 900 - 180  # bind steps left out (own ones kept apart)

@@ -71,6 +71,17 @@ class Run:
         if loader is None and not self.keep_params:
             summarize(chunks, fmt=self.log_format, prefix=self.prefix, summary=self.summary)
             return
+        if loader is not None and not self.keep_params:  # --store: the fast path feeds both
+            self.summary.on_line = loader.timed
+            try:
+                for event in parse(
+                    chunks, fmt=self.log_format, prefix=self.prefix, on_timed=self.summary.timed
+                ):
+                    self.summary.add(event)
+                    loader.add(event)
+            finally:
+                self.summary.on_line = None
+            return
         add = self.summary.add
         events = parse(
             chunks, fmt=self.log_format, prefix=self.prefix, keep_params=self.keep_params

@@ -27,11 +27,13 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from ..advise import nodes
 from ..store.logevents import Batch, Bucket, EventRow
 from ..store.protocol import StoreProtocol
+from . import formats
 from .records import (
     Autovacuum,
     Checkpoint,
@@ -48,6 +50,8 @@ from .report import anonymize
 log = logging.getLogger("querywatch.logs")
 
 BUCKET_S = 60.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_OWN = b"querywatch"  # OWN_APPLICATION in a line's prefix: only then is its application read
 FLUSH_LAG = 3  # buckets behind the newest event before a bucket is written
 FILL_MAX = 60  # empty buckets written between two of a log (longer silences stay uncovered)
 BATCH = 5000  # events kept before a write
@@ -96,6 +100,7 @@ class Loader:
         self._written: float | None = None  # the newest bucket written
         self._newest: float | None = None
         self._span: tuple[float, float] | None = None  # of this batch, for log_ranges
+        self._minutes: dict[tuple[bytes, bytes | None], int] = {}  # (minute, zone) -> its µs
 
     # -- feeding --------------------------------------------------------------------------------
     def add(self, event: Event) -> None:
@@ -118,6 +123,54 @@ class Loader:
         for event in events:
             self.add(event)
         return self.close()
+
+    def timed(
+        self,
+        fingerprint: str,
+        query: str,
+        execution: bool,
+        ms: float,
+        line: formats.Timed,
+        assembler: Any,
+    ) -> None:
+        """A duration line of the summary's fast path (Summary.on_line): what :meth:`add` does
+        with its Statement event, without making it."""
+        at = self._line_at(line, assembler)
+        if at is None:
+            return
+        self._seen(at)
+        if not self.durations or not execution:
+            return
+        if self._was_loaded(at):
+            self.result.already_loaded += 1
+            return
+        m = line[1]
+        own = m.string.find(_OWN, m.start(), m.start("msg")) >= 0 and (
+            formats.entry_of(line).application == OWN_APPLICATION
+        )
+        self._count(at, fingerprint, own, ms, query)
+
+    def _line_at(self, line: formats.Timed, assembler: Any) -> float | None:
+        """``at.timestamp()`` of the line's event, the same float, with the date read once a
+        minute (the microseconds since the epoch are whole numbers, divided once)."""
+        ts = line[5]
+        key = (ts[:16], line[6])
+        base = self._minutes.get(key)
+        if base is None:
+            at = assembler.at(formats.entry_of(line))
+            if at is None:
+                return None
+            start = at.replace(second=0, microsecond=0) - _EPOCH
+            base = (start.days * 86_400 + start.seconds) * 1_000_000 + start.microseconds
+            if len(self._minutes) > 10_000:
+                self._minutes.clear()
+            self._minutes[key] = base
+        tail = ts[17:]
+        if len(tail) not in (2, 6, 9) or tail[:2] > b"59" or (len(tail) > 2 and tail[2:3] != b"."):
+            at = assembler.at(formats.entry_of(line))  # leap second, odd fraction: as parsed
+            return at.timestamp() if at is not None else None
+        micros = int(tail[:2]) * 1_000_000 + (int(tail[3:].ljust(6, b"0")) if len(tail) > 2 else 0)
+        return (base + micros) / 1_000_000
 
     def _numbered(self, row: EventRow) -> EventRow:
         """Two alike events of one process in one instant (two syntax errors in a millisecond)
@@ -148,12 +201,15 @@ class Loader:
         if self._was_loaded(at):
             self.result.already_loaded += 1
             return
+        self._count(at, s.fingerprint, s.application == OWN_APPLICATION, s.duration_ms, s.query)
+
+    def _count(self, at: float, fingerprint: str, own: bool, ms: float, query: str) -> None:
         start = (at // self.bucket_s) * self.bucket_s
         sums = self._buckets.setdefault(start, {})
-        cell = sums.setdefault((s.fingerprint, s.application == OWN_APPLICATION), [0, 0.0])
+        cell = sums.setdefault((fingerprint, own), [0, 0.0])
         cell[0] += 1
-        cell[1] += s.duration_ms
-        self._texts.setdefault(s.fingerprint, s.query)
+        cell[1] += ms
+        self._texts.setdefault(fingerprint, query)
         self.result.statements += 1
         if self._newest is None or start > self._newest:
             self._newest = start

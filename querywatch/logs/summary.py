@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -154,6 +154,11 @@ def _bucket_value(index: int) -> float:
     return float(2 ** ((index + 0.5) / _STEPS))
 
 
+# What the fast path knows of a statement text: its stats, whether it is an execution, its
+# phase, fingerprint and normalized text.
+_Hit = tuple["_Stats", bool, bytes, str, str]
+
+
 class _Hour:
     __slots__ = (
         "connections",
@@ -203,12 +208,12 @@ class Summary:
         self.lock_waits = 0
         self.first: datetime | None = None
         self.last: datetime | None = None
-        self._fast: dict[bytes, tuple[_Stats, bool, bytes]] = {}
+        self._fast: dict[bytes, _Hit] = {}
         # Two generations (young, old): when the young one is full it becomes the old one, so
         # the texts in use stay (a cache emptied whole when full misses most of a working set
         # a little larger than it).
-        self._exact: dict[bytes, tuple[_Stats, bool, bytes]] = {}
-        self._exact_old: dict[bytes, tuple[_Stats, bool, bytes]] = {}
+        self._exact: dict[bytes, _Hit] = {}
+        self._exact_old: dict[bytes, _Hit] = {}
         self._zeroed: dict[bytes, bytes] = {}  # text with digits 0 -> its shape key, b"" if none
         self._zeroed_old: dict[bytes, bytes] = {}
         self._cur_hour_ts: bytes = b"\xff"  # the hour's timestamp prefix; no timestamp's first
@@ -222,6 +227,9 @@ class Summary:
             bytes | None, list[Any]
         ] = {}  # tz -> [first ts, line, last ts, line]
         self._assembler: Any = None
+        # Called with each line of the fast path: (fingerprint, query, is an execution, ms, the
+        # line, the parser's assembler); logs --store loads them so (see Loader.timed).
+        self.on_line: Callable[[str, str, bool, float, formats.Timed, Any], None] | None = None
         self._shapes: dict[bytes, tuple[str, str]] = {}  # the parse's shapes (merge, detached)
 
     # -- feeding ------------------------------------------------------------------------------
@@ -320,8 +328,10 @@ class Summary:
             hit = self._exact_miss(text, phase, line, assembler)
             if hit is None:
                 return False  # EXECUTE's fingerprint is its PREPARE's, on the DETAIL line
-        stats, execution, _ = hit
+        stats, execution, _, fingerprint, query = hit
         self._timed_lines += 1
+        if self.on_line is not None:  # logs --store: the loader takes the line too
+            self.on_line(fingerprint, query, execution, ms, line, assembler)
         if not execution:
             name = "phase:" + phase.decode()
             self._kinds[name] = self._kinds.get(name, 0) + 1
@@ -355,7 +365,7 @@ class Summary:
 
     def _exact_miss(
         self, text: bytes, phase: bytes, line: formats.Timed, assembler: Any
-    ) -> tuple[_Stats, bool, bytes] | None:
+    ) -> _Hit | None:
         """A text not in the young generation: from the old one, or by its shape."""
         hit = self._exact_old.get(text)
         if hit is None or hit[2] != phase:
@@ -393,22 +403,21 @@ class Summary:
             self._zeroed[zeroed] = key
         return key or shape_key(text)
 
-    def _fast_miss(
-        self, key: bytes, line: formats.Timed, assembler: Any
-    ) -> tuple[_Stats, bool, bytes]:
+    def _fast_miss(self, key: bytes, line: formats.Timed, assembler: Any) -> _Hit:
         self._assembler = assembler
         phase = line[3].decode()
         fingerprint, query = assembler.shape(line[4].decode("utf-8", "replace"))
         stats = self._stats.get(fingerprint)
         if stats is None:
+            counted = fingerprint
             if len(self._stats) >= self.max_fingerprints:
-                fingerprint = OTHER
+                counted = OTHER
                 stats = self._stats.get(OTHER)
             if stats is None:
-                stats = self._stats[fingerprint] = _Stats(query if fingerprint != OTHER else OTHER)
+                stats = self._stats[counted] = _Stats(query if counted != OTHER else OTHER)
         if len(self._fast) >= _FAST_CACHE_MAX:
             self._fast.clear()
-        hit = self._fast[key] = (stats, phase in _EXECUTIONS, line[3])
+        hit = self._fast[key] = (stats, phase in _EXECUTIONS, line[3], fingerprint, query)
         return hit
 
     def _fast_hour(
@@ -512,6 +521,7 @@ class Summary:
             setattr(self, name, {})
         self._hour_keys = {}
         self._assembler = None
+        self.on_line = None
         self._span = []
         self._cur_hour = _Hour()
         self._cur_hour_ts, self._cur_tz = b"\xff", None
