@@ -23,12 +23,11 @@ from itertools import pairwise
 
 from . import collector
 from .diagnose import (
-    HISTORY,
     LONG_RUN,
-    PRE_ONSET,
     DiagnoseSettings,
     Point,
     change_point,
+    choose_baseline,
     diagnose,
     diagnose_any,
     rises,
@@ -95,6 +94,7 @@ def diagnose_stored(
         long_run_note=note,
         onset=_incident_onset(store, server_id, start, end, step),
         enough_intervals=enough_intervals,
+        at_start=not history,
     )
 
 
@@ -146,32 +146,35 @@ def _diagnose_rollups(
         onset = _floor(onset, MINUTE)
         cuts = (a, onset - MINUTE, onset, onset + MINUTE, b)
         pieces = [_piece(store, server_id, lo, hi) for lo, hi in pairwise(cuts)]
-    pre = pieces[0] if pieces else None
     whole = pieces or [_piece(store, server_id, a, b)]
-    history = _history(store, server_id, a, baseline_s, spans)
+    since = _floor(a - baseline_s, MINUTE)
+    before = _piece(store, server_id, since, a)  # the history before the window, if clean
+    history = [] if before.seconds <= 0 or _overlaps(since, a, spans) else [before]
     long_run, note = _long_run(store, server_id, start)
-    enough = enough_intervals * interval_s
-    pre_s = pre.seconds if pre is not None else 0.0
-    history_s = history.seconds if history is not None else 0.0
-    kind, baseline, window, words = HISTORY, [], whole, ""
-    if history is not None and (history_s >= enough or (long_run is None and history_s >= pre_s)):
-        baseline = [history]
-    elif pre is not None and (pre_s >= enough or long_run is None):
-        kind, baseline, window = PRE_ONSET, [pre], pieces[1:]
-    elif long_run is not None:
-        kind, baseline, words = LONG_RUN, [long_run], note
+    statements = store.statements(_fingerprints(whole), server_id=server_id)
+    kind, baseline, window = choose_baseline(
+        history,
+        pieces[:1],
+        pieces[1:],
+        whole,
+        long_run,
+        statements,
+        settings,
+        enough_s=enough_intervals * interval_s,
+        at_start=before.seconds <= 0,
+    )
     found_d = diagnose(
         baseline,
         [w for w in window if w.seconds > 0],
-        store.statements(_fingerprints(whole), server_id=server_id),
+        statements,
         store.deploys(start - baseline_s, end),
         settings,
         requested=(start, end),
         baseline_kind=kind,
-        baseline_note=words,
+        baseline_note=note if kind == LONG_RUN else "",
         resolution=MINUTE,
     )
-    if kind == PRE_ONSET:
+    if window is not whole:
         return replace(found_d, window_start=a, window_end=b)
     return found_d
 
@@ -204,17 +207,6 @@ def _as_points(sums: Sums, seconds: dict[float, float]) -> list[Point]:
         for t, secs in sorted(seconds.items())
         if secs > 0
     ]
-
-
-def _history(
-    store: StoreProtocol, server_id: int, before: float, baseline_s: float, spans: Spans
-) -> IntervalSummary | None:
-    """The history before a long window as one piece, unless an earlier incident falls in it."""
-    start = _floor(before - baseline_s, MINUTE)
-    if _overlaps(start, before, spans):
-        return None
-    piece = _piece(store, server_id, start, before)
-    return piece if piece.seconds > 0 else None
 
 
 def _piece(store: StoreProtocol, server_id: int, start: float, end: float) -> IntervalSummary:

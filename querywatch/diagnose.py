@@ -528,43 +528,95 @@ def diagnose_any(
     long_run_note: str = "",
     onset: float | None = None,
     enough_intervals: int = ENOUGH_HISTORY,
+    at_start: bool = False,
 ) -> Diagnosis:
     """Diagnose any window, with the best baseline there is.
 
-    The onset inside the window is ``onset`` (e.g. the start of the first interval of an incident
-    recorded in it) or else the :func:`change_point` of its intervals; the window's intervals
-    before it are ``pre_onset`` (less the interval right before it, which may hold the change's
-    start). With ``enough`` = ``enough_intervals`` intervals, the baseline is, in this order:
-    the clean ``history`` before the window when it holds enough; the pre-onset intervals when
-    they hold enough; the ``long_run`` interval (pg_stat_statements' counters); the longer of a
-    short history and a short pre-onset; else nothing: still learning.
+    The onset candidate inside the window is ``onset`` (e.g. the start of the first interval of
+    an incident recorded in it) or else the :func:`change_point` of its intervals; the window's
+    intervals before it are ``pre_onset`` (less the interval right before it, which may hold the
+    change's start). ``at_start``: no stored interval precedes the window (it starts where the
+    server's history does). The baseline is chosen by :func:`choose_baseline`.
     """
     used = _complete(window)
-    step = _resolution(used)
     split = _split(used, onset, settings)
     pre = used[: split - 1] if split is not None else []
-    pre_s = sum(i.seconds for i in pre)
-    history_s = workload(history).seconds
-    enough = enough_intervals * step
-    if history_s >= enough or (long_run is None and history_s >= max(pre_s, 1e-9)):
-        return diagnose(history, window, statements, deploys, settings, requested)
-    if split is not None and pre and (pre_s >= enough or long_run is None):
-        after = [i for i in window if i.start >= used[split - 1].start]
-        d = diagnose(pre, after, statements, deploys, settings, requested, baseline_kind=PRE_ONSET)
-        w_start, w_end = _span(window, d.window_start)
-        return replace(d, window_start=w_start, window_end=w_end)
-    if long_run is not None:
-        return diagnose(
-            [long_run],
-            window,
-            statements,
-            deploys,
-            settings,
-            requested,
-            baseline_kind=LONG_RUN,
-            baseline_note=long_run_note,
-        )
-    return diagnose(history, window, statements, deploys, settings, requested)
+    after = [i for i in window if i.start >= used[split - 1].start] if split is not None else []
+    kind, baseline, compared = choose_baseline(
+        history,
+        pre,
+        after,
+        window,
+        long_run,
+        statements,
+        settings,
+        enough_s=enough_intervals * _resolution(used),
+        at_start=at_start,
+    )
+    note = long_run_note if kind == LONG_RUN else ""
+    d = diagnose(
+        baseline,
+        compared,
+        statements,
+        deploys,
+        settings,
+        requested,
+        baseline_kind=kind,
+        baseline_note=note,
+    )
+    if compared is window:
+        return d
+    w_start, w_end = _span(window, d.window_start)
+    return replace(d, window_start=w_start, window_end=w_end)
+
+
+def choose_baseline(
+    history: Sequence[IntervalSummary],
+    pre: Sequence[IntervalSummary],
+    after: Sequence[IntervalSummary],
+    whole: Sequence[IntervalSummary],
+    long_run: IntervalSummary | None,
+    statements: Mapping[str, Statement],
+    settings: DiagnoseSettings,
+    *,
+    enough_s: float,
+    at_start: bool = False,
+) -> tuple[str, Sequence[IntervalSummary], Sequence[IntervalSummary]]:
+    """(baseline kind, baseline, what to compare with it) for a window ``whole`` whose onset
+    candidate splits it into ``pre`` and ``after`` (both empty without one).
+
+    1. The clean ``history`` before the window when it holds ``enough_s`` seconds.
+    2. Without a ``long_run``: the pre-onset part, else the (short) history, else nothing.
+    3. With a ``long_run``, the onset is accepted only when what precedes it (the short history
+       and the pre-onset part) is normal against the long run (:func:`normal_against`):
+       otherwise the window began in the incident, and a later rise (CPU contention, say) is no
+       onset to compare with; the whole window is compared with the long run. An accepted onset
+       is compared with the pre-onset part when that holds enough and some history of the
+       server's precedes the window (not ``at_start``), else with the long run.
+    """
+    history_s, pre_s = workload(history).seconds, workload(pre).seconds
+    if history_s >= enough_s or (long_run is None and history_s >= max(pre_s, 1e-9)):
+        return HISTORY, history, whole
+    if long_run is None:
+        return (PRE_ONSET, pre, after) if pre else (HISTORY, history, whole)
+    if not pre or not normal_against(long_run, [*history, *pre], statements, settings):
+        return LONG_RUN, [long_run], whole
+    if pre_s >= enough_s and not at_start:
+        return PRE_ONSET, pre, after
+    return LONG_RUN, [long_run], after
+
+
+def normal_against(
+    long_run: IntervalSummary,
+    part: Sequence[IntervalSummary],
+    statements: Mapping[str, Statement],
+    settings: DiagnoseSettings,
+) -> bool:
+    """Whether ``part`` is the server's normal: diagnosed against the long run, it is healthy."""
+    if workload(part).seconds <= 0:
+        return True
+    found = diagnose([long_run], part, statements, (), settings, baseline_kind=LONG_RUN)
+    return found.verdict == Verdict.HEALTHY
 
 
 def _split(
