@@ -3,7 +3,9 @@
 The onset inside the window is the start of the first incident recorded in it, else the change
 point of its top fingerprints' DB time. The baseline is the clean history before the window, the
 window's own intervals before the onset, or the long run pg_stat_statements held when querywatch
-first met the server (see :func:`querywatch.diagnose.diagnose_any` for the order).
+first met the server; with a long run stored, an onset counts only when what precedes it is normal
+against it (see :func:`querywatch.diagnose.choose_baseline`). A window is at the start of the
+server's history when nothing is stored in the ``baseline_s`` before it.
 
 Short windows are read as raw intervals. A long one (with its history, longer than ``RAW_SPAN_S``
 and more raw statement rows than ``RAW_ROWS``, e.g. 24 hours of 1,000 fingerprints: 8.6 million)
