@@ -95,7 +95,9 @@ def run(dsn: str, sql: str, times: int) -> None:
 
 def intervals(store: Path) -> list[dict[str, Any]]:
     names = ("start", "end", "complete", "catch_up")
-    found = storekit.rows(store, "SELECT start, end, complete, catch_up FROM intervals ORDER BY start")
+    found = storekit.rows(
+        store, "SELECT start, end, complete, catch_up FROM intervals ORDER BY start"
+    )
     return [dict(zip(names, row, strict=True)) for row in found]
 
 
