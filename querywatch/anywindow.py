@@ -4,8 +4,7 @@ The onset inside the window is the start of the first incident recorded in it, e
 point of its top fingerprints' DB time. The baseline is the clean history before the window, the
 window's own intervals before the onset, or the long run pg_stat_statements held when querywatch
 first met the server; with a long run stored, an onset counts only when what precedes it is normal
-against it (see :func:`querywatch.diagnose.choose_baseline`). A window is at the start of the
-server's history when nothing is stored in the ``baseline_s`` before it.
+against it (see :func:`querywatch.diagnose.choose_baseline`).
 
 Short windows are read as raw intervals. A long one (with its history, longer than ``RAW_SPAN_S``
 and more raw statement rows than ``RAW_ROWS``, e.g. 24 hours of 1,000 fingerprints: 8.6 million)
@@ -96,7 +95,6 @@ def diagnose_stored(
         long_run_note=note,
         onset=_incident_onset(store, server_id, start, end, step),
         enough_intervals=enough_intervals,
-        at_start=not history,
     )
 
 
@@ -163,7 +161,6 @@ def _diagnose_rollups(
         statements,
         settings,
         enough_s=enough_intervals * interval_s,
-        at_start=before.seconds <= 0,
     )
     found_d = diagnose(
         baseline,

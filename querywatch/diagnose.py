@@ -528,15 +528,13 @@ def diagnose_any(
     long_run_note: str = "",
     onset: float | None = None,
     enough_intervals: int = ENOUGH_HISTORY,
-    at_start: bool = False,
 ) -> Diagnosis:
     """Diagnose any window, with the best baseline there is.
 
     The onset candidate inside the window is ``onset`` (e.g. the start of the first interval of
     an incident recorded in it) or else the :func:`change_point` of its intervals; the window's
     intervals before it are ``pre_onset`` (less the interval right before it, which may hold the
-    change's start). ``at_start``: no stored interval precedes the window (it starts where the
-    server's history does). The baseline is chosen by :func:`choose_baseline`.
+    change's start). The baseline is chosen by :func:`choose_baseline`.
     """
     used = _complete(window)
     split = _split(used, onset, settings)
@@ -551,7 +549,6 @@ def diagnose_any(
         statements,
         settings,
         enough_s=enough_intervals * _resolution(used),
-        at_start=at_start,
     )
     note = long_run_note if kind == LONG_RUN else ""
     d = diagnose(
@@ -580,7 +577,6 @@ def choose_baseline(
     settings: DiagnoseSettings,
     *,
     enough_s: float,
-    at_start: bool = False,
 ) -> tuple[str, Sequence[IntervalSummary], Sequence[IntervalSummary]]:
     """(baseline kind, baseline, what to compare with it) for a window ``whole`` whose onset
     candidate splits it into ``pre`` and ``after`` (both empty without one).
@@ -591,8 +587,8 @@ def choose_baseline(
        and the pre-onset part) is normal against the long run (:func:`normal_against`):
        otherwise the window began in the incident, and a later rise (CPU contention, say) is no
        onset to compare with; the whole window is compared with the long run. An accepted onset
-       is compared with the pre-onset part when that holds enough and some history of the
-       server's precedes the window (not ``at_start``), else with the long run.
+       is compared with the pre-onset part when that holds enough (the server's recent normal,
+       at the watcher's resolution), else with the long run.
     """
     history_s, pre_s = workload(history).seconds, workload(pre).seconds
     if history_s >= enough_s or (long_run is None and history_s >= max(pre_s, 1e-9)):
@@ -601,7 +597,7 @@ def choose_baseline(
         return (PRE_ONSET, pre, after) if pre else (HISTORY, history, whole)
     if not pre or not normal_against(long_run, [*history, *pre], statements, settings):
         return LONG_RUN, [long_run], whole
-    if pre_s >= enough_s and not at_start:
+    if pre_s >= enough_s:
         return PRE_ONSET, pre, after
     return LONG_RUN, [long_run], after
 

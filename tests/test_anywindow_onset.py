@@ -151,16 +151,16 @@ def test_a_short_window_at_the_first_interval_agrees(outage: Built) -> None:
 
 
 @ROWS
-def test_a_rollout_inside_the_window_is_its_onset_against_the_long_run(
+def test_a_rollout_inside_the_window_is_its_onset_against_the_part_before_it(
     tmp_path: Path, rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # normal traffic first: the change point's part before is normal against the long run, so
-    # it is the onset; what follows it is compared with the long run
+    # it is the onset; what follows it is compared with that part (the server's recent normal)
     rollout = T0 + 0.7 * COUNT * STEP
     built = write(tmp_path / "qw.db", rollout=rollout, contention=None)
     monkeypatch.setattr(anywindow, "RAW_ROWS", rows)
     d = diagnose_window(built, T0)
-    assert (d.verdict, d.baseline_kind) == (Verdict.QUERY_REGRESSION, "long_run"), d.summary
+    assert (d.verdict, d.baseline_kind) == (Verdict.QUERY_REGRESSION, "pre_onset"), d.summary
     top = d.culprits[0]
     assert top.fingerprint == CULPRIT
     assert top.onset is not None and abs(top.onset - rollout) <= (STEP if rows > 1000 else 60.0)
@@ -214,24 +214,22 @@ ROLLOUT = T0 + 40 * STEP
 
 
 @pytest.mark.parametrize(
-    ("rollout", "history", "at_start", "long_run", "kind", "onset"),
+    ("rollout", "history", "long_run", "kind", "onset"),
     [
         # the window begins in the incident: the contention's rise is no onset
-        (T0 - 10, 0, True, True, "long_run", T0),
-        (T0 - 10, 0, False, True, "long_run", T0),  # no history kept (e.g. all in incidents)
-        (T0 - 30, 3, False, True, "long_run", T0 - 30),  # a short history of the incident
-        (T0 - 10, 0, True, False, "pre_onset", None),  # nothing to judge the part before with
+        (T0 - 10, 0, True, "long_run", T0),  # no history kept (e.g. all in incidents)
+        (T0 - 30, 3, True, "long_run", T0 - 30),  # a short history of the incident
+        (T0 - 10, 0, False, "pre_onset", None),  # nothing to judge the part before with
         # normal traffic, then the rollout: the change point is the onset
-        (ROLLOUT, 0, True, True, "long_run", ROLLOUT),  # at the start of the server's history
-        (ROLLOUT, 6, False, True, "pre_onset", ROLLOUT),  # some history precedes the window
-        (ROLLOUT, 0, True, False, "pre_onset", ROLLOUT),
-        (ROLLOUT, 12, False, True, "history", ROLLOUT),  # enough history: as always
+        (ROLLOUT, 0, True, "pre_onset", ROLLOUT),  # at the start of the server's history
+        (ROLLOUT, 6, True, "pre_onset", ROLLOUT),  # some history precedes the window
+        (ROLLOUT, 0, False, "pre_onset", ROLLOUT),
+        (ROLLOUT, 12, True, "history", ROLLOUT),  # enough history: as always
     ],
 )
 def test_the_baseline_of_a_window(
     rollout: float,
     history: int,
-    at_start: bool,
     long_run: bool,
     kind: str,
     onset: float | None,
@@ -244,7 +242,6 @@ def test_the_baseline_of_a_window(
         [],
         history=before,
         long_run=long_run_summary() if long_run else None,
-        at_start=at_start,
     )
     assert d.baseline_kind == kind, d.summary
     assert (d.window_start, d.window_end) == (T0, T0 + SHORT * STEP)
@@ -270,7 +267,6 @@ def test_an_onset_is_kept_only_after_a_normal_part() -> None:
             STATEMENTS,
             DiagnoseSettings(),
             enough_s=12 * STEP,
-            at_start=False,
         )
         assert (kind, compared is window) == (
             ("pre_onset", False) if accepted else ("long_run", True)
