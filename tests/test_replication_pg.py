@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -322,6 +323,8 @@ def test_promotion_is_a_failover_event_alerted_and_history_stays(pair: Pair) -> 
     names = ("db-1", "db-2", "db")
     with pair.open_store() as store:
         ids = {name: wait_for(name, lambda n=name: _server_id(store, n)) for name in names}
+        for name, sid in ids.items():  # a failover is judged against each one's sample before it
+            wait_for(f"{name} sampled", partial(store.node_state, sid, reachable=True))
         before = {name: store.interval_count(sid) for name, sid in ids.items()}
         pair.primary.stop()
         stopped_at = time.time()
