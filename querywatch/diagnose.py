@@ -248,15 +248,23 @@ def attribute(
     base: Workload, win: Workload, allowance: Mapping[str, float] | None = None
 ) -> dict[str, Attribution]:
     """Split each fingerprint's excess DB time into frequency and per-call parts; a mean rise
-    up to its ``allowance`` factor (contention the server shared, 1 by default) is set apart."""
+    up to its ``allowance`` factor (contention the server shared, 1 by default) is set apart.
+
+    When both the calls and the mean rose, their joint part (extra calls x extra ms per call) is
+    split evenly between the two (the symmetric, Shapley split): a query called 8x more whose
+    calls then ran 2x slower on the CPUs it saturated is a frequency culprit, not a latency one.
+    """
     k = traffic_factor(base, win)
     result: dict[str, Attribution] = {}
     for fp in sorted(base.by_fingerprint.keys() | win.by_fingerprint.keys()):
         b = base.by_fingerprint.get(fp, Load())
         w = win.by_fingerprint.get(fp, Load())
         shared = (allowance or {}).get(fp, 1.0)
-        frequency = (w.calls_per_s - k * b.calls_per_s) * b.mean_ms
-        per_call = w.calls_per_s * (w.mean_ms - shared * b.mean_ms)
+        more_calls = w.calls_per_s - k * b.calls_per_s
+        slower = w.mean_ms - shared * b.mean_ms
+        joint = more_calls * slower if b.calls_per_s > 0 else 0.0  # a new statement: all its own
+        frequency = more_calls * b.mean_ms + joint / 2
+        per_call = w.calls_per_s * slower - joint / 2
         slowed = w.calls_per_s * (shared - 1.0) * b.mean_ms
         result[fp] = Attribution(fp, b, w, k * b.ms_per_s, frequency, per_call, slowed)
     return result

@@ -387,12 +387,29 @@ def test_attribution_splits_excess() -> None:
     assert traffic_factor(base, win) == pytest.approx(k)
     b = result["b"]
     assert b.expected_ms_per_s == pytest.approx(k * 80.0)
-    assert b.frequency_ms_per_s == pytest.approx((28.0 - k * 2.0) * 40.0)
-    assert b.per_call_ms_per_s == pytest.approx(28.0 * 1.0)
+    joint = (28.0 - k * 2.0) * 1.0  # extra calls x extra ms per call, split evenly
+    assert b.frequency_ms_per_s == pytest.approx((28.0 - k * 2.0) * 40.0 + joint / 2)
+    assert b.per_call_ms_per_s == pytest.approx(28.0 * 1.0 - joint / 2)
     assert b.excess_ms_per_s == pytest.approx(b.frequency_ms_per_s + b.per_call_ms_per_s)
     assert (b.kind, result["c"].kind) == (CulpritKind.FREQUENCY, CulpritKind.NEW_QUERY)
     assert result["c"].excess_ms_per_s == pytest.approx(10.0)
     assert result["a"].excess_ms_per_s == pytest.approx(120.0 - k * 100.0)
+
+
+def test_calls_x8_then_twice_slower_on_the_cpus_they_saturate_is_frequency() -> None:
+    """The joint rise (extra calls x extra ms) is split evenly: the seed's N+1 query, called 8x
+    more and then 2x slower per call on the CPUs it saturated, is a frequency culprit (all the
+    joint part on the per-call side made it `latency`: 70 vs 80 ms/s here)."""
+    from querywatch.diagnose import Load
+
+    base = Workload(60.0, {"steady": Load(100.0, 1.0), "n1": Load(1.0, 10.0)})
+    win = Workload(60.0, {"steady": Load(100.0, 1.0), "n1": Load(8.0, 20.0)})
+    n1 = attribute(base, win)["n1"]
+    assert (n1.frequency_ms_per_s, n1.per_call_ms_per_s) == pytest.approx((105.0, 45.0))
+    assert n1.excess_ms_per_s == pytest.approx(160.0 - 10.0)
+    assert n1.kind is CulpritKind.FREQUENCY
+    slower = attribute(base, Workload(60.0, {"steady": Load(100.0, 1.0), "n1": Load(1.0, 50.0)}))
+    assert slower["n1"].kind is CulpritKind.LATENCY  # the same calls, 5x slower: latency
 
 
 @pytest.mark.parametrize(
