@@ -221,6 +221,8 @@ TIMED = frozenset(
         "test_capacity_pg",  # diagnose --now samples a paced load for 4 s
         "test_logs_pg",  # watch --log
         "test_demo",  # its surge act is judged on latencies that CPU contention can move
+        "test_docs_examples",  # the speed-ups the pages claim are measured on the real server
+        "test_loadtest",  # achieved rates and latencies of a paced load
     }
 )
 
