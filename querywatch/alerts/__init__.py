@@ -5,8 +5,9 @@
 sends apart from collection (a thread and a bounded queue per channel, timeouts, retries).
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from querywatch.lazy import exports
 
 if TYPE_CHECKING:
     from querywatch.alerts.alertmanager import AlertmanagerChannel
@@ -51,9 +52,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, _LAZY)

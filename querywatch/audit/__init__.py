@@ -4,8 +4,9 @@
 schedules audits inside ``watch``), ``commands`` is the CLI.
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from querywatch.lazy import exports
 
 if TYPE_CHECKING:
     from .core import (
@@ -29,10 +30,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    """``core`` (and diagnose) loads on first use, not when the CLI imports ``commands``."""
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.core"), name)
-    globals()[name] = value
-    return value
+# ``core`` (and diagnose) loads on first use, not when the CLI imports ``commands``
+__getattr__ = exports(__name__, dict.fromkeys(__all__, "core"))

@@ -6,8 +6,9 @@ Each concept's SQL lives in its own module (``leases``, ``outbox``, ``rollup``..
 between both engines and run through a ``querywatch.store.db.Connection``.
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from querywatch.lazy import exports
 
 if TYPE_CHECKING:
     from .leases import Lease
@@ -28,9 +29,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = exports(__name__, _LAZY)
