@@ -180,7 +180,7 @@ def _with_surge(changes: Sequence[Change], k: float, s: ContentionSettings) -> F
     riders = [c for c in changes if c.known and k / s.band <= c.calls_factor <= k * s.band]
     if not riders:
         return None
-    factor = min(_weighted_median([(c.slowdown, c.base_ms_per_s) for c in riders]), k)
+    factor = min(weighted_median([(c.slowdown, c.base_ms_per_s) for c in riders]), k)
     if factor < s.slow_factor:
         return None
     slowed = sum(1 for c in riders if c.slowdown >= s.slow_factor)
@@ -201,7 +201,9 @@ def _saturated(busy: float | None, cores: int | None, ratio: float) -> bool:
     return bool(cores) and busy is not None and busy >= ratio * (cores or 0)
 
 
-def _weighted_median(pairs: list[tuple[float, float]]) -> float:
+def weighted_median(pairs: list[tuple[float, float]]) -> float:
+    """The value at half the total weight of ``(value, weight)`` pairs (the traffic factor k and
+    the shared slowdown are both call- or time-weighted medians)."""
     ordered = sorted(pairs)
     half = sum(weight for _, weight in ordered) / 2
     running = 0.0

@@ -40,6 +40,7 @@ from querywatch.contention import (
     busy_cores,
     contention,
     shares,
+    weighted_median,
 )
 from querywatch.durations import clock
 from querywatch.errors import InputError
@@ -230,18 +231,7 @@ def traffic_factor(base: Workload, win: Workload) -> float:
     ]
     if not ratios:
         return win.calls_per_s / base.calls_per_s if base.calls_per_s > 0 else 1.0
-    return _weighted_median(ratios)
-
-
-def _weighted_median(pairs: list[tuple[float, float]]) -> float:
-    ordered = sorted(pairs)
-    half = sum(weight for _, weight in ordered) / 2
-    running = 0.0
-    for value, weight in ordered:
-        running += weight
-        if running >= half:
-            return value
-    return ordered[-1][0]
+    return weighted_median(ratios)
 
 
 def attribute(
