@@ -230,13 +230,18 @@ def settled(node: NodeState, peers: Sequence[Peer]) -> bool:
     return all(not p.reachable or p.role != "primary" for p in peers)
 
 
-def settled_summary(node: NodeState, peers: Sequence[Peer], samples: int) -> str:
-    """The resolve notice of a failover: the new topology and how long it held."""
-    parts = [f"failover over: {node.server} is the primary (timeline {node.timeline})"]
+def settled_summary(
+    node: NodeState, peers: Sequence[Peer], samples: int, primary: str | None = None
+) -> str:
+    """The resolve notice of a failover: the new topology and how long it held. ``primary`` is
+    the new primary's name as the page gave it ("replica db-2 promoted"), when the entry that
+    saw it settle is another one reaching it (a multi-host DSN)."""
+    name = primary or node.server
+    parts = [f"failover over: {name} is the primary (timeline {node.timeline})"]
     parts += [
         f"{p.name} {'unreachable' if not p.reachable else 'follows as a ' + p.role}"
         for p in peers
-        if p.name != node.server
+        if p.name not in (node.server, name)
     ]
     return "; ".join(parts) + f"; stable for {samples} intervals"
 

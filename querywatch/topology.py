@@ -405,7 +405,7 @@ class TopologyMonitor:
         self._stable += 1
         if self._stable < self.settings.settle:
             return
-        summary = rp.settled_summary(node, peers, self._stable)
+        summary = rp.settled_summary(node, peers, self._stable, open_[0].subject)
         event = TopologyEvent(self.server_name, node.at, rp.SETTLED, summary)
         if any([self._resolve(i, event, summary) for i in open_]):
             self.store.add_topology_events(self.server_id, [event])

@@ -146,8 +146,14 @@ def _alerts(receiver: AlertReceiver, verdict: str, status: str) -> list[Alert]:
 def test_replica_discovered_and_its_lag_detected_then_back(pair: Pair) -> None:
     with pair.open_store() as store:
         primary = wait_for("db-1 in the store", lambda: _server_id(store, "db-1"))
-        replicas = wait_for("db-2 listed by db-1", lambda: store.replicas(primary))
+        # db-1 may list the replica before db-2's own watcher has sampled it (then it is not yet
+        # known as watched): wait for both to be seen, as the page will
+        replicas = wait_for(
+            "db-2 listed by db-1 as watched",
+            lambda: [r for r in store.replicas(primary) if r.watched],
+        )
         assert [(r.name, r.watched, r.state) for r in replicas] == [("db-2", "db-2", "streaming")]
+        assert len(store.replicas(primary)) == 1
         with psycopg.connect(pair.replica.dsn, autocommit=True) as conn:
             paused_at = time.time()
             conn.execute("SELECT pg_wal_replay_pause()")
