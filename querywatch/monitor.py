@@ -30,6 +30,7 @@ from .source.capabilities import Capabilities, with_note
 from .source.identify import identify
 from .source.kcache import with_cpu_evidence
 from .source.postgres import PostgresSource
+from .status import SERVER_INFO
 from .store.protocol import StoreProtocol
 
 log = logging.getLogger("querywatch.monitor")
@@ -255,6 +256,8 @@ class Monitor:
         """Diagnose [start, end): the onset inside it (an incident recorded in it, else a change
         point) against the clean history before it, the window before the onset or the long run
         (querywatch.anywindow); earlier incidents are not a normal to compare with."""
+        if self.last is None:  # not watching (diagnose, the web): the interval the watch stored
+            self._interval_hint = self._stored_interval() or self._interval_hint
         found = anywindow.diagnose_stored(
             self.store,
             self.server_id,
@@ -350,6 +353,16 @@ class Monitor:
         if lr is None or not lr.trusted or lr.seconds <= 0 or not lr.by_fingerprint:
             return history, HISTORY, ""
         return [lr.summary()], LONG_RUN, lr.note()
+
+    def _stored_interval(self) -> float | None:
+        """The collection interval the watcher stored for this server (querywatch.status), so
+        that an earlier incident's span ("a few intervals before it opened") is not 3 x 10 s of
+        a 1 s watch: that hid the whole clean history before it."""
+        info = self.store.status().get(f"{SERVER_INFO}{self.server_name}", {})
+        value = info.get("interval_s")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        return None
 
     def _incident_spans(self, before: float) -> list[tuple[float, float]]:
         """Time spans of earlier incidents: they are not the normal to compare with."""
